@@ -1,0 +1,37 @@
+# r1vflow: `make demo` runs the tiny pipeline end to end; `make test` runs the test suite.
+# Both set up .venv first (torch 2.13.0 CPU wheel first, then the project with its dev extras).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.r1vflow-installed
+DEMO   ?= runs/demo
+
+.PHONY: install demo smoke test test-fast lint compile clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: install
+	$(VENV)/bin/r1vflow run pipelines/configs/tiny.yaml --output-dir $(DEMO)
+
+smoke: install
+	$(VENV)/bin/r1vflow run pipelines/configs/smoke.yaml --output-dir runs/smoke
+
+# pytest exits 5 when it collects nothing: that is a failure here, not a pass.
+test: install
+	@$(VENV)/bin/pytest -q; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
+
+test-fast: install
+	@$(VENV)/bin/pytest -q -m "not slow"; rc=$$?; [ $$rc -ne 5 ] && exit $$rc || exit 1
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache

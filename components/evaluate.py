@@ -1,0 +1,20 @@
+"""evaluate: test-split accuracy, format compliance and response length of the base model and of
+the final model of every training stage; KFP Metrics plus a Markdown report for the UI."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+
+from r1vflow.images import image_for
+
+
+@dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
+def evaluate(experiment_json: str, base_model: Input[Model], dataset: Input[Dataset],
+             metrics: Output[Metrics], report: Output[Markdown],
+             sft_model: Input[Model] = None) -> str:
+    from r1vflow.components.runtime import execute
+
+    models = {"sft_model": sft_model}
+    return execute("evaluate", experiment_json,
+                   inputs={"base_model": base_model.path, "dataset": dataset.path,
+                           **{k: m.path for k, m in models.items() if m is not None}},
+                   outputs={}, metrics=metrics, report=report)

@@ -1,0 +1,93 @@
+"""Shared body of every stage component: parse the experiment, open the stage's MLflow run, call the
+stage function, and write the KFP outputs (Metrics, a Markdown report, the StageResult JSON).
+
+Kept out of the component functions themselves so that each component stays a few lines and this
+logic is tested once, without KFP.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from r1vflow.config import Experiment, flatten
+from r1vflow.stages import StageContext, StageResult, stage_function
+from r1vflow.tracking import experiment_name, stage_run
+
+RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
+
+
+def _stage_params(exp: Experiment, stage: str) -> dict[str, Any]:
+    section = getattr(exp, stage)
+    params = {"model": exp.model.model_dump(mode="json"), "data": exp.data.model_dump(mode="json")}
+    if section is not None:
+        params[stage] = section.model_dump(mode="json")
+    return {**flatten(params), "experiment": exp.name, "config_fingerprint": exp.fingerprint()}
+
+
+def _write_kfp_outputs(result: StageResult, metrics_artifact: Any, report_artifact: Any,
+                       report: str) -> None:
+    if metrics_artifact is not None:
+        for key, value in result.metrics.items():
+            metrics_artifact.log_metric(key, value)
+        # kfp.local treats an output artifact without a file as missing and never serves the task
+        # from its cache; KFP on a cluster uploads this file alongside the metadata.
+        Path(metrics_artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(metrics_artifact.path).write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+    if report_artifact is not None:
+        Path(report_artifact.path).parent.mkdir(parents=True, exist_ok=True)
+        Path(report_artifact.path).write_text(report or f"# {result.stage}\n\n(no report)\n")
+
+
+def _mirror(result: StageResult) -> None:
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if run_dir:
+        out = Path(run_dir) / "stages"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"{result.stage}.json").write_text(result.model_dump_json(indent=2))
+
+
+def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
+            outputs: dict[str, str], metrics: Any = None, report: Any = None) -> str:
+    """Run one stage inside a component; returns the StageResult as JSON (the task's output)."""
+    exp = Experiment.model_validate_json(experiment_json)
+    started = time.time()
+    run_id = None
+    try:
+        tracking_uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        with stage_run(tracking_uri, experiment_name(exp.name, exp.tracking.experiment_name),
+                       stage, exp.name, register=exp.tracking.register_models) as tracker:
+            run_id = tracker.run_id
+            tracker.log_params(_stage_params(exp, stage))
+            ctx = StageContext(
+                exp=exp, stage=stage,
+                inputs={k: Path(v) for k, v in inputs.items() if v is not None},
+                outputs={k: Path(v) for k, v in outputs.items()},
+                tracker=tracker,
+                extra_tags={"r1vflow.kfp_run": os.environ.get("R1VFLOW_KFP_RUN", ""),
+                            "r1vflow.git_commit": os.environ.get("R1VFLOW_GIT_COMMIT", "")},
+            )
+            for path in ctx.outputs.values():
+                path.mkdir(parents=True, exist_ok=True)
+            outcome = stage_function(stage)(ctx)
+            seconds = time.time() - started
+            tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
+        result = StageResult(
+            stage=stage, status="succeeded", seconds=round(seconds, 3), metrics=outcome.metrics,
+            model_uri=str(outcome.model_dir.resolve()) if outcome.model_dir else None,
+            model_version=outcome.model_version, mlflow_run_id=run_id,
+            outputs={k: str(v) for k, v in outputs.items()},
+        )
+    except Exception as err:
+        failed = StageResult(stage=stage, status="failed", seconds=round(time.time() - started, 3),
+                             mlflow_run_id=run_id, error=f"{type(err).__name__}: {err}")
+        _mirror(failed)
+        traceback.print_exc()
+        raise
+    _write_kfp_outputs(result, metrics, report, outcome.report)
+    _mirror(result)
+    return result.model_dump_json()

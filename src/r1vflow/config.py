@@ -1,0 +1,347 @@
+"""Experiment configuration: one pydantic model per stage, composed into one `Experiment`.
+
+An experiment file is YAML. It is validated strictly (unknown keys are errors), can be changed from
+the command line with `--set a.b=c`, and is identified by a fingerprint: the sha256 of the resolved
+config without the fields that do not change what is trained (name, description, tracking, storage).
+
+    exp = load_experiment("pipelines/configs/smoke.yaml", overrides=["sft.lr=1e-3"])
+    exp.fingerprint()
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+STAGES: tuple[str, ...] = (
+    "bootstrap",
+    "synthesize_data",
+    "align_projector",
+    "sft",
+    "train_reward_model",
+    "grpo",
+    "evaluate",
+)
+StageName = Literal[
+    "bootstrap", "synthesize_data", "align_projector", "sft", "train_reward_model", "grpo",
+    "evaluate",
+]
+Part = Literal["vision", "projector", "llm"]
+# Fields that name or place a run but do not change what it computes.
+_NOT_FINGERPRINTED = ("name", "description", "tracking", "storage")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- model & data
+
+
+class TinyModelConfig(Strict):
+    """A small Llava-style VLM built from scratch (SigLIP vision tower + MLP projector + Qwen2 LM)."""
+
+    patch_size: int = Field(8, gt=0, description="Vision patch size in pixels.")
+    vision_hidden_size: int = Field(64, gt=0, description="Vision tower width.")
+    vision_layers: int = Field(2, gt=0, description="Vision tower depth.")
+    vision_heads: int = Field(4, gt=0, description="Vision attention heads.")
+    llm_hidden_size: int = Field(128, gt=0, description="Language model width.")
+    llm_layers: int = Field(3, gt=0, description="Language model depth.")
+    llm_heads: int = Field(4, gt=0, description="Language model attention heads.")
+    llm_intermediate_size: int = Field(256, gt=0, description="Language model MLP width.")
+    vocab_size: int = Field(512, ge=64, description="Size of the BPE vocabulary trained locally.")
+    max_position_embeddings: int = Field(512, gt=0, description="Longest sequence the LM accepts.")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> TinyModelConfig:
+        for width, heads, name in (
+            (self.vision_hidden_size, self.vision_heads, "vision"),
+            (self.llm_hidden_size, self.llm_heads, "llm"),
+        ):
+            if width % heads:
+                raise ValueError(
+                    f"{name}_hidden_size ({width}) must be divisible by {name}_heads ({heads})"
+                )
+        return self
+
+
+class PretrainedModelConfig(Strict):
+    """Released checkpoints (the reports' 38B setups). Loaded with from_pretrained on a cluster."""
+
+    vision_model: str = Field(description="Vision encoder id or path, e.g. OpenGVLab/InternViT-6B-448px-V1-5.")
+    llm_model: str = Field(description="Reasoning LLM id or path, e.g. Qwen/QwQ-32B.")
+    substitute_llm_model: str | None = Field(
+        None, description="Instruct LLM of the same family used for projector pre-training (R1V).")
+    base_model_uri: str = Field(
+        description="Store URI of the assembled base VLM (vision + projector + LLM), e.g. "
+                    "s3://models/r1v2/base; the pipeline imports it instead of running bootstrap.")
+    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+
+
+class ModelConfig(Strict):
+    kind: Literal["tiny", "pretrained"] = Field("tiny", description="Build tiny models or load released ones.")
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)
+    pretrained: PretrainedModelConfig | None = None
+
+    @model_validator(mode="after")
+    def _pretrained_given(self) -> ModelConfig:
+        if self.kind == "pretrained" and self.pretrained is None:
+            raise ValueError("model.kind is 'pretrained' but model.pretrained is missing: "
+                             "give vision_model and llm_model")
+        return self
+
+
+Family = Literal["counting", "digit_arithmetic", "comparison"]
+
+
+class DataConfig(Strict):
+    families: list[Family] = Field(
+        default_factory=lambda: ["counting", "digit_arithmetic", "comparison"],
+        min_length=1, description="Procedural task families to synthesize (see docs/tasks.md).")
+    image_size: int = Field(32, ge=16, description="Square image side in pixels.")
+    max_objects: int = Field(4, ge=1, le=12, description="Most objects in a counting/comparison scene.")
+    seed: int = Field(0, description="Seed of the data synthesis.")
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class BootstrapConfig(Strict):
+    """Tiny presets only: build a tokenizer, a vision encoder and an LLM, and pretrain them briefly."""
+
+    vision_steps: int = Field(300, ge=0, description="Attribute-prediction steps for the vision tower.")
+    vision_examples: int = Field(2000, gt=0, description="Synthetic images for vision pretraining.")
+    llm_steps: int = Field(400, ge=0, description="Language-modelling steps for the LLM.")
+    llm_texts: int = Field(4000, gt=0, description="Synthetic documents for LLM pretraining.")
+    lr: float = Field(3e-3, gt=0, description="Learning rate of both pretraining runs.")
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(160, gt=0, description="Token budget per LLM pretraining document.")
+
+
+class SynthesizeDataConfig(Strict):
+    num_train: int = Field(2000, gt=0)
+    num_val: int = Field(200, gt=0)
+    num_test: int = Field(300, gt=0)
+    num_captions: int | None = Field(None, ge=0, description="Caption pairs; default one per train image.")
+    num_preference_pairs: int | None = Field(
+        None, ge=0, description="Chosen/rejected pairs for the reward model; default one per train sample.")
+
+
+class TrainConfig(Strict):
+    """Settings shared by every training stage."""
+
+    epochs: float = Field(1.0, gt=0, description="Passes over the stage's data (fractions allowed).")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    batch_size: int = Field(16, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warmup.")
+    max_length: int = Field(192, gt=0, description="Token budget per training sequence.")
+    trainable: list[Part] = Field(
+        default_factory=lambda: ["projector", "llm"], min_length=1,
+        description="Which parts receive gradients: any of vision, projector, llm.")
+    backend: Literal["torch", "deepspeed"] = Field(
+        "torch", description="Training engine: plain torch (one process) or DeepSpeed ZeRO.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (deepspeed backend).")
+    seed: int = 0
+
+
+class SFTConfig(TrainConfig):
+    pass
+
+
+class EvaluateConfig(Strict):
+    split: Literal["val", "test"] = Field("test", description="Which split to score.")
+    limit: int | None = Field(None, gt=0, description="Score only the first N samples.")
+    max_new_tokens: int = Field(64, gt=0)
+    batch_size: int = Field(64, gt=0)
+    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
+    num_samples: int = Field(1, ge=1, description="Samples per question; pass@1 is their mean.")
+
+
+# --------------------------------------------------------------------------- platform
+
+
+class Toleration(Strict):
+    key: str
+    operator: Literal["Equal", "Exists"] = "Exists"
+    value: str | None = None
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+
+
+class ResourceSpec(Strict):
+    """Where and on what a stage runs on a cluster. Ignored by the local runner."""
+
+    cpu: str | None = Field(None, description="CPU request and limit, e.g. '8'.")
+    memory: str | None = Field(None, description="Memory request and limit, e.g. '64Gi'.")
+    accelerator_type: str | None = Field(None, description="e.g. nvidia.com/gpu or a GKE accelerator name.")
+    accelerator_count: int | None = Field(None, ge=1)
+    node_selector: dict[str, str] = Field(default_factory=dict)
+    tolerations: list[Toleration] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _accelerator_pair(self) -> ResourceSpec:
+        if (self.accelerator_type is None) != (self.accelerator_count is None):
+            raise ValueError("give accelerator_type and accelerator_count together")
+        return self
+
+
+class StorageConfig(Strict):
+    backend: Literal["file", "s3"] = Field("file", description="Where model checkpoints are kept.")
+    endpoint: str | None = Field(None, description="S3 endpoint host:port (credentials come from env).")
+    bucket: str = "r1vflow"
+    prefix: str = "artifacts"
+    secure: bool = False
+
+
+class TrackingConfig(Strict):
+    tracking_uri: str | None = Field(
+        None, description="MLflow URI; default: $MLFLOW_TRACKING_URI, else sqlite in the output dir.")
+    experiment_name: str | None = Field(None, description="MLflow experiment; default: r1vflow-<name>.")
+    register_models: bool = Field(True, description="Register every produced model as a version.")
+
+
+# --------------------------------------------------------------------------- experiment
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name (lowercase, dashes).")
+    description: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    bootstrap: BootstrapConfig | None = Field(
+        default_factory=BootstrapConfig, description="Tiny presets only; null on clusters.")
+    synthesize_data: SynthesizeDataConfig = Field(default_factory=SynthesizeDataConfig)
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    resources: dict[StageName, ResourceSpec] = Field(
+        default_factory=dict, description="Per-stage cluster resources, keyed by stage name.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        if self.model.kind == "tiny":
+            if self.bootstrap is None:
+                raise ValueError("model.kind 'tiny' needs the bootstrap stage (it builds the tiny models)")
+            if self.data.image_size % self.model.tiny.patch_size:
+                raise ValueError(f"data.image_size ({self.data.image_size}) must be a multiple of "
+                                 f"model.tiny.patch_size ({self.model.tiny.patch_size})")
+        elif self.bootstrap is not None:
+            raise ValueError("bootstrap builds tiny models only: set bootstrap to null "
+                             "for model.kind 'pretrained'")
+        return self
+
+    def stages(self) -> list[str]:
+        """The enabled stages, in DAG order."""
+        return [s for s in STAGES if getattr(self, s, None) is not None]
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved config, ignoring fields that do not change what is computed."""
+        data = self.model_dump(mode="json", exclude=set(_NOT_FINGERPRINTED))
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class ConfigError(ValueError):
+    """An experiment file or override is invalid; the message names every bad field path."""
+
+
+def format_validation_error(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "<root>"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; `r1vflow schema` lists every field)"
+        elif e["type"] == "literal_error" or "input" not in e:
+            pass
+        else:
+            msg += f" (got {e['input']!r})"
+        lines.append(f"  {path}: {msg}")
+    return "invalid experiment:\n" + "\n".join(lines)
+
+
+_EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML, plus what YAML 1.1 leaves as a string but a person means as a number ('2e-5')."""
+    if not raw.strip():
+        return ""
+    value = yaml.safe_load(raw)
+    if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
+        return float(value)
+    return value
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (numbers, lists...)."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like key.path=value")
+    path, raw = assignment.split("=", 1)
+    keys = [k for k in path.strip().split(".") if k]
+    if not keys:
+        raise ConfigError(f"override {assignment!r} has an empty key path")
+    value = _parse_value(raw)
+    node = data
+    for i, key in enumerate(keys[:-1]):
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {assignment!r}: {'.'.join(keys[: i + 1])} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def experiment_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Experiment:
+    data = json.loads(json.dumps(data))  # deep copy, plain types
+    for assignment in overrides or []:
+        apply_override(data, assignment)
+    try:
+        return Experiment.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error(err)) from None
+
+
+def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"experiment file not found: {path}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    try:
+        return experiment_from_dict(data, overrides)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists become JSON strings (MLflow params)."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, (list, dict)):
+            out[name] = json.dumps(value)
+        else:
+            out[name] = value
+    return out
+
+
+def json_schema() -> dict[str, Any]:
+    return Experiment.model_json_schema()

@@ -1,0 +1,74 @@
+"""bootstrap (tiny presets only): the stand-in for downloading pretrained InternViT and QwQ.
+
+1. Train a BPE tokenizer on the synthetic vocabulary, with <image>, <think>, </think>, <answer>,
+   </answer> and chat markers as single tokens and a chat template.
+2. Build a SigLIP vision tower and pretrain it to predict scene attributes (colour/shape counts,
+   digit classes) on images drawn from a seed stream disjoint from the data set's.
+3. Build a Qwen2 LLM and pretrain it on text-only reasoning documents (the tasks stated in words,
+   with <think>/<answer>), so it can count and add before it ever sees an image.
+4. Assemble vision + fresh MLP projector + LLM as a transformers Llava model: the base VLM.
+
+Departure from the paper: R1V starts from released checkpoints; here everything is built and
+pretrained in about a minute so that the later stages start from parts that know something.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from r1vflow.data.synth import text_corpus, tokenizer_corpus, vision_pretraining_set
+from r1vflow.models.io import save_model
+from r1vflow.models.tokenizer import train_tokenizer
+from r1vflow.models.vlm import assemble_vlm, build_tiny_llm, build_tiny_vision, part_sizes
+from r1vflow.stages.common import StageContext, StageOutcome
+from r1vflow.train.bootstrap import pretrain_llm, pretrain_vision
+
+# Seed offsets keep bootstrap's synthetic data apart from synthesize_data's (same base seed).
+_VISION_SEED, _TEXT_SEED = 10_007, 20_011
+
+
+def _digest(texts: list[str], targets) -> str:
+    h = hashlib.sha256()
+    for text in texts:
+        h.update(text.encode())
+    h.update(targets.numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    exp, cfg, tiny = ctx.exp, ctx.exp.bootstrap, ctx.exp.model.tiny
+    seed = exp.data.seed
+    tokenizer = train_tokenizer(tokenizer_corpus(seed), tiny.vocab_size)
+
+    vision = build_tiny_vision(exp.data.image_size, tiny.patch_size, tiny.vision_hidden_size,
+                               tiny.vision_layers, tiny.vision_heads)
+    images, targets = vision_pretraining_set(cfg.vision_examples, exp.data.image_size,
+                                             seed + _VISION_SEED)
+    vision_stats = pretrain_vision(vision, images, targets, steps=cfg.vision_steps, lr=cfg.lr,
+                                   batch_size=cfg.batch_size, seed=seed)
+
+    llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
+                         tiny.llm_intermediate_size, tiny.max_position_embeddings)
+    texts = text_corpus("reasoning", cfg.llm_texts, seed + _TEXT_SEED)
+    llm_stats = pretrain_llm(llm, tokenizer, texts, steps=cfg.llm_steps, lr=cfg.lr,
+                             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed)
+
+    vlm = assemble_vlm(vision, llm, tokenizer)
+    digest = _digest(texts, targets)
+    out = save_model(vlm, tokenizer, ctx.outputs["base_model"], {
+        "stage": "bootstrap", "parent": None, "config_fingerprint": exp.fingerprint(),
+        "data_digests": {"bootstrap_corpus": digest}})
+    ctx.tracker.log_dataset(f"{exp.name}-bootstrap-corpus", digest, "procedural", "pretraining")
+    version = ctx.register(out, parent=None, dataset_digest=digest)
+    sizes = part_sizes(vlm)
+    metrics = {
+        "vision_loss": float(vision_stats["final_loss"]),
+        "llm_loss": float(llm_stats["final_loss"]),
+        "tokenizer_size": float(len(tokenizer)),
+        **{f"params_{part}": float(n) for part, n in sizes.items()},
+    }
+    report = (f"# bootstrap: {exp.name}\n\nTokenizer: {len(tokenizer)} tokens. Parameters: "
+              + ", ".join(f"{k} {v:,}" for k, v in sizes.items())
+              + f".\n\nVision attribute loss {metrics['vision_loss']:.4f}, "
+              f"LLM loss {metrics['llm_loss']:.4f}.\n")
+    return StageOutcome(metrics=metrics, model_dir=out, model_version=version, report=report)

@@ -1,0 +1,59 @@
+"""evaluate: score the base model and the final model of every training stage on held-out data.
+
+For each model: accuracy (answer from <answer>, falling back to \\boxed{}, then the last number or
+choice; graded with math-verify), format compliance (<think> then <answer>), mean response length
+(characters and tokens) and accuracy per task family. Metrics are named `<metric>/<model>` with
+model in base, align_projector, sft, grpo; a Markdown report with a table and example answers goes
+to the KFP UI. With `evaluate.num_samples > 1` and a temperature, accuracy is pass@1 averaged over
+the samples (the reports' protocol) and pass@k is added.
+"""
+
+from __future__ import annotations
+
+from r1vflow.data.io import load_split
+from r1vflow.eval.scoring import score_model
+from r1vflow.models.io import load_model
+from r1vflow.models.tokenizer import load_tokenizer
+from r1vflow.stages.common import StageContext, StageOutcome
+
+# input name -> label used in metric names; evaluated in this order
+MODEL_INPUTS = {"base_model": "base", "align_projector_model": "align_projector",
+                "sft_model": "sft", "grpo_model": "grpo"}
+EXAMPLES_IN_REPORT = 3
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    exp, cfg = ctx.exp, ctx.exp.evaluate
+    dataset = ctx.input("dataset")
+    samples = load_split(dataset, cfg.split)[: cfg.limit]
+    metrics: dict[str, float] = {"eval_size": float(len(samples))}
+    examples: dict[str, list[str]] = {}
+    for input_name, label in MODEL_INPUTS.items():
+        if input_name not in ctx.inputs:
+            continue
+        path = ctx.input(input_name)
+        model, tokenizer = load_model(path, "vlm"), load_tokenizer(path)
+        scored, responses = score_model(
+            model, tokenizer, samples, dataset, exp.data.image_size, cfg.max_new_tokens,
+            cfg.batch_size, temperature=cfg.temperature, num_samples=cfg.num_samples,
+            seed=exp.data.seed)
+        metrics.update({f"{k}/{label}": v for k, v in scored.items()})
+        examples[label] = responses[:EXAMPLES_IN_REPORT]
+    return StageOutcome(metrics=metrics, report=_report(exp.name, cfg.split, samples, metrics,
+                                                        examples))
+
+
+def _report(name, split, samples, metrics, examples) -> str:
+    labels = list(examples)
+    keys = sorted({k.split("/")[0] for k in metrics if "/" in k})
+    lines = [f"# evaluate: {name} ({split} split, {len(samples)} samples)", "",
+             "| metric | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
+    for key in keys:
+        cells = [f"{metrics[f'{key}/{lab}']:.3f}" if f"{key}/{lab}" in metrics else "-"
+                 for lab in labels]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    lines += ["", "## Examples"]
+    for i, sample in enumerate(samples[:EXAMPLES_IN_REPORT]):
+        lines += ["", f"**Q:** {sample.question}  (gold: `{sample.answer}`)"]
+        lines += [f"- {lab}: `{examples[lab][i]}`" for lab in labels]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,167 @@
+"""MLflow tracking: one parent run per pipeline run, one nested run per stage, model versions.
+
+The parent run is opened by the driver (`r1vflow run`) and its id reaches the stage processes through
+the environment (`R1VFLOW_MLFLOW_PARENT_RUN_ID`), never through a pipeline parameter: parameters are
+part of KFP's cache key, and a new parent id per run would defeat the cache.
+
+Every produced model is an MLflow 3 external model (its bytes stay in our store) registered as a
+version of `<experiment>-<stage>` with lineage tags (`r1vflow.*`), so `r1vflow.parent` chains a
+final model back to the bootstrap bases.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+PARENT_ENV = "R1VFLOW_MLFLOW_PARENT_RUN_ID"
+TAG_PREFIX = "r1vflow."
+_MAX_PARAM_LEN = 6000
+
+
+def default_tracking_uri(output_dir: Path, configured: str | None) -> str:
+    """Config first, then $MLFLOW_TRACKING_URI, else a SQLite file in the output dir."""
+    if configured:
+        return configured
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return os.environ["MLFLOW_TRACKING_URI"]
+    return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
+
+
+def experiment_name(exp_name: str, configured: str | None) -> str:
+    return configured or f"r1vflow-{exp_name}"
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The checkout's commit (with '-dirty' when it has changes), or None outside git."""
+    if os.environ.get("R1VFLOW_GIT_COMMIT"):
+        return os.environ["R1VFLOW_GIT_COMMIT"]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
+                             text=True, check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{sha}-dirty" if dirty else sha
+
+
+def _clean_params(params: dict[str, Any]) -> dict[str, str]:
+    return {k: str(v)[:_MAX_PARAM_LEN] for k, v in params.items()}
+
+
+def start_parent_run(tracking_uri: str, experiment: str, run_name: str,
+                     tags: dict[str, str]) -> str:
+    """Create the pipeline run's parent MLflow run and return its id (the run stays open)."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def finish_parent_run(tracking_uri: str, run_id: str, status: str,
+                      metrics: dict[str, float], tags: dict[str, str]) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    client = mlflow.MlflowClient()
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, float(value))
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    client.set_terminated(run_id, "FINISHED" if status == "succeeded" else "FAILED")
+
+
+class StageTracker:
+    """What a stage may record: params, step metrics, data sets and model versions."""
+
+    def __init__(self, run_id: str | None, model_prefix: str, register: bool = True):
+        self.run_id = run_id
+        self.model_prefix = model_prefix
+        self.enabled = run_id is not None
+        self.register = register
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self.enabled:
+            import mlflow
+
+            items = list(_clean_params(params).items())
+            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+                mlflow.log_params(dict(items[i:i + 100]), run_id=self.run_id)
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        if self.enabled and metrics:
+            import mlflow
+
+            clean = {_metric_key(k): float(v) for k, v in metrics.items()}
+            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+
+    def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
+        """Record a data set input (name, digest, where it lives) on the stage run."""
+        if not self.enabled:
+            return
+        import mlflow
+        from mlflow.data.meta_dataset import MetaDataset
+        from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+
+        ds = MetaDataset(source=FileSystemDatasetSource(source), name=name, digest=digest[:36])
+        client = mlflow.MlflowClient()
+        from mlflow.entities import DatasetInput, InputTag
+
+        client.log_inputs(self.run_id, datasets=[DatasetInput(
+            dataset=ds._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])])
+
+    def register_model(self, stage: str, storage_uri: str, tags: dict[str, str],
+                       suffix: str = "") -> str | None:
+        """Register `storage_uri` as a new version of `<prefix>-<stage><suffix>`; returns 'name/version'."""
+        if not (self.enabled and self.register):
+            return None
+        import mlflow
+
+        name = f"{self.model_prefix}-{stage}{suffix}"
+        all_tags = {f"{TAG_PREFIX}stage": stage, f"{TAG_PREFIX}storage_uri": storage_uri, **tags}
+        all_tags = {k: v for k, v in all_tags.items() if v is not None}
+        # An external model: MLflow keeps the metadata, the bytes stay in our store.
+        logged = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=all_tags)
+        version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=all_tags)
+        return f"{version.name}/{version.version}"
+
+
+def _metric_key(key: str) -> str:
+    # MLflow metric names allow alphanumerics, _ - . / and spaces.
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)
+
+
+@contextmanager
+def stage_run(tracking_uri: str | None, experiment: str, stage: str, model_prefix: str,
+              register: bool = True) -> Iterator[StageTracker]:
+    """A nested MLflow run under the parent named by $R1VFLOW_MLFLOW_PARENT_RUN_ID.
+
+    Without a tracking URI nothing is recorded (a stage called from a test, say)."""
+    if not tracking_uri:
+        yield StageTracker(None, model_prefix, register=False)
+        return
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_experiment(experiment)
+    parent = os.environ.get(PARENT_ENV)
+    tags = {"mlflow.parentRunId": parent} if parent else {}
+    with mlflow.start_run(run_name=stage, tags={**tags, f"{TAG_PREFIX}stage": stage}) as run:
+        yield StageTracker(run.info.run_id, model_prefix, register=register)
+
+
+def model_version_tags(name_version: str) -> dict[str, str]:
+    """Tags of a registered version given as 'name/version'."""
+    import mlflow
+
+    name, version = name_version.rsplit("/", 1)
+    return dict(mlflow.MlflowClient().get_model_version(name, version).tags)
