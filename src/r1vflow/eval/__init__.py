@@ -1,0 +1,1 @@
+"""Evaluation: grading of model responses (``grading``) and benchmark runs."""

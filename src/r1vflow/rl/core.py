@@ -1,0 +1,168 @@
+"""GRPO algorithm core (R1V2): group-relative advantages, clipped surrogate loss, k3 KL.
+
+Pure torch functions on padded batches. Notation: N sequences (= prompts x group_size,
+ordered group by group), T completion tokens per sequence (right-padded), V vocabulary size.
+``mask`` [N, T] is 1 for completion tokens that count and 0 for padding (bool or float).
+
+Aggregations (names as in verl):
+- "token-mean": mean over all valid tokens of the batch (long answers weigh more).
+- "seq-mean-token-mean": mean over each sequence's valid tokens, then over sequences
+  (original GRPO; every response weighs the same). Sequences with no valid token are skipped.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "Aggregation",
+    "clip_fraction",
+    "group_advantages",
+    "kl_k3",
+    "masked_aggregate",
+    "policy_loss",
+    "token_logprobs",
+]
+
+Aggregation = Literal["seq-mean-token-mean", "token-mean"]
+_AGGREGATIONS = ("seq-mean-token-mean", "token-mean")
+
+
+def group_advantages(
+    rewards: torch.Tensor, group_size: int, scale_by_std: bool = True, eps: float = 1e-6
+) -> torch.Tensor:
+    """GRPO advantages A_i = (r_i - mean(group)) / (std(group) + eps).
+
+    rewards: [N] with N = prompts x group_size, ordered group by group (the G responses of
+    prompt 0, then of prompt 1, ...). std uses Bessel's correction (torch default, as TRL and
+    verl). With ``scale_by_std=False`` returns r_i - mean(group) (Dr. GRPO).
+    Returns [N] float tensor. A group of equal rewards gives zeros.
+    """
+    if rewards.dim() != 1:
+        raise ValueError(
+            f"group_advantages: rewards must be 1-D [N], got shape {tuple(rewards.shape)}"
+        )
+    if group_size < 2:
+        raise ValueError(f"group_advantages: group_size must be >= 2, got {group_size}")
+    n = rewards.shape[0]
+    if n % group_size != 0:
+        raise ValueError(
+            f"group_advantages: {n} rewards is not a multiple of group_size={group_size}; "
+            "pass group_size responses for every prompt"
+        )
+    grouped = rewards.float().view(-1, group_size)  # [P, G]
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    if scale_by_std:
+        centred = centred / (grouped.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(n)
+
+
+def _check_nt(name: str, t: torch.Tensor, shape: torch.Size) -> None:
+    if t.shape != shape:
+        raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} [N, T]")
+
+
+def masked_aggregate(
+    values: torch.Tensor, mask: torch.Tensor, aggregation: Aggregation = "seq-mean-token-mean"
+) -> torch.Tensor:
+    """Reduce per-token ``values`` [N, T] over valid tokens (``mask`` [N, T]) to a scalar."""
+    if aggregation not in _AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose one of {_AGGREGATIONS}")
+    _check_nt("mask", mask, values.shape)
+    m = mask.to(values.dtype)
+    per_seq_count = m.sum(dim=1)  # [N]
+    if per_seq_count.sum() == 0:
+        raise ValueError("mask has no valid tokens; nothing to aggregate")
+    masked = torch.where(mask.bool(), values, torch.zeros_like(values))  # NaN/inf in padding ok
+    if aggregation == "token-mean":
+        return masked.sum() / m.sum()
+    has_tokens = per_seq_count > 0
+    seq_means = masked.sum(dim=1)[has_tokens] / per_seq_count[has_tokens]
+    return seq_means.mean()
+
+
+def _ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
+    return torch.exp(logprobs - old_logprobs)
+
+
+def policy_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    aggregation: Aggregation = "seq-mean-token-mean",
+) -> torch.Tensor:
+    """Clipped surrogate loss (PPO/GRPO), to be minimised.
+
+    logprobs, old_logprobs, mask: [N, T]; advantages: [N] (one per sequence, broadcast over
+    tokens). Per token: -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) with
+    ratio = exp(logprobs - old_logprobs); old_logprobs carry no gradient.
+    Returns a scalar aggregated over valid tokens (see module docstring).
+    """
+    _check_nt("old_logprobs", old_logprobs, logprobs.shape)
+    if advantages.shape != logprobs.shape[:1]:
+        raise ValueError(
+            f"advantages has shape {tuple(advantages.shape)}, expected [{logprobs.shape[0]}] [N]"
+        )
+    ratio = _ratio(logprobs, old_logprobs.detach())
+    adv = advantages.detach().to(logprobs.dtype).unsqueeze(1)  # [N, 1]
+    unclipped = ratio * adv
+    clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    per_token = -torch.minimum(unclipped, clipped)  # [N, T]
+    return masked_aggregate(per_token, mask, aggregation)
+
+
+@torch.no_grad()
+def clip_fraction(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+) -> float:
+    """Share of valid tokens where the clip is active (the token gets no gradient):
+    A > 0 and ratio > 1 + clip_high, or A < 0 and ratio < 1 - clip_low.
+
+    Shapes as in ``policy_loss``; returns a Python float in [0, 1] for logging.
+    """
+    ratio = _ratio(logprobs, old_logprobs)
+    adv = advantages.unsqueeze(1)
+    active = ((adv > 0) & (ratio > 1.0 + clip_high)) | ((adv < 0) & (ratio < 1.0 - clip_low))
+    return float(masked_aggregate(active.float(), mask, "token-mean"))
+
+
+def kl_k3(
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    aggregation: Aggregation = "seq-mean-token-mean",
+) -> torch.Tensor:
+    """k3 estimator of KL(policy || reference): exp(ref - lp) - (ref - lp) - 1, >= 0.
+
+    logprobs, ref_logprobs, mask: [N, T]. Returns a scalar aggregated like ``policy_loss``.
+    """
+    _check_nt("ref_logprobs", ref_logprobs, logprobs.shape)
+    delta = ref_logprobs.detach() - logprobs
+    per_token = torch.exp(delta) - delta - 1.0
+    return masked_aggregate(per_token, mask, aggregation)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of each token: log softmax(logits[n, t])[tokens[n, t]].
+
+    logits: [N, T, V] already aligned with ``tokens`` [N, T] (i.e. logits at position t are the
+    model's prediction for tokens[:, t]; the caller shifts). Computed in float32. Returns [N, T].
+    """
+    if logits.dim() != 3 or tokens.shape != logits.shape[:2]:
+        raise ValueError(
+            f"token_logprobs: logits {tuple(logits.shape)} must be [N, T, V] and tokens "
+            f"{tuple(tokens.shape)} must be [N, T]"
+        )
+    logits = logits.float()
+    picked = torch.gather(logits, dim=-1, index=tokens.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
