@@ -9,7 +9,7 @@ parameter. Per-stage cluster settings (resources, node selectors, tolerations) c
 and are ignored by the local runner.
 """
 
-from __future__ import annotations
+# No `from __future__ import annotations`: KFP reads the pipeline signature at runtime.
 
 from typing import NamedTuple
 

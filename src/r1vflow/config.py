@@ -136,7 +136,7 @@ class SynthesizeDataConfig(Strict):
 class TrainConfig(Strict):
     """Settings shared by every training stage."""
 
-    epochs: float = Field(1.0, gt=0, description="Passes over the stage's data (fractions allowed).")
+    epochs: int = Field(1, ge=1, description="Passes over the stage's data.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     batch_size: int = Field(16, gt=0)
     weight_decay: float = Field(0.0, ge=0)

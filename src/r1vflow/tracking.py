@@ -105,19 +105,26 @@ class StageTracker:
             mlflow.log_metrics(clean, step=step, run_id=self.run_id)
 
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
-        """Record a data set input (name, digest, where it lives) on the stage run."""
+        """Record a data set input (name, digest, where it lives) on the stage run.
+
+        `source` is a path or URI of the data, or "procedural:<generator>" for data that is
+        regenerated from code and a seed rather than stored."""
         if not self.enabled:
             return
         import mlflow
+        from mlflow.data.code_dataset_source import CodeDatasetSource
         from mlflow.data.meta_dataset import MetaDataset
-        from mlflow.data.filesystem_dataset_source import FileSystemDatasetSource
+        from mlflow.data.sources import LocalArtifactDatasetSource, S3ArtifactDatasetSource
 
-        ds = MetaDataset(source=FileSystemDatasetSource(source), name=name, digest=digest[:36])
-        client = mlflow.MlflowClient()
-        from mlflow.entities import DatasetInput, InputTag
-
-        client.log_inputs(self.run_id, datasets=[DatasetInput(
-            dataset=ds._to_mlflow_entity(), tags=[InputTag(key="mlflow.data.context", value=context)])])
+        if source.startswith("procedural:"):
+            src = CodeDatasetSource({"generator": source.split(":", 1)[1]})
+        elif source.startswith("s3://"):
+            src = S3ArtifactDatasetSource(source)
+        else:
+            src = LocalArtifactDatasetSource(source)
+        # MLflow keeps at most 36 characters of a digest; the full one is in our tags.
+        dataset = MetaDataset(source=src, name=name, digest=digest[:36])
+        mlflow.log_input(dataset, context=context)
 
     def register_model(self, stage: str, storage_uri: str, tags: dict[str, str],
                        suffix: str = "") -> str | None:

@@ -58,12 +58,13 @@ def run(ctx: StageContext) -> StageOutcome:
     out = save_model(vlm, tokenizer, ctx.outputs["base_model"], {
         "stage": "bootstrap", "parent": None, "config_fingerprint": exp.fingerprint(),
         "data_digests": {"bootstrap_corpus": digest}})
-    ctx.tracker.log_dataset(f"{exp.name}-bootstrap-corpus", digest, "procedural", "pretraining")
+    ctx.tracker.log_dataset(f"{exp.name}-bootstrap-corpus", digest,
+                            "procedural:r1vflow.data.synth", "pretraining")
     version = ctx.register(out, parent=None, dataset_digest=digest)
     sizes = part_sizes(vlm)
     metrics = {
-        "vision_loss": float(vision_stats["final_loss"]),
-        "llm_loss": float(llm_stats["final_loss"]),
+        "vision_loss": float(vision_stats["loss"]),
+        "llm_loss": float(llm_stats["loss"]),
         "tokenizer_size": float(len(tokenizer)),
         **{f"params_{part}": float(n) for part, n in sizes.items()},
     }

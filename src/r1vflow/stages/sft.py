@@ -54,7 +54,7 @@ def run(ctx: StageContext) -> StageOutcome:
         "data_digests": {"dataset": info.digest}})
     version = ctx.register(out, parent=parent_version(base), dataset_digest=info.digest)
     metrics = {
-        "train_loss": float(stats["final_loss"]),
+        "train_loss": float(stats["loss"]),
         "train_tokens_per_s": float(stats["tokens_per_s"]),
         "train_steps": float(stats["steps"]),
         "train_size": float(len(train)),
