@@ -81,6 +81,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             model_uri=str(outcome.model_dir.resolve()) if outcome.model_dir else None,
             model_version=outcome.model_version, mlflow_run_id=run_id,
             outputs={k: str(v) for k, v in outputs.items()},
+            task_dir=str(Path(metrics.path).parent) if metrics is not None else None,
         )
     except Exception as err:
         failed = StageResult(stage=stage, status="failed", seconds=round(time.time() - started, 3),

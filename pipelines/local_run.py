@@ -22,17 +22,21 @@ from r1vflow.pipelines.dag import build_pipeline, pipeline_name
 
 
 def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
-                   pipeline_dir: Path | None) -> dict[str, dict[str, Any]]:
-    """Per stage: the task's StageResult (cached tasks included), else the mirrored failure."""
+                   new_dirs: list[Path]) -> dict[str, dict[str, Any]]:
+    """Per stage: the task's StageResult (cached tasks included), else the mirrored failure.
+
+    A task served from KFP's cache returns the result of the run that computed it, whose output
+    paths lie outside this run's new pipeline-root directories: that is how `cached` is told."""
     entries: dict[str, dict[str, Any]] = {}
     for stage in exp.stages():
         raw = outputs.get(stage)
         mirrored = run_dir / "stages" / f"{stage}.json"
         if raw:
             result = json.loads(raw)
-            paths = list(result.get("outputs", {}).values())
-            result["cached"] = bool(pipeline_dir and paths and not any(
-                Path(p).is_relative_to(pipeline_dir) for p in paths))
+            paths = list(result.get("outputs", {}).values()) + [result.get("task_dir") or ""]
+            paths = [p for p in paths if p]
+            result["cached"] = bool(paths) and not any(
+                Path(p).is_relative_to(d) for p in paths for d in new_dirs)
         elif mirrored.exists() and json.loads(mirrored.read_text())["status"] == "failed":
             result = json.loads(mirrored.read_text())
         else:
@@ -47,6 +51,7 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
               quiet: bool = False) -> dict[str, Any]:
     from kfp import local
 
+    started = time.time()
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "stages").mkdir(exist_ok=True)
@@ -77,12 +82,11 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     if quiet:
         logging.getLogger().setLevel(logging.WARNING)
     before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
-    started = time.time()
     task = build_pipeline(exp)(experiment_json=exp.model_dump_json())
     seconds = time.time() - started
     new_dirs = sorted(set(pipeline_root.glob("*")) - before)
     outputs = dict(getattr(task, "outputs", None) or {})
-    stages = _stage_entries(exp, outputs, output_dir, new_dirs[-1] if new_dirs else None)
+    stages = _stage_entries(exp, outputs, output_dir, new_dirs)
     status = "succeeded" if all(s["status"] == "succeeded" for s in stages.values()) else "failed"
     summary = {
         "status": status,

@@ -102,5 +102,22 @@ def _print_summary(summary: dict) -> None:
                f"(mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']})")
 
 
+def _register_command_groups() -> None:
+    """Command groups live in their own modules (cli_*.py), each with `register(app)`."""
+    import importlib
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(module).register(app)
+
+
+# Each module adds its commands to `app`; imports inside commands keep `r1vflow --help` fast.
+_COMMAND_MODULES: list[str] = []
+_register_command_groups()
+
+
 def main() -> None:  # pragma: no cover
     sys.exit(app())
+
+
+if __name__ == "__main__":  # python -m r1vflow.cli
+    main()

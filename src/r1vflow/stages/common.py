@@ -30,6 +30,7 @@ class StageResult(BaseModel):
     model_version: str | None = Field(None, description="Registered MLflow version, 'name/version'.")
     mlflow_run_id: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
+    task_dir: str | None = Field(None, description="The KFP task's directory (where it wrote).")
     error: str | None = None
 
 
