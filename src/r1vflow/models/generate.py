@@ -1,0 +1,144 @@
+"""Batched generation with the KV cache: the transformers rollout backend.
+
+Used by evaluation (greedy), by AL-CoTD self-distillation (with a repetition penalty) and by GRPO
+(sampled groups of `num_return_sequences` responses per prompt). Prompts are left-padded so that
+every row continues from its own last token; completions stop at `<|im_end|>`. The `<image>` and
+`<pad>` ids are never generated, so a prompt + completion can be fed back with its image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from r1vflow.models.processing import encode_prompts
+from r1vflow.models.vlm import num_image_tokens
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One generated response: decoded text (tags kept), its token ids, and whether it hit eos."""
+
+    text: str
+    token_ids: list[int]
+    finished: bool
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+def _trim(row: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
+    """Cut a generated row after its first eos (kept); drop trailing padding otherwise."""
+    if eos_id in row:
+        return row[: row.index(eos_id) + 1], True
+    while row and row[-1] == pad_id:
+        row = row[:-1]
+    return row, False
+
+
+def _generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    pixel_values: torch.Tensor,
+    options: dict,
+) -> list[list[Completion]]:
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    batch = encode_prompts(tokenizer, questions, num_image_tokens(model))
+    width = batch["input_ids"].shape[1]
+    sequences = model.generate(
+        input_ids=batch["input_ids"].to(device),
+        attention_mask=batch["attention_mask"].to(device),
+        pixel_values=pixel_values.to(device=device, dtype=dtype),
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        suppress_tokens=[model.config.image_token_id, tokenizer.pad_token_id],
+        use_cache=True,
+        **options,
+    )
+    n = options["num_return_sequences"]
+    grouped: list[list[Completion]] = [[] for _ in questions]
+    for index, row in enumerate(sequences[:, width:].tolist()):
+        ids, finished = _trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        grouped[index // n].append(Completion(text=text, token_ids=ids, finished=finished))
+    return grouped
+
+
+def generate_completions(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    pixel_values: torch.Tensor,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+    repetition_penalty: float = 1.0,
+) -> list[list[Completion]]:
+    """Generate `num_return_sequences` completions per question; pixel_values is [B,3,H,W].
+
+    Greedy when temperature == 0 (then num_return_sequences must be 1: copies would be equal),
+    else plain temperature sampling (no top-k / top-p), reproducible given `seed` without
+    touching the global RNG. Returns B lists of Completion.
+    """
+    if len(questions) != pixel_values.shape[0]:
+        raise ValueError(f"{len(questions)} questions but {pixel_values.shape[0]} images")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if temperature == 0 and num_return_sequences != 1:
+        raise ValueError("greedy decoding (temperature=0) gives identical copies; use n=1")
+    options: dict = {
+        "max_new_tokens": max_new_tokens,
+        "num_return_sequences": num_return_sequences,
+        "repetition_penalty": repetition_penalty,
+        "do_sample": temperature > 0,
+    }
+    if temperature > 0:
+        options.update(temperature=temperature, top_k=0, top_p=1.0)
+    was_training = model.training
+    model.eval()
+    results: list[list[Completion]] = []
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(questions), batch_size):
+                stop = start + batch_size
+                results += _generate_batch(
+                    model, tokenizer, questions[start:stop], pixel_values[start:stop], options
+                )
+    finally:
+        model.train(was_training)
+    return results
+
+
+def generate_responses(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    questions: list[str],
+    pixel_values: torch.Tensor,
+    max_new_tokens: int,
+    batch_size: int,
+    temperature: float = 0.0,
+    num_return_sequences: int = 1,
+    seed: int | None = None,
+) -> list[list[str]]:
+    """Texts only of `generate_completions` (same arguments): B lists of n strings."""
+    groups = generate_completions(
+        model,
+        tokenizer,
+        questions,
+        pixel_values,
+        max_new_tokens,
+        batch_size,
+        temperature=temperature,
+        num_return_sequences=num_return_sequences,
+        seed=seed,
+    )
+    return [[c.text for c in group] for group in groups]

@@ -1,0 +1,139 @@
+"""Model directories: safetensors weights + tokenizer + `r1vflow_model.json` lineage metadata.
+
+Every model a stage produces is a directory that `from_pretrained` loads as is. Beside the
+weights sits `r1vflow_model.json` naming the stage that made it, its parent model, the digests
+of the data it saw and the fingerprint of the resolved config. Weights are only ever written and
+read as safetensors (transformers 5 writes nothing else; loading passes `use_safetensors=True`).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from safetensors import safe_open
+from transformers import (
+    AutoModel,
+    AutoModelForCausalLM,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+METADATA_FILE = "r1vflow_model.json"
+ModelKind = Literal["vlm", "causal_lm", "vision"]
+_LOADERS = {
+    "vlm": LlavaForConditionalGeneration,
+    "causal_lm": AutoModelForCausalLM,
+    "vision": AutoModel,
+}
+
+
+class ModelMetadata(BaseModel):
+    """Lineage facts stored next to a model's weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    stage: str = Field(description="stage that produced the model, e.g. 'sft'")
+    parent: str | None = Field(description="URI or path of the model it started from; None if new")
+    data_digests: dict[str, str] = Field(
+        default_factory=dict, description="data set name -> digest"
+    )
+    config_fingerprint: str = Field(description="fingerprint of the resolved experiment config")
+    created_at: str = Field(
+        default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"),
+        description="UTC time the model was saved (ISO 8601)",
+    )
+    kind: ModelKind | None = Field(default=None, description="how to load it (set by save_model)")
+    extra: dict[str, Any] = Field(default_factory=dict, description="free-form facts (metrics...)")
+
+
+def _kind_of(model: PreTrainedModel) -> ModelKind:
+    if isinstance(model, LlavaForConditionalGeneration):
+        return "vlm"
+    if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
+        return "causal_lm"
+    return "vision"
+
+
+def save_model(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase | None,
+    out_dir: str | Path,
+    metadata: dict[str, Any],
+) -> Path:
+    """Write `model` (safetensors), `tokenizer` (if given) and validated metadata to `out_dir`.
+
+    `metadata` needs keys stage, parent, config_fingerprint; optional data_digests, created_at,
+    extra. Raises ValueError naming the bad field.
+    """
+    try:
+        meta = ModelMetadata(**{"kind": _kind_of(model), **metadata})
+    except ValidationError as err:
+        raise ValueError(f"invalid model metadata for {out_dir}: {err}") from err
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
+    unsafe = [p.name for p in out.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+    if unsafe:
+        raise RuntimeError(f"save_pretrained wrote non-safetensors weights in {out}: {unsafe}")
+    (out / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
+    return out
+
+
+def read_model_metadata(model_dir: str | Path) -> ModelMetadata:
+    """Parse `<model_dir>/r1vflow_model.json`; FileNotFoundError / ValueError name the file."""
+    path = Path(model_dir) / METADATA_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"model metadata file missing: {path}")
+    try:
+        return ModelMetadata.model_validate_json(path.read_text())
+    except ValidationError as err:
+        raise ValueError(f"corrupt model metadata in {path}: {err}") from err
+
+
+def _check_weights(directory: Path) -> None:
+    config = directory / "config.json"
+    if not config.is_file():
+        raise FileNotFoundError(f"model config missing: {config}")
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"corrupt model config {config}: {err}") from err
+    weights = sorted(directory.glob("*.safetensors"))
+    if not weights:
+        raise FileNotFoundError(f"no *.safetensors weights in {directory}")
+    for file in weights:
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as err:  # safetensors raises its own SafetensorError / OSError types
+            raise ValueError(f"corrupt safetensors file {file}: {err}") from err
+
+
+def load_model(model_dir: str | Path, kind: ModelKind = "vlm") -> PreTrainedModel:
+    """Load a model saved by `save_model` from a local directory, safetensors only.
+
+    kind: "vlm" (LlavaForConditionalGeneration), "causal_lm" (AutoModelForCausalLM) or
+    "vision" (AutoModel, e.g. SiglipVisionModel). The tokenizer loads with
+    `r1vflow.models.tokenizer.load_tokenizer(model_dir)`.
+    """
+    if kind not in _LOADERS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(_LOADERS)}")
+    directory = Path(model_dir)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    _check_weights(directory)
+    try:
+        model = _LOADERS[kind].from_pretrained(
+            directory, use_safetensors=True, local_files_only=True
+        )
+    except (OSError, ValueError, RuntimeError) as err:
+        raise ValueError(f"cannot load {kind} model from {directory}: {err}") from err
+    model.eval()
+    return model

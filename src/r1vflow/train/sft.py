@@ -1,0 +1,163 @@
+"""Supervised fine-tuning of the VLM on (question, response, image) triples.
+
+Used by projector alignment (R1V stage 1: projector only), by iterative SFT (R1V stage 2) and
+by any stage that needs teacher forcing. The loss is the mean cross-entropy over the assistant
+response tokens and its closing `<|im_end|>`; prompt, image placeholders and padding carry
+label -100. Which parts train is decided before the call with `set_trainable`.
+
+    set_trainable(model, {"projector", "llm"})
+    stats = train_sft(model, tokenizer, items, epochs=3, batch_size=16, lr=1e-3, ...)
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
+from r1vflow.models.vlm import num_image_tokens
+from r1vflow.train.engine import Backend, TrainEngine, training_progress
+
+SftItem = tuple[str, str, torch.Tensor]  # question, response, pixel_values [3,H,W]
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def _batches(
+    items: Sequence[SftItem], batch_size: int, generator: torch.Generator | None
+) -> Iterator[list[SftItem]]:
+    order = (
+        torch.randperm(len(items), generator=generator).tolist()
+        if generator is not None
+        else list(range(len(items)))
+    )
+    for start in range(0, len(order), batch_size):
+        yield [items[i] for i in order[start : start + batch_size]]
+
+
+def _shard(chunk: list[SftItem]) -> list[SftItem]:
+    """This rank's share of a global batch under torch.distributed (all of it otherwise).
+
+    Every rank gets at least one item so that ZeRO's collective calls stay in step.
+    """
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return chunk
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return chunk[rank::world] or chunk[:1]
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, chunk: list[SftItem], n_image: int, max_length: int
+) -> dict[str, torch.Tensor]:
+    batch = encode_sft_batch(tokenizer, [(q, r) for q, r, _ in chunk], n_image, max_length)
+    batch["pixel_values"] = torch.stack([pixels for _, _, pixels in chunk])
+    return batch
+
+
+def _to(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    param = next(model.parameters())
+    return {
+        key: value.to(param.device, param.dtype if value.is_floating_point() else None)
+        for key, value in batch.items()
+    }
+
+
+def train_sft(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[SftItem],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    max_length: int,
+    seed: int,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+    backend: Backend = "torch",
+    zero_stage: int = 0,
+) -> dict[str, float]:
+    """Train `model` in place on `items` for `epochs` shuffled epochs (AdamW, warmup + cosine).
+
+    `batch_size` is the global batch: under torchrun each rank trains on its share of it.
+    Returns loss (mean of the last 10 steps, this rank), first_loss, steps, seconds, tokens
+    (non-padding tokens this rank processed) and tokens_per_s. `on_step(step, {"loss","lr","grad_norm","epoch"})` is
+    called after every optimizer step (1-based step).
+    """
+    if not items:
+        raise ValueError("train_sft got no training items")
+    n_image = num_image_tokens(model)
+    steps_per_epoch = math.ceil(len(items) / batch_size)
+    engine = TrainEngine(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio,
+        total_steps=epochs * steps_per_epoch,
+        backend=backend,
+        zero_stage=zero_stage,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    tokens, start = 0, time.perf_counter()
+    with training_progress(progress) as bar:
+        task = bar.add_task("sft", total=epochs * steps_per_epoch, loss=float("nan"), tok_s=0.0)
+        for epoch in range(epochs):
+            for chunk in _batches(items, batch_size, generator):
+                batch = _to(_encode(tokenizer, _shard(chunk), n_image, max_length), engine.module)
+                loss = engine.model(**batch).loss
+                stats = engine.step(loss)
+                losses.append(float(loss.detach()))
+                tokens += int(batch["attention_mask"].sum())
+                tok_s = tokens / (time.perf_counter() - start)
+                bar.update(task, advance=1, loss=losses[-1], tok_s=tok_s)
+                if on_step is not None:
+                    on_step(len(losses), {"loss": losses[-1], **stats, "epoch": float(epoch)})
+    engine.release()
+    seconds = time.perf_counter() - start
+    return {
+        "loss": sum(losses[-10:]) / len(losses[-10:]),
+        "first_loss": losses[0],
+        "steps": float(len(losses)),
+        "seconds": seconds,
+        "tokens": float(tokens),
+        "tokens_per_s": tokens / seconds,
+    }
+
+
+@torch.no_grad()
+def eval_loss(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    items: Sequence[SftItem],
+    batch_size: int,
+    max_length: int,
+) -> float:
+    """Mean cross-entropy per response token over all `items` (token-weighted, not per batch)."""
+    if not items:
+        raise ValueError("eval_loss got no items")
+    was_training = model.training
+    model.eval()
+    n_image = num_image_tokens(model)
+    total, count = 0.0, 0
+    for chunk in _batches(items, batch_size, generator=None):
+        batch = _to(_encode(tokenizer, chunk, n_image, max_length), model)
+        labels = batch.pop("labels")
+        logits = model(**batch).logits[:, :-1].float()
+        targets = labels[:, 1:]
+        total += float(
+            F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
+        )
+        count += int((targets != IGNORE_INDEX).sum())
+    model.train(was_training)
+    return total / count
