@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.r1vflow-installed
 DEMO   ?= runs/demo
 
-.PHONY: install demo smoke test test-fast lint compile clean
+.PHONY: install demo smoke test test-fast lint compile compiled clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-fast: install
 
 lint: install
 	$(VENV)/bin/ruff check .
+
+# Regenerate pipelines/compiled/<preset>.yaml, the committed IR of every pipelines/configs/*.yaml;
+# tests/test_compile.py fails when one drifts from the code, so run this after changing components,
+# the DAG, the config schema or a preset.
+compiled: install
+	$(PY) -m r1vflow.pipelines.compile --presets
 
 clean:
 	rm -rf runs .pytest_cache

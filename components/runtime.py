@@ -14,8 +14,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from r1vflow.cluster import attach_parent_run, report_to_parent
 from r1vflow.config import Experiment, flatten
-from r1vflow.stages import StageContext, StageResult, stage_function
+from r1vflow.launch import run_stage
+from r1vflow.stages import StageContext, StageResult
 from r1vflow.tracking import experiment_name, stage_run
 
 RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
@@ -59,7 +61,10 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
     run_id = None
     try:
         tracking_uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-        with stage_run(tracking_uri, experiment_name(exp.name, exp.tracking.experiment_name),
+        mlflow_experiment = experiment_name(exp.name, exp.tracking.experiment_name)
+        # On a cluster: find/create the KFP run's MLflow parent run (no-op locally).
+        attach_parent_run(tracking_uri, mlflow_experiment, exp.name, exp.fingerprint())
+        with stage_run(tracking_uri, mlflow_experiment,
                        stage, exp.name, register=exp.tracking.register_models) as tracker:
             run_id = tracker.run_id
             tracker.log_params(_stage_params(exp, stage))
@@ -73,7 +78,8 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             )
             for path in ctx.outputs.values():
                 path.mkdir(parents=True, exist_ok=True)
-            outcome = stage_function(stage)(ctx)
+            # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.launch).
+            outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
             seconds = time.time() - started
             tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
         result = StageResult(
@@ -87,8 +93,12 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
         failed = StageResult(stage=stage, status="failed", seconds=round(time.time() - started, 3),
                              mlflow_run_id=run_id, error=f"{type(err).__name__}: {err}")
         _mirror(failed)
+        report_to_parent(exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                         stage, "failed", {}, last_stage=False)
         traceback.print_exc()
         raise
+    report_to_parent(tracking_uri, stage, "succeeded", result.metrics,
+                     last_stage=stage == exp.stages()[-1])
     _write_kfp_outputs(result, metrics, report, outcome.report)
     _mirror(result)
     return result.model_dump_json()

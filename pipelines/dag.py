@@ -1,7 +1,7 @@
 """The DAG: experiment -> KFP pipeline.
 
-    bootstrap -> synthesize_data -> sft -> evaluate
-                 (evaluate also scores the base model)
+    bootstrap -> synthesize_data -> sft -> [grpo] -> evaluate
+                 (evaluate also scores the base model, and every trained model)
 
 The whole experiment travels to every task as one JSON parameter, so a task's cache key is its
 stage code plus the resolved config; nothing run-specific (MLflow parent run, output dir) is a
@@ -13,30 +13,15 @@ and are ignored by the local runner.
 
 from typing import NamedTuple
 
-from kfp import dsl, kubernetes
-
+from kfp import dsl
 from r1vflow.components.bootstrap import bootstrap
 from r1vflow.components.evaluate import evaluate
+from r1vflow.components.grpo import grpo
 from r1vflow.components.sft import sft
 from r1vflow.components.synthesize_data import synthesize_data
-from r1vflow.config import Experiment, ResourceSpec
+from r1vflow.pipelines.k8s import apply_task_settings
 
-
-def apply_resources(task: dsl.PipelineTask, spec: ResourceSpec | None) -> None:
-    if spec is None:
-        return
-    if spec.cpu:
-        task.set_cpu_request(spec.cpu).set_cpu_limit(spec.cpu)
-    if spec.memory:
-        task.set_memory_request(spec.memory).set_memory_limit(spec.memory)
-    if spec.accelerator_type:
-        task.set_accelerator_type(spec.accelerator_type)
-        task.set_accelerator_limit(spec.accelerator_count)
-    for key, value in spec.node_selector.items():
-        kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    for tol in spec.tolerations:
-        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value,
-                                  effect=tol.effect)
+from r1vflow.config import Experiment
 
 
 def pipeline_name(exp: Experiment) -> str:
@@ -63,11 +48,16 @@ def build_pipeline(exp: Experiment):
             tasks["synthesize_data"].after(tasks["bootstrap"])
         dataset = tasks["synthesize_data"].outputs["dataset"]
         tasks["sft"] = sft(experiment_json=experiment_json, base_model=base_model, dataset=dataset)
+        trained = {"sft_model": tasks["sft"].outputs["model"]}
+        if exp.grpo is not None:
+            tasks["grpo"] = grpo(experiment_json=experiment_json,
+                                 sft_model=tasks["sft"].outputs["model"], dataset=dataset)
+            trained["grpo_model"] = tasks["grpo"].outputs["model"]
         tasks["evaluate"] = evaluate(experiment_json=experiment_json, base_model=base_model,
-                                     dataset=dataset, sft_model=tasks["sft"].outputs["model"])
+                                     dataset=dataset, **trained)
         for stage, task in tasks.items():
             task.set_display_name(stage)
-            apply_resources(task, exp.resources.get(stage))
+            apply_task_settings(task, stage, exp)
         return Outputs(**{s: tasks[s].outputs["Output"] for s in stages})
 
     return pipeline

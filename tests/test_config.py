@@ -80,7 +80,8 @@ def test_override_errors():
 def test_fingerprint_ignores_name_and_tracking_but_not_training():
     base = experiment_from_dict({"name": "a"})
     renamed = experiment_from_dict({"name": "b", "description": "other",
-                                    "tracking": {"tracking_uri": "sqlite:///x.db"}})
+                                    "tracking": {"tracking_uri": "sqlite:///x.db"},
+                                    "resources": {"sft": {"cpu": "4"}}})
     changed = experiment_from_dict({"name": "a"}, ["sft.lr=3e-4"])
     assert base.fingerprint() == renamed.fingerprint()
     assert base.fingerprint() != changed.fingerprint()

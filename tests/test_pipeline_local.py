@@ -7,7 +7,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-
 from conftest import PRESETS
 
 pytestmark = pytest.mark.slow

@@ -50,18 +50,6 @@ def schema() -> None:
     typer.echo(json.dumps(json_schema(), indent=2))
 
 
-@app.command(name="compile")
-def compile_(config: ConfigArg,
-             output: Annotated[Path, typer.Option("-o", "--output", help="IR YAML to write.")],
-             set_: SetOpt = None) -> None:
-    """Compile an experiment to KFP IR YAML."""
-    from r1vflow.pipelines.compile import compile_experiment
-
-    exp = _load(config, set_)
-    compile_experiment(exp, output)
-    typer.echo(f"compiled {exp.name} ({len(exp.stages())} stages) -> {output}")
-
-
 @app.command()
 def run(config: ConfigArg,
         output_dir: Annotated[Path | None, typer.Option(
@@ -111,7 +99,7 @@ def _register_command_groups() -> None:
 
 
 # Each module adds its commands to `app`; imports inside commands keep `r1vflow --help` fast.
-_COMMAND_MODULES: list[str] = []
+_COMMAND_MODULES: list[str] = ["r1vflow.cli_cluster", "r1vflow.cli_gitops"]
 _register_command_groups()
 
 

@@ -17,7 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 STAGES: tuple[str, ...] = (
     "bootstrap",
@@ -34,7 +41,9 @@ StageName = Literal[
 ]
 Part = Literal["vision", "projector", "llm"]
 # Fields that name or place a run but do not change what it computes.
-_NOT_FINGERPRINTED = ("name", "description", "tracking", "storage")
+# Resources only place the work (node pool, GPU count, retries); the recipe is the same.
+_NOT_FINGERPRINTED = ("name", "description", "tracking", "storage", "cluster", "schedule",
+                      "resources")
 
 
 class Strict(BaseModel):
@@ -155,6 +164,98 @@ class SFTConfig(TrainConfig):
     pass
 
 
+class RewardWeights(Strict):
+    """Hybrid reward r = accuracy * r_rule + format * r_format + reward_model * r_RM (R1V2)."""
+
+    accuracy: float = Field(1.0, ge=0, description="Weight of the rule accuracy reward (0/1).")
+    format: float = Field(1.0, ge=0, description="Weight of the <think>/<answer> format reward (0/1).")
+    reward_model: float = Field(
+        0.0, ge=0, description="Weight of the reward model's score; > 0 needs a trained reward "
+                               "model (train_reward_model stage).")
+
+
+class SSBConfig(Strict):
+    """Selective Sample Buffer (R1V2) against vanishing advantages; sizes are not in the paper."""
+
+    enabled: bool = Field(True, description="Replay buffered non-zero-advantage samples.")
+    capacity: int = Field(512, ge=1, description="Samples kept in the buffer.")
+    max_age_steps: int = Field(8, ge=0, description="Drop samples older than this many steps.")
+    target_effective_ratio: float = Field(
+        0.7, ge=0, le=1, description="Top a batch's share of non-zero advantages up to this.")
+    max_replay_fraction: float = Field(
+        0.5, ge=0, le=1, description="At most this share of a batch is replayed samples.")
+    prefilter: bool = Field(
+        False, description="Offline SSB: before training, one rollout pass over the prompt pool "
+                           "keeps only prompts whose group had non-zero advantage.")
+
+
+class MonitorThresholds(Strict):
+    rm_rise: float = Field(
+        0.2, ge=0, description="Reward-model score rise over a window that, with accuracy not "
+                               "rising, flags reward hacking.")
+    accuracy_min_rise: float = Field(
+        0.0, description="Accuracy rise over the window that clears an RM rise.")
+    format_drop: float = Field(
+        0.3, ge=0, description="Drop of the windowed format rate below its best that flags "
+                               "format collapse.")
+
+
+class MonitorConfig(Strict):
+    """Reward-hacking / format-collapse monitor (R1V2's calibrated reward thresholds)."""
+
+    window: int = Field(10, ge=2, description="Steps per window (compares its two halves).")
+    thresholds: MonitorThresholds = Field(default_factory=MonitorThresholds)
+    stop_on_flag: bool = Field(False, description="Stop training once a flag holds `patience` steps.")
+    patience: int = Field(3, ge=1, description="Consecutive flagged steps before stopping.")
+
+
+class GRPOConfig(TrainConfig):
+    """R1V2 GRPO with hybrid rewards and the SSB. The batch of a step is prompts_per_step x
+    group_size responses; `epochs` is unused (`steps` sets the length) and `batch_size` is the
+    number of prompts per rollout `generate` call."""
+
+    trainable: list[Part] = Field(
+        default_factory=lambda: ["projector"], min_length=1,
+        description="Parts that train; adapter-only (projector) was R1V2's best.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW, cosine decay).")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="Share of steps with linear warmup.")
+    batch_size: int = Field(64, gt=0, description="Prompts per rollout generate call.")
+    group_size: int = Field(8, ge=2, description="Responses per prompt (G).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per step, on each process.")
+    steps: int = Field(50, ge=1, description="GRPO steps (rollout batches).")
+    ppo_epochs: int = Field(1, ge=1, description="Optimizer steps per rollout batch.")
+    max_new_tokens: int = Field(64, gt=0, description="Completion budget per response.")
+    temperature: float = Field(1.0, gt=0, description="Rollout sampling temperature.")
+    clip_low: float = Field(0.2, ge=0, lt=1, description="Ratio clip below: 1 - clip_low.")
+    clip_high: float = Field(0.2, ge=0, description="Ratio clip above: 1 + clip_high.")
+    kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen SFT model; 0 = off "
+                                                  "(no reference model is built).")
+    reward_weights: RewardWeights = Field(default_factory=RewardWeights)
+    scale_by_std: bool = Field(True, description="Divide advantages by the group std "
+                                                 "(False: Dr. GRPO, mean-centred only).")
+    aggregation: Literal["seq-mean-token-mean", "token-mean"] = Field(
+        "seq-mean-token-mean", description="Loss over tokens: per-sequence mean then mean "
+                                           "(GRPO), or mean over all tokens (DAPO).")
+    ssb: SSBConfig = Field(default_factory=SSBConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    rollout: Literal["transformers", "vllm"] = Field(
+        "transformers", description="Rollout backend; vllm needs a GPU and the 'gpu' extra.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N steps; None: final model only.")
+
+    @model_validator(mode="after")
+    def _grpo_consistent(self) -> GRPOConfig:
+        if self.epochs != 1:
+            raise ValueError("grpo.epochs is unused: set grpo.steps instead (epochs must stay 1)")
+        if self.zero_stage == 3:
+            raise ValueError("grpo supports zero_stage 0-2: rollouts need the full weights "
+                             "on every process")
+        if self.max_new_tokens >= self.max_length:
+            raise ValueError(f"grpo.max_new_tokens ({self.max_new_tokens}) must be below "
+                             f"grpo.max_length ({self.max_length}), which also holds the prompt")
+        return self
+
+
 class EvaluateConfig(Strict):
     split: Literal["val", "test"] = Field("test", description="Which split to score.")
     limit: int | None = Field(None, gt=0, description="Score only the first N samples.")
@@ -167,6 +268,9 @@ class EvaluateConfig(Strict):
 # --------------------------------------------------------------------------- platform
 
 
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+
+
 class Toleration(Strict):
     key: str
     operator: Literal["Equal", "Exists"] = "Exists"
@@ -175,19 +279,54 @@ class Toleration(Strict):
 
 
 class ResourceSpec(Strict):
-    """Where and on what a stage runs on a cluster. Ignored by the local runner."""
+    """Where, on what and how a stage runs on a cluster (pipelines/k8s.py compiles it into the IR).
 
-    cpu: str | None = Field(None, description="CPU request and limit, e.g. '8'.")
-    memory: str | None = Field(None, description="Memory request and limit, e.g. '64Gi'.")
+    The local runner uses only `nodes` x `procs_per_node` (a torchrun with that many CPU processes);
+    everything else is for Kubernetes. With nodes > 1 the stage's KFP task only launches and watches
+    a Kubeflow Trainer TrainJob (it gets `cluster.launcher_cpu/memory`); cpu, memory, accelerators,
+    node selector and tolerations then describe each TrainJob node instead.
+    """
+
+    cpu: str | None = Field(None, pattern=_QUANTITY,
+                            description="CPU request, e.g. '8' or '500m' (also the limit unless cpu_limit).")
+    cpu_limit: str | None = Field(None, pattern=_QUANTITY, description="CPU limit; default: cpu.")
+    memory: str | None = Field(None, pattern=_QUANTITY,
+                               description="Memory request, e.g. '64Gi' (also the limit unless memory_limit).")
+    memory_limit: str | None = Field(None, pattern=_QUANTITY, description="Memory limit; default: memory.")
     accelerator_type: str | None = Field(None, description="e.g. nvidia.com/gpu or a GKE accelerator name.")
     accelerator_count: int | None = Field(None, ge=1)
     node_selector: dict[str, str] = Field(default_factory=dict)
     tolerations: list[Toleration] = Field(default_factory=list)
+    nodes: int = Field(1, ge=1, description="Machines; > 1 runs the stage as a Kubeflow Trainer TrainJob.")
+    procs_per_node: int = Field(
+        1, ge=1, description="torchrun processes per machine (one per GPU); locally nodes x procs "
+                             "CPU processes under gloo.")
+    timeout_seconds: int | None = Field(
+        None, gt=0, description="Pod activeDeadlineSeconds (and the TrainJob's); None: no limit.")
+    retries: int = Field(0, ge=0, le=10, description="KFP retries of a failed task (transient failures).")
+    retry_backoff_seconds: int = Field(60, ge=0, description="Wait before the first retry.")
+    retry_backoff_factor: float = Field(2.0, ge=1.0, description="Multiplier of the wait per retry.")
+    retry_backoff_max_seconds: int = Field(3600, gt=0, description="Longest wait between retries.")
+    caching: bool = Field(True, description="Let KFP reuse a previous result of this exact task.")
+    scratch_size: str | None = Field(
+        None, pattern=_QUANTITY,
+        description="Generic ephemeral volume (a PVC living with the pod) mounted at /scratch.")
+    scratch_storage_class: str | None = Field(
+        None, description="StorageClass of the scratch volume; None: the cluster default.")
+
+    _quantities_as_text = field_validator(
+        "cpu", "cpu_limit", "memory", "memory_limit", "scratch_size", mode="before")(
+        lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v)
 
     @model_validator(mode="after")
-    def _accelerator_pair(self) -> ResourceSpec:
+    def _consistent(self) -> ResourceSpec:
         if (self.accelerator_type is None) != (self.accelerator_count is None):
             raise ValueError("give accelerator_type and accelerator_count together")
+        if self.accelerator_count is not None and self.procs_per_node > self.accelerator_count:
+            raise ValueError(f"procs_per_node ({self.procs_per_node}) exceeds accelerator_count "
+                             f"({self.accelerator_count}): each process drives one accelerator")
+        if self.scratch_storage_class and not self.scratch_size:
+            raise ValueError("scratch_storage_class needs scratch_size")
         return self
 
 
@@ -206,7 +345,48 @@ class TrackingConfig(Strict):
     register_models: bool = Field(True, description="Register every produced model as a version.")
 
 
+ImageRoleName = Literal["base", "trainer", "rollout"]
+
+
+class ClusterConfig(Strict):
+    """Names of what the cluster provides (docs/cluster.md): none of it changes what is computed.
+
+    Credentials never appear here or in a compiled pipeline: tasks read them from Secrets.
+    """
+
+    s3_secret: str = Field(
+        "r1vflow-s3-credentials",
+        description="Secret with keys access_key/secret_key -> AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.")
+    mlflow_secret: str | None = Field(
+        None, description="Secret with keys username/password -> MLFLOW_TRACKING_USERNAME/PASSWORD "
+                          "(an MLflow server with basic auth); None: the server needs no login.")
+    settings_configmap: str = Field(
+        "r1vflow-settings", description="ConfigMap with the S3 endpoint/bucket, MLflow URI, "
+                                        "TrainJob namespace and training runtime.")
+    service_account: str | None = Field(
+        None, description="Service account the KFP run uses (submit); None: KFP's default.")
+    trainjob_namespace: str | None = Field(
+        None, description="Namespace of multi-node TrainJobs; None: $R1VFLOW_TRAINJOB_NAMESPACE.")
+    training_runtime: str | None = Field(
+        None, description="ClusterTrainingRuntime of TrainJobs; None: $R1VFLOW_TRAINING_RUNTIME.")
+    images: dict[ImageRoleName, str] = Field(
+        default_factory=dict, description="Image overrides per role (base/trainer/rollout), "
+                                          "e.g. a private registry mirror.")
+    image_pull_secrets: list[str] = Field(default_factory=list)
+    launcher_cpu: str = Field("1", pattern=_QUANTITY,
+                              description="CPU of a task that only launches and watches a TrainJob.")
+    launcher_memory: str = Field("4Gi", pattern=_QUANTITY,
+                                 description="Memory of a task that launches a TrainJob.")
+
+    _quantities_as_text = field_validator("launcher_cpu", "launcher_memory", mode="before")(
+        lambda v: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v)
+
+
 # --------------------------------------------------------------------------- experiment
+
+# 5 cron fields (minute first) or 6 (seconds first, KFP's form), or a robfig/cron descriptor.
+_CRON = re.compile(r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+                   r"|[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4,5})$")
 
 
 class Experiment(Strict):
@@ -218,11 +398,28 @@ class Experiment(Strict):
         default_factory=BootstrapConfig, description="Tiny presets only; null on clusters.")
     synthesize_data: SynthesizeDataConfig = Field(default_factory=SynthesizeDataConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    grpo: GRPOConfig | None = Field(
+        None, description="R1V2 GRPO after SFT; null skips the stage.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: dict[StageName, ResourceSpec] = Field(
         default_factory=dict, description="Per-stage cluster resources, keyed by stage name.")
     storage: StorageConfig = Field(default_factory=StorageConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    schedule: str | None = Field(
+        None, exclude=True,
+        description="Cron schedule: `r1vflow gitops apply --host` makes the experiment a KFP "
+                    "recurring run (5 fields, or 6 with seconds first, or @daily/@weekly...). "
+                    "Not fingerprinted and not compiled into the pipeline (docs/gitops.md).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not _CRON.match(value.strip()):
+            raise ValueError("not a cron schedule: give 5 fields (minute hour "
+                             "day-of-month month day-of-week), 6 with seconds first, or a "
+                             "descriptor such as @daily or @weekly")
+        return value.strip() if value else value
 
     @model_validator(mode="after")
     def _consistent(self) -> Experiment:

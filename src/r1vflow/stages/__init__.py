@@ -12,6 +12,7 @@ _MODULES = {
     "bootstrap": "r1vflow.stages.bootstrap",
     "synthesize_data": "r1vflow.stages.synthesize_data",
     "sft": "r1vflow.stages.sft",
+    "grpo": "r1vflow.stages.grpo",
     "evaluate": "r1vflow.stages.evaluate",
 }
 

@@ -1,0 +1,128 @@
+"""Per-task Kubernetes settings: the experiment's `resources` and `cluster` sections -> KFP IR.
+
+Every stage task gets
+- cpu/memory requests and limits, accelerator type and count, node selector, tolerations;
+- KFP caching, retries with exponential backoff, and a pod deadline (`timeout_seconds`);
+- an optional generic ephemeral volume (a PVC that lives and dies with the pod) at /scratch;
+- S3 credentials (and MLflow's, when configured) as env vars from Secrets -- references only,
+  never a value -- and the non-secret settings from the settings ConfigMap;
+- pod labels r1vflow.io/{experiment,stage,fingerprint} and three downward-API env vars (pod
+  namespace, KFP run id, Argo workflow) through which the task finds its MLflow parent run;
+- image overrides and image pull secrets from `cluster`.
+
+A stage with `nodes > 1` runs as a Kubeflow Trainer TrainJob (r1vflow.launch): its KFP task only
+launches and watches it, so it gets the small launcher resources and no accelerator; the stage's
+resources go to the TrainJob's nodes. None of this changes the task's cache key except the
+container's resources and image, which are fixed per compiled pipeline.
+
+The local runner (kfp.local) ignores the Kubernetes platform settings.
+"""
+
+from __future__ import annotations
+
+from kfp import dsl, kubernetes
+
+from r1vflow.cluster import (
+    FIELD_PATH_ENV,
+    LABEL_PREFIX,
+    MLFLOW_SECRET_KEYS,
+    S3_SECRET_KEYS,
+    SCRATCH_MOUNT,
+    SETTINGS_KEYS,
+    label_value,
+)
+from r1vflow.config import ClusterConfig, Experiment, ResourceSpec
+from r1vflow.images import IMAGE_ROLES, image_for
+
+FINGERPRINT_LABEL_CHARS = 16
+
+
+def apply_task_settings(task: dsl.PipelineTask, stage: str, exp: Experiment) -> None:
+    """Apply everything Kubernetes-specific for `stage` to its KFP task (see module doc)."""
+    spec = exp.resources.get(stage) or ResourceSpec()
+    cluster = exp.cluster
+    if spec.nodes > 1:
+        task.set_cpu_request(cluster.launcher_cpu).set_cpu_limit(cluster.launcher_cpu)
+        task.set_memory_request(cluster.launcher_memory).set_memory_limit(cluster.launcher_memory)
+    else:
+        apply_resources(task, spec)
+    apply_execution_policy(task, spec)
+    apply_scratch(task, spec.scratch_size, spec.scratch_storage_class)
+    apply_environment(task, cluster)
+    labels = pod_labels(exp.name, stage, exp.fingerprint())
+    for key, value in labels.items():
+        kubernetes.add_pod_label(task, label_key=key, label_value=value)
+    apply_image(task, cluster)
+
+
+def apply_resources(task: dsl.PipelineTask, spec: ResourceSpec) -> None:
+    """Requests, limits (default: the requests), accelerator, node selector, tolerations."""
+    if spec.cpu or spec.cpu_limit:
+        task.set_cpu_request(spec.cpu or spec.cpu_limit)
+        task.set_cpu_limit(spec.cpu_limit or spec.cpu)
+    if spec.memory or spec.memory_limit:
+        task.set_memory_request(spec.memory or spec.memory_limit)
+        task.set_memory_limit(spec.memory_limit or spec.memory)
+    if spec.accelerator_type:
+        task.set_accelerator_type(spec.accelerator_type)
+        task.set_accelerator_limit(spec.accelerator_count)
+    for key, value in spec.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for tol in spec.tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value,
+                                  effect=tol.effect)
+
+
+def apply_execution_policy(task: dsl.PipelineTask, spec: ResourceSpec) -> None:
+    """Caching, retries with exponential backoff, and the pod's activeDeadlineSeconds."""
+    task.set_caching_options(enable_caching=spec.caching)
+    if spec.retries:
+        task.set_retry(num_retries=spec.retries,
+                       backoff_duration=f"{spec.retry_backoff_seconds}s",
+                       backoff_factor=spec.retry_backoff_factor,
+                       backoff_max_duration=f"{spec.retry_backoff_max_seconds}s")
+    if spec.timeout_seconds:
+        kubernetes.set_timeout(task, seconds=spec.timeout_seconds)
+
+
+def apply_scratch(task: dsl.PipelineTask, size: str | None, storage_class: str | None) -> None:
+    """A generic ephemeral volume of `size` at /scratch (r1vflow.cluster.scratch_dir finds it).
+
+    Not announced through an env var: kfp.local would pass that to local runs too."""
+    if not size:
+        return
+    kubernetes.add_ephemeral_volume(task, volume_name="scratch", mount_path=SCRATCH_MOUNT,
+                                    access_modes=["ReadWriteOnce"], size=size,
+                                    storage_class_name=storage_class)
+
+
+def apply_environment(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
+    """Credentials as Secret references, settings from the ConfigMap, downward-API fields."""
+    kubernetes.use_secret_as_env(task, secret_name=cluster.s3_secret,
+                                 secret_key_to_env=dict(S3_SECRET_KEYS))
+    if cluster.mlflow_secret:
+        kubernetes.use_secret_as_env(task, secret_name=cluster.mlflow_secret,
+                                     secret_key_to_env=dict(MLFLOW_SECRET_KEYS))
+    kubernetes.use_config_map_as_env(task, config_map_name=cluster.settings_configmap,
+                                     config_map_key_to_env={k: k for k in SETTINGS_KEYS})
+    for env_name, field_path in FIELD_PATH_ENV.items():
+        kubernetes.use_field_path_as_env(task, env_name=env_name, field_path=field_path)
+
+
+def apply_image(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
+    """Replace the component's pinned image by `cluster.images[role]`; add pull secrets."""
+    roles = {image_for(role): role for role in IMAGE_ROLES}
+    role = roles.get(task.container_spec.image) if task.container_spec else None
+    if role and role in cluster.images:
+        task.set_container_image(cluster.images[role])
+    if cluster.image_pull_secrets:
+        kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
+
+
+def pod_labels(exp_name: str, stage: str, fingerprint: str) -> dict[str, str]:
+    """r1vflow.io/{experiment,stage,fingerprint} (fingerprint: its first 16 hex digits)."""
+    return {
+        f"{LABEL_PREFIX}experiment": label_value(exp_name),
+        f"{LABEL_PREFIX}stage": label_value(stage.replace("_", "-")),
+        f"{LABEL_PREFIX}fingerprint": fingerprint[:FINGERPRINT_LABEL_CHARS],
+    }
