@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
+from r1vflow.artifacts import experiment_store, resolve_input, scratch_dir, write_pointer
 from r1vflow.cluster import attach_parent_run, report_to_parent
 from r1vflow.config import Experiment, flatten
 from r1vflow.launch import run_stage
@@ -53,6 +55,26 @@ def _mirror(result: StageResult) -> None:
         (out / f"{result.stage}.json").write_text(result.model_dump_json(indent=2))
 
 
+def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
+                    model_dir: Path | None) -> str | None:
+    """Move scratch outputs into their KFP artifacts: a pointer for what was published, the
+    files themselves for the rest. Returns the produced model's URI."""
+    for name, real in artifacts.items():
+        work = ctx.outputs[name].resolve()
+        if work == real.resolve():
+            continue
+        pointer = ctx.published.get(work)
+        if pointer is not None:
+            write_pointer(real, pointer)
+        else:
+            shutil.copytree(work, real, dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    if model_dir is None:
+        return None
+    pointer = ctx.published.get(Path(model_dir).resolve())
+    return pointer["uri"] if pointer else str(Path(model_dir).resolve())
+
+
 def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             outputs: dict[str, str], metrics: Any = None, report: Any = None) -> str:
     """Run one stage inside a component; returns the StageResult as JSON (the task's output)."""
@@ -68,10 +90,15 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
                        stage, exp.name, register=exp.tracking.register_models) as tracker:
             run_id = tracker.run_id
             tracker.log_params(_stage_params(exp, stage))
+            store = experiment_store(exp)
+            artifacts = {k: Path(v) for k, v in outputs.items()}
+            # With an object store, outputs are written to scratch and published; the KFP
+            # artifacts then hold pointers (see r1vflow.artifacts).
+            work = {k: scratch_dir(stage, k) for k in artifacts} if store else artifacts
             ctx = StageContext(
                 exp=exp, stage=stage,
-                inputs={k: Path(v) for k, v in inputs.items() if v is not None},
-                outputs={k: Path(v) for k, v in outputs.items()},
+                inputs={k: resolve_input(Path(v)) for k, v in inputs.items() if v is not None},
+                outputs=work, store=store,
                 tracker=tracker,
                 extra_tags={"r1vflow.kfp_run": os.environ.get("R1VFLOW_KFP_RUN", ""),
                             "r1vflow.git_commit": os.environ.get("R1VFLOW_GIT_COMMIT", "")},
@@ -80,11 +107,12 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
                 path.mkdir(parents=True, exist_ok=True)
             # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.launch).
             outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
+            model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
             seconds = time.time() - started
             tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
         result = StageResult(
             stage=stage, status="succeeded", seconds=round(seconds, 3), metrics=outcome.metrics,
-            model_uri=str(outcome.model_dir.resolve()) if outcome.model_dir else None,
+            model_uri=model_uri,
             model_version=outcome.model_version, mlflow_run_id=run_id,
             outputs={k: str(v) for k, v in outputs.items()},
             task_dir=str(Path(metrics.path).parent) if metrics is not None else None,

@@ -37,7 +37,7 @@ def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
             paths = [p for p in paths if p]
             result["cached"] = bool(paths) and not any(
                 Path(p).is_relative_to(d) for p in paths for d in new_dirs)
-        elif mirrored.exists() and json.loads(mirrored.read_text())["status"] == "failed":
+        elif mirrored.exists():  # the pipeline failed: its outputs are missing, the mirror is not
             result = json.loads(mirrored.read_text())
         else:
             result = {"stage": stage, "status": "not_run", "seconds": 0.0, "metrics": {}}

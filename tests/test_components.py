@@ -10,11 +10,11 @@ from pathlib import Path
 import mlflow
 import pytest
 from kfp.dsl import Dataset, Markdown, Metrics, Model
+
 from r1vflow.components.bootstrap import bootstrap
 from r1vflow.components.evaluate import evaluate
 from r1vflow.components.sft import sft
 from r1vflow.components.synthesize_data import synthesize_data
-
 from r1vflow.stages.common import read_metadata
 from r1vflow.tracking import PARENT_ENV, start_parent_run
 

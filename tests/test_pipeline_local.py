@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+
 from conftest import PRESETS
 
 pytestmark = pytest.mark.slow

@@ -55,10 +55,25 @@ def run(config: ConfigArg,
         output_dir: Annotated[Path | None, typer.Option(
             "--output-dir", help="Where the run writes everything (default runs/<name>).")] = None,
         set_: SetOpt = None,
+        stack: Annotated[Path | None, typer.Option(
+            "--stack", help="Use the servers of `r1vflow stack up --dir DIR`: models go to its "
+                            "S3 bucket, tracking to its MLflow.")] = None,
         quiet: Annotated[bool, typer.Option(help="Less KFP logging.")] = False) -> None:
     """Run the experiment's DAG locally through kfp.local (caching on)."""
+    import os
+
     from r1vflow.pipelines.local_run import run_local
 
+    if stack is not None:
+        from r1vflow.storage.procs import StackError
+        from r1vflow.storage.stack import stack_env
+
+        try:
+            os.environ.update(stack_env(stack))
+        except StackError as err:
+            console.print(f"[red]error:[/red] {err}", highlight=False)
+            raise typer.Exit(2) from None
+        set_ = ["storage.backend=s3", *(set_ or [])]
     exp = _load(config, set_)
     out = output_dir or Path("runs") / exp.name
     console.print(f"[bold]r1vflow[/bold] running {exp.name} "
@@ -99,7 +114,7 @@ def _register_command_groups() -> None:
 
 
 # Each module adds its commands to `app`; imports inside commands keep `r1vflow --help` fast.
-_COMMAND_MODULES: list[str] = ["r1vflow.cli_cluster", "r1vflow.cli_gitops"]
+_COMMAND_MODULES: list[str] = ["r1vflow.cli_platform", "r1vflow.cli_cluster", "r1vflow.cli_gitops"]
 _register_command_groups()
 
 

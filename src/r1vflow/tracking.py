@@ -142,6 +142,14 @@ class StageTracker:
         return f"{version.name}/{version.version}"
 
 
+    def set_version_tag(self, name_version: str, key: str, value: str) -> None:
+        if self.enabled and self.register:
+            import mlflow
+
+            name, version = name_version.rsplit("/", 1)
+            mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
+
+
 def _metric_key(key: str) -> str:
     # MLflow metric names allow alphanumerics, _ - . / and spaces.
     return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -50,6 +50,8 @@ class StageContext:
     outputs: dict[str, Path]
     tracker: StageTracker
     extra_tags: dict[str, str] = field(default_factory=dict)
+    store: Any = None  # an r1vflow.storage object store, or None (bytes travel in KFP artifacts)
+    published: dict[Path, dict] = field(default_factory=dict)  # model dir -> pointer
 
     def input(self, name: str) -> Path:
         path = self.inputs.get(name)
@@ -61,18 +63,42 @@ class StageContext:
 
     def register(self, model_dir: Path, parent: str | None, dataset_digest: str | None,
                  suffix: str = "") -> str | None:
-        """Register a saved model as an MLflow version and write the version into its metadata."""
+        """Register a saved model as an MLflow version, record the version in its metadata, and
+        publish it to the object store when there is one (tags `r1vflow.storage_uri`,
+        `r1vflow.manifest_sha256`)."""
+        from r1vflow.artifacts import object_prefix, publish
+        from r1vflow.storage import build_manifest, manifest_digest
+
+        model_dir = Path(model_dir).resolve()
         meta = read_metadata(model_dir)
+        prefix = object_prefix(self.exp, self.stage, self._output_relpath(model_dir) + suffix)
+        storage_uri = self.store.uri_for(prefix) if self.store is not None else str(model_dir)
         tags = {
             "r1vflow.parent": parent or "",
             "r1vflow.dataset_digest": dataset_digest or "",
             "r1vflow.config_fingerprint": self.exp.fingerprint(),
             **self.extra_tags,
         }
-        version = self.tracker.register_model(self.stage, str(model_dir.resolve()), tags, suffix)
+        version = self.tracker.register_model(self.stage, storage_uri, tags, suffix)
         meta.update({"model_version": version, "parent": parent})
-        write_metadata(model_dir, meta)
+        write_metadata(model_dir, meta)  # before hashing: the metadata is part of the artifact
+        if self.store is not None:
+            pointer = publish(self.store, model_dir, prefix)
+            self.published[model_dir] = pointer
+            digest = pointer["manifest_sha256"]
+        else:
+            digest = manifest_digest(build_manifest(model_dir))
+        if version:
+            self.tracker.set_version_tag(version, "r1vflow.manifest_sha256", digest)
         return version
+
+    def _output_relpath(self, model_dir: Path) -> str:
+        for name, root in self.outputs.items():
+            root = Path(root).resolve()
+            if model_dir == root or model_dir.is_relative_to(root):
+                rel = model_dir.relative_to(root).as_posix()
+                return name if rel == "." else f"{name}/{rel}"
+        return model_dir.name
 
 
 def read_metadata(model_dir: Path) -> dict:

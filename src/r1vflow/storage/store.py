@@ -447,6 +447,26 @@ class BaseStore(ABC, Generic[L]):
         return target
 
 
+def seed_cache(local_dir: Path, pointer: ArtifactPointer, cache_dir: Path) -> Path:
+    """Put a just-uploaded directory into the fetch cache, so that `fetch` of its pointer on this
+    machine does no network I/O. The directory must hold exactly the uploaded bytes."""
+    target = Path(cache_dir) / pointer.manifest_sha256
+    if (target / _FETCHED_MARKER).is_file():
+        return target
+    tmp = Path(cache_dir) / f".tmp-{pointer.manifest_sha256[:16]}-{uuid.uuid4().hex[:8]}"
+    try:
+        shutil.copytree(local_dir, tmp)
+        (tmp / _FETCHED_MARKER).write_text(json.dumps({"uri": pointer.uri}) + "\n")
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process seeded or fetched it first
+            if not (target / _FETCHED_MARKER).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 @contextmanager
 def _null() -> Iterator[None]:
     yield None

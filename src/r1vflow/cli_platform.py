@@ -1,0 +1,154 @@
+"""`r1vflow stack|artifacts|bench|lineage|compare`: the local servers, stored artifacts, MLflow
+lineage and benchmarks.
+
+    r1vflow stack up --dir runs/stack          # S3 (SeaweedFS) + MLflow on 127.0.0.1
+    r1vflow run pipelines/configs/smoke.yaml --stack runs/stack
+    r1vflow lineage smoke-sft 1                # walk r1vflow.parent back to the bases
+    r1vflow compare RUN_A RUN_B                # pipeline runs' metrics side by side
+    r1vflow artifacts verify s3://r1vflow/artifacts/...
+    r1vflow bench artifacts --json bench.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+DirOpt = Annotated[Path, typer.Option("--dir", help="Stack directory (data, logs, stack.json).")]
+DEFAULT_STACK = Path("runs/stack")
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    stack = typer.Typer(no_args_is_help=True, help="Local S3 + MLflow servers on 127.0.0.1.")
+    artifacts = typer.Typer(no_args_is_help=True, help="Stored artifacts.")
+    bench = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures as JSON.")
+    app.add_typer(stack, name="stack")
+    app.add_typer(artifacts, name="artifacts")
+    app.add_typer(bench, name="bench")
+
+    @stack.command("up")
+    def stack_up(directory: DirOpt = DEFAULT_STACK,
+                 s3_port: Annotated[int | None, typer.Option("--s3-port")] = None,
+                 mlflow_port: Annotated[int | None, typer.Option("--mlflow-port")] = None) -> None:
+        """Start (or find running) the S3 and MLflow servers; idempotent."""
+        from r1vflow.storage.procs import StackError
+        from r1vflow.storage.stack import describe
+        from r1vflow.storage.stack import stack_up as up
+
+        try:
+            info = up(directory, s3_port=s3_port, mlflow_port=mlflow_port)
+        except StackError as err:
+            _fail(str(err))
+        typer.echo(describe(info))
+        typer.echo(f"use it:   r1vflow run CONFIG --stack {directory}")
+
+    @stack.command("status")
+    def stack_status(directory: DirOpt = DEFAULT_STACK) -> None:
+        """Show whether the stack's servers are running."""
+        from r1vflow.storage.stack import stack_status as status
+
+        result = status(directory)
+        typer.echo(result.model_dump_json(indent=2))
+        if not result.up:
+            raise typer.Exit(1)
+
+    @stack.command("down")
+    def stack_down(directory: DirOpt = DEFAULT_STACK) -> None:
+        """Stop the servers this stack started (data stays)."""
+        from r1vflow.storage.stack import stack_down as down
+
+        stopped = down(directory)
+        typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+
+    @artifacts.command("verify")
+    def verify(uri: str, stack_dir: Annotated[Path | None, typer.Option(
+            "--stack", help="Read S3 settings from this stack.")] = None) -> None:
+        """Check a stored artifact against its manifest; non-zero exit names each bad file."""
+        import os
+
+        from r1vflow.storage import StoreError, verify_uri
+
+        if stack_dir is not None:
+            from r1vflow.storage.stack import stack_env
+
+            os.environ.update(stack_env(stack_dir))
+        try:
+            problems = verify_uri(uri)
+        except StoreError as err:
+            _fail(str(err))
+        if problems:
+            for problem in problems:
+                console.print(f"[red]bad:[/red] {problem}", highlight=False)
+            raise typer.Exit(1)
+        typer.echo(f"ok: {uri}")
+
+    @bench.command("artifacts")
+    def bench_artifacts(json_out: Annotated[Path, typer.Option("--json")],
+                        size_mb: Annotated[int, typer.Option(help="Checkpoint size.")] = 1024) -> None:
+        """Our store vs the minio client's single put/get of one tar, on a local S3 server."""
+        from r1vflow.bench_artifacts import run_bench
+
+        typer.echo(json.dumps(run_bench(json_out, size_mb=size_mb), indent=2))
+
+    @bench.command("grpo")
+    def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
+                   quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
+        """Our GRPO vs TRL's GRPOTrainer on the same work, and SSB on vs off."""
+        from r1vflow.bench_grpo import run_bench
+
+        typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2))
+
+    @app.command()
+    def lineage(name: str, version: str,
+                as_json: Annotated[bool, typer.Option("--json")] = False,
+                tracking_uri: Annotated[str | None, typer.Option(
+                    "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
+        """Walk a model version's r1vflow.parent chain back to the base models and data sets."""
+        from r1vflow.lineage import LineageError, walk_lineage
+
+        try:
+            chain = walk_lineage(name, version, tracking_uri)
+        except LineageError as err:
+            _fail(str(err))
+        if as_json:
+            typer.echo(json.dumps(chain, indent=2))
+            return
+        table = Table(title=f"lineage of {name}/{version}")
+        for col in ("version", "stage", "storage", "manifest", "data sets", "fingerprint"):
+            table.add_column(col, overflow="fold")
+        for node in chain:
+            datasets = ", ".join(f"{d['name']}@{d['digest'][:8]}" for d in node["datasets"])
+            table.add_row(node["model_version"], node["stage"], node["storage_uri"],
+                          (node["manifest_sha256"] or "")[:12], datasets,
+                          (node["config_fingerprint"] or "")[:12])
+        Console().print(table)
+
+    @app.command()
+    def compare(run_ids: list[str],
+                tracking_uri: Annotated[str | None, typer.Option(
+                    "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
+        """Pipeline (parent) runs' metrics side by side."""
+        from r1vflow.lineage import LineageError, compare_runs
+
+        try:
+            rows, runs = compare_runs(run_ids, tracking_uri)
+        except LineageError as err:
+            _fail(str(err))
+        table = Table(title="pipeline runs")
+        table.add_column("metric")
+        for run in runs:
+            table.add_column(f"{run['name']} ({run['run_id'][:8]})")
+        for metric, values in rows.items():
+            table.add_row(metric, *["-" if v is None else f"{v:.4g}" for v in values])
+        Console().print(table)

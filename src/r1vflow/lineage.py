@@ -1,0 +1,91 @@
+"""Answers "where did this model come from?" from MLflow alone.
+
+Every registered version carries `r1vflow.parent` (`name/version` of the model it was trained from),
+its storage URI and manifest digest, the data set digest and config fingerprint; the run that
+produced it holds its data set inputs. `walk_lineage` follows the parent tags to the root (the
+bootstrap bases, or an imported base model); `compare_runs` puts pipeline runs side by side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAX_DEPTH = 64
+
+
+class LineageError(RuntimeError):
+    """A version or run cannot be found, or the chain is broken."""
+
+
+def _client(tracking_uri: str | None):
+    import mlflow
+
+    if tracking_uri:
+        mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.MlflowClient()
+
+
+def _datasets(client, run_id: str | None) -> list[dict[str, str]]:
+    if not run_id:
+        return []
+    inputs = client.get_run(run_id).inputs
+    return [{"name": d.dataset.name, "digest": d.dataset.digest, "source": d.dataset.source}
+            for d in (inputs.dataset_inputs if inputs else [])]
+
+
+def walk_lineage(name: str, version: str, tracking_uri: str | None = None) -> list[dict[str, Any]]:
+    """The chain from `name/version` back to its root, nearest first."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    chain: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    current: str | None = f"{name}/{version}"
+    while current:
+        if current in seen or len(chain) >= MAX_DEPTH:
+            raise LineageError(f"r1vflow.parent tags form a cycle at {current}")
+        seen.add(current)
+        model, number = current.rsplit("/", 1)
+        try:
+            mv = client.get_model_version(model, number)
+        except MlflowException as err:
+            where = "" if not chain else f" (parent of {chain[-1]['model_version']})"
+            raise LineageError(f"model version {current}{where} not found: {err.message}") from None
+        tags = dict(mv.tags)
+        chain.append({
+            "model_version": current,
+            "stage": tags.get("r1vflow.stage", ""),
+            "parent": tags.get("r1vflow.parent") or None,
+            "storage_uri": tags.get("r1vflow.storage_uri", ""),
+            "manifest_sha256": tags.get("r1vflow.manifest_sha256"),
+            "dataset_digest": tags.get("r1vflow.dataset_digest") or None,
+            "config_fingerprint": tags.get("r1vflow.config_fingerprint"),
+            "git_commit": tags.get("r1vflow.git_commit") or None,
+            "kfp_run": tags.get("r1vflow.kfp_run") or None,
+            "run_id": mv.run_id,
+            "datasets": _datasets(client, mv.run_id),
+            "aliases": list(getattr(mv, "aliases", []) or []),
+        })
+        current = tags.get("r1vflow.parent") or None
+    return chain
+
+
+def compare_runs(run_ids: list[str], tracking_uri: str | None = None
+                 ) -> tuple[dict[str, list[float | None]], list[dict[str, str]]]:
+    """Metric name -> one value per run (None where a run lacks it), and the runs' names/ids."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    runs = []
+    for run_id in run_ids:
+        try:
+            runs.append(client.get_run(run_id))
+        except MlflowException as err:
+            raise LineageError(f"run {run_id} not found: {err.message}") from None
+    names = sorted({k for run in runs for k in run.data.metrics})
+    rows = {k: [run.data.metrics.get(k) for run in runs] for k in names}
+    for tag in ("r1vflow.config_fingerprint", "r1vflow.status"):
+        if any(tag in run.data.tags for run in runs):
+            rows[tag] = [None for _ in runs]
+    meta = [{"run_id": run.info.run_id, "name": run.info.run_name or ""} for run in runs]
+    return {k: v for k, v in rows.items() if not k.startswith("r1vflow.")}, meta
