@@ -16,8 +16,14 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+STACK  ?= runs/stack
+
+# The demo starts the local S3 + MLflow servers (kept running for the UI afterwards), runs the
+# tiny pipeline with models in S3 and tracking in MLflow, and says where to look.
 demo: install
-	$(VENV)/bin/r1vflow run pipelines/configs/tiny.yaml --output-dir $(DEMO)
+	$(VENV)/bin/r1vflow stack up --dir $(STACK)
+	$(VENV)/bin/r1vflow run pipelines/configs/tiny.yaml --stack $(STACK) --output-dir $(DEMO)
+	@echo "MLflow UI: $$($(PY) -c 'import json; print(json.load(open("$(STACK)/stack.json"))["mlflow_uri"])')  (stop the servers: $(VENV)/bin/r1vflow stack down --dir $(STACK))"
 
 smoke: install
 	$(VENV)/bin/r1vflow run pipelines/configs/smoke.yaml --output-dir runs/smoke

@@ -55,6 +55,15 @@ def _mirror(result: StageResult) -> None:
         (out / f"{result.stage}.json").write_text(result.model_dump_json(indent=2))
 
 
+def _log_dataset_input(ctx: StageContext) -> None:
+    """Every stage that reads the synthesized data set records it (with its digest) as input."""
+    dataset = ctx.inputs.get("dataset")
+    info = dataset / "dataset.json" if dataset else None
+    if info is not None and info.is_file():
+        digest = json.loads(info.read_text())["digest"]
+        ctx.tracker.log_dataset(f"{ctx.exp.name}-synthetic", digest, str(dataset), "training")
+
+
 def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
                     model_dir: Path | None) -> str | None:
     """Move scratch outputs into their KFP artifacts: a pointer for what was published, the
@@ -105,6 +114,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             )
             for path in ctx.outputs.values():
                 path.mkdir(parents=True, exist_ok=True)
+            _log_dataset_input(ctx)
             # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.launch).
             outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
             model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
