@@ -47,6 +47,24 @@ def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
     return entries
 
 
+def _promotion(tracking_uri: str, evaluation: dict[str, Any]) -> dict[str, Any] | None:
+    """The candidate evaluate named and where the champion alias points after the gate."""
+    candidate = evaluation.get("model_version")
+    if not candidate:
+        return None
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    name = candidate.rsplit("/", 1)[0]
+    try:
+        champion = mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version
+    except MlflowException:
+        champion = None
+    return {"candidate": candidate, "champion": f"{name}/{champion}" if champion else None,
+            "promoted": champion is not None and f"{name}/{champion}" == candidate}
+
+
 def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = None,
               quiet: bool = False) -> dict[str, Any]:
     from kfp import local
@@ -99,6 +117,7 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
                    "parent_run_id": parent_id},
         "stages": stages,
     }
+    summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
     final_metrics = {k: v for s in stages.values() for k, v in s.get("metrics", {}).items()
                      if k.startswith("accuracy/")}
     tracking.finish_parent_run(tracking_uri, parent_id, status,

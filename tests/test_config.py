@@ -70,6 +70,12 @@ def test_override_parses_yaml_values_and_creates_sections():
     assert exp.sft.trainable == ["projector"] and exp.sft.lr == 2e-5
 
 
+def test_override_value_yaml_cannot_parse_is_kept_as_text():
+    data = {"name": "x"}
+    apply_override(data, "schedule=@daily")
+    assert data["schedule"] == "@daily"
+
+
 def test_override_errors():
     with pytest.raises(ConfigError, match="key.path=value"):
         apply_override({}, "sft.lr")

@@ -67,6 +67,15 @@ def test_mlflow_holds_parent_nested_runs_and_versions(smoke_run):
         assert tags[key]
 
 
+def test_final_model_is_candidate_and_first_champion(smoke_run):
+    _, summary, again = smoke_run
+    promotion = summary["promotion"]
+    assert promotion["candidate"] == summary["stages"]["evaluate"]["model_version"]
+    assert promotion["promoted"] and promotion["champion"] == promotion["candidate"]
+    # the same evaluation again does not beat itself; the champion stays
+    assert again["promotion"]["champion"] == promotion["champion"]
+
+
 def test_second_run_is_served_from_cache(smoke_run):
     _, summary, again = smoke_run
     assert again["status"] == "succeeded"

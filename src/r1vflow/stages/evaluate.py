@@ -10,11 +10,14 @@ the samples (the reports' protocol) and pass@k is added.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from r1vflow.data.io import load_split
 from r1vflow.eval.scoring import score_model
 from r1vflow.models.io import load_model
 from r1vflow.models.tokenizer import load_tokenizer
-from r1vflow.stages.common import StageContext, StageOutcome
+from r1vflow.promotion import mark_candidate
+from r1vflow.stages.common import StageContext, StageOutcome, parent_version
 
 # input name -> label used in metric names; evaluated in this order
 MODEL_INPUTS = {"base_model": "base", "align_projector_model": "align_projector",
@@ -28,10 +31,12 @@ def run(ctx: StageContext) -> StageOutcome:
     samples = load_split(dataset, cfg.split)[: cfg.limit]
     metrics: dict[str, float] = {"eval_size": float(len(samples))}
     examples: dict[str, list[str]] = {}
+    final: tuple[str, Path] | None = None  # the last training stage's model: the candidate
     for input_name, label in MODEL_INPUTS.items():
         if input_name not in ctx.inputs:
             continue
         path = ctx.input(input_name)
+        final = (label, path) if label != "base" else final
         model, tokenizer = load_model(path, "vlm"), load_tokenizer(path)
         scored, responses = score_model(
             model, tokenizer, samples, dataset, exp.data.image_size, cfg.max_new_tokens,
@@ -39,8 +44,25 @@ def run(ctx: StageContext) -> StageOutcome:
             seed=exp.data.seed)
         metrics.update({f"{k}/{label}": v for k, v in scored.items()})
         examples[label] = responses[:EXAMPLES_IN_REPORT]
-    return StageOutcome(metrics=metrics, report=_report(exp.name, cfg.split, samples, metrics,
-                                                        examples))
+    candidate = _mark_candidate(ctx, final, metrics) if final else None
+    return StageOutcome(metrics=metrics, model_version=candidate,
+                        report=_report(exp.name, cfg.split, samples, metrics, examples))
+
+
+def _mark_candidate(ctx: StageContext, final: tuple[str, Path], metrics: dict) -> str | None:
+    """Alias the final model `candidate` with its score; the pipeline's gate may promote it."""
+    label, path = final
+    metric = ctx.exp.tracking.promotion_metric
+    key = f"{metric}/{label}"
+    if key not in metrics:
+        raise ValueError(f"tracking.promotion_metric {metric!r} is not an evaluate metric; "
+                         f"known: {sorted({k.split('/')[0] for k in metrics if '/' in k})}")
+    version = parent_version(path)
+    metrics["promotion_score"] = metrics[key]
+    metrics[f"promotion_metric/{metric}"] = 1.0
+    if version and ctx.tracker.enabled and ctx.tracker.register:
+        mark_candidate(version, metric, metrics[key])
+    return version
 
 
 def _report(name, split, samples, metrics, examples) -> str:

@@ -1,0 +1,55 @@
+"""Promotion: the pure rule, and the candidate/champion aliases on a real MLflow store."""
+
+import json
+
+import mlflow
+import pytest
+
+from r1vflow.promotion import beats, champion_score, decide, mark_candidate, promote
+
+
+def test_beats_rule():
+    assert beats(0.5, None)
+    assert beats(0.6, 0.5)
+    assert not beats(0.5, 0.5)
+    assert not beats(0.55, 0.5, min_delta=0.1)
+    assert beats(0.61, 0.5, min_delta=0.1)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'm.db'}")
+    client = mlflow.MlflowClient()
+    client.create_registered_model("exp-sft")
+    for _ in range(3):
+        client.create_model_version("exp-sft", source=str(tmp_path))
+    return client
+
+
+def _evaluation(version: str, score: float) -> str:
+    return json.dumps({"model_version": version, "metrics": {
+        "promotion_score": score, "promotion_metric/accuracy": 1.0, "accuracy/sft": score}})
+
+
+def test_first_candidate_becomes_champion_then_only_better_ones(registry):
+    mark_candidate("exp-sft/1", "accuracy", 0.4)
+    assert registry.get_model_version_by_alias("exp-sft", "candidate").version == "1"
+    assert champion_score("exp-sft", "accuracy") == (None, None)
+    assert decide(_evaluation("exp-sft/1", 0.4), 0.0)
+    assert promote(_evaluation("exp-sft/1", 0.4)) == "exp-sft/1"
+    assert champion_score("exp-sft", "accuracy") == ("1", 0.4)
+
+    mark_candidate("exp-sft/2", "accuracy", 0.3)  # worse: champion stays
+    assert not decide(_evaluation("exp-sft/2", 0.3), 0.0)
+    mark_candidate("exp-sft/3", "accuracy", 0.5)  # better: the gate opens
+    assert decide(_evaluation("exp-sft/3", 0.5), 0.0)
+    assert not decide(_evaluation("exp-sft/3", 0.5), 0.2)  # not by enough
+    promote(_evaluation("exp-sft/3", 0.5))
+    assert registry.get_model_version_by_alias("exp-sft", "champion").version == "3"
+    assert registry.get_model_version_by_alias("exp-sft", "candidate").version == "3"
+
+
+def test_evaluation_without_candidate_never_promotes(registry):
+    assert not decide(json.dumps({"metrics": {}}), 0.0)
+    with pytest.raises(ValueError, match="no candidate"):
+        promote(json.dumps({"metrics": {}}))
