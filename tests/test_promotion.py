@@ -33,7 +33,7 @@ def _evaluation(version: str, score: float) -> str:
 
 def test_first_candidate_becomes_champion_then_only_better_ones(registry):
     mark_candidate("exp-sft/1", "accuracy", 0.4)
-    assert registry.get_model_version_by_alias("exp-sft", "candidate").version == "1"
+    assert str(registry.get_model_version_by_alias("exp-sft", "candidate").version) == "1"
     assert champion_score("exp-sft", "accuracy") == (None, None)
     assert decide(_evaluation("exp-sft/1", 0.4), 0.0)
     assert promote(_evaluation("exp-sft/1", 0.4)) == "exp-sft/1"
@@ -45,8 +45,8 @@ def test_first_candidate_becomes_champion_then_only_better_ones(registry):
     assert decide(_evaluation("exp-sft/3", 0.5), 0.0)
     assert not decide(_evaluation("exp-sft/3", 0.5), 0.2)  # not by enough
     promote(_evaluation("exp-sft/3", 0.5))
-    assert registry.get_model_version_by_alias("exp-sft", "champion").version == "3"
-    assert registry.get_model_version_by_alias("exp-sft", "candidate").version == "3"
+    assert str(registry.get_model_version_by_alias("exp-sft", "champion").version) == "3"
+    assert str(registry.get_model_version_by_alias("exp-sft", "candidate").version) == "3"
 
 
 def test_evaluation_without_candidate_never_promotes(registry):

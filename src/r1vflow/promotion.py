@@ -43,7 +43,7 @@ def champion_score(name: str, metric: str) -> tuple[str | None, float | None]:
     except MlflowException:
         return None, None
     raw = mv.tags.get(SCORE_TAG.format(metric=metric))
-    return mv.version, (float(raw) if raw is not None else None)
+    return str(mv.version), (float(raw) if raw is not None else None)
 
 
 def evaluation_candidate(evaluation_json: str) -> tuple[str | None, float | None, str]:
