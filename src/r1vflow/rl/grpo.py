@@ -1,0 +1,431 @@
+"""The GRPO loop (R1V2): rollouts, hybrid rewards, group advantages, SSB, clipped updates.
+
+One step:
+  1. draw `prompts_per_step` prompts (shuffled passes over the pool; each rank its own);
+  2. sample G = `group_size` completions per prompt from the rollout backend;
+  3. score them with the hybrid reward (each component kept for logging and the monitor);
+  4. A = group_advantages(r, G) (mean-centred, divided by the group std unless disabled);
+  5. SSB (when given): if the share of non-zero advantages is below the target, swap
+     zero-advantage samples for buffered ones drawn by |A| (stored old log-probs and A);
+  6. old log-probs of the fresh samples, once per rollout batch; then `ppo_epochs` optimizer
+     steps on the clipped surrogate (+ k3 KL to a frozen reference when kl_coef > 0);
+  7. offer the fresh non-zero-advantage samples to the SSB; monitor; log; checkpoint.
+
+Zero-advantage rows give exactly zero policy loss, so when kl_coef == 0 they are not run
+through the model: the loss is computed on the other rows and rescaled by their share (rows
+for "seq-mean-token-mean", tokens for "token-mean"), which equals the loss over the whole
+batch. With ppo_epochs == 1 the old log-probs are the detached log-probs of that single
+forward (same weights), so no extra pass is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from transformers import PreTrainedTokenizerBase
+
+from r1vflow.models.generate import Completion
+from r1vflow.models.io import save_model
+from r1vflow.rl.batch import completion_logprobs, loss_scale, sequence_batch
+from r1vflow.rl.core import Aggregation, clip_fraction, kl_k3, policy_loss
+from r1vflow.rl.core import group_advantages as compute_advantages
+from r1vflow.rl.monitor import RewardMonitor
+from r1vflow.rl.rewards import HybridReward
+from r1vflow.rl.rollout import RolloutBackend
+from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
+from r1vflow.train.engine import Backend, TrainEngine, training_progress
+
+__all__ = ["GRPOPrompt", "GRPOResult", "prefilter_pool", "summarize", "train_grpo"]
+
+StepCallback = Callable[[int, dict[str, float]], None]
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class GRPOPrompt:
+    """A training prompt: tokenized prompt, gold answer, text for reward models, image.
+
+    token_ids: the full prompt (chat template, `<image>` placeholders); pixel_values: [3,H,W],
+    or None for a text-only policy.
+    """
+
+    id: str
+    token_ids: list[int]
+    answer: str
+    text: str
+    pixel_values: torch.Tensor | None = None
+
+
+@dataclass
+class GRPOResult:
+    """Per-step metrics, summary means, and why training stopped early (if it did)."""
+
+    history: list[dict[str, float]]
+    summary: dict[str, float]
+    stop_reason: str | None = None
+    checkpoints: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class _Row:
+    prompt: GRPOPrompt
+    completion: list[int]
+    advantage: float
+    old_logprobs: torch.Tensor | None = None  # [T]; set for replayed rows
+    replayed: bool = False
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _global_mean(values: list[float]) -> list[float]:
+    """Mean of each value over all ranks (identity in one process)."""
+    _, world = _rank_world()
+    if world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+class _PromptSampler:
+    """Shuffled passes over the pool, `k` prompts at a time."""
+
+    def __init__(self, n: int, k: int, seed: int) -> None:
+        self.n, self.k = n, k
+        self.rng = np.random.default_rng(seed)
+        self.order: list[int] = []
+
+    def next(self) -> list[int]:
+        while len(self.order) < self.k:
+            self.order += self.rng.permutation(self.n).tolist()
+        picked, self.order = self.order[: self.k], self.order[self.k :]
+        return picked
+
+
+def _rollout(
+    rollout: RolloutBackend, prompts: list[GRPOPrompt], group_size: int, seed: int
+) -> list[Completion]:
+    pixels = None
+    if prompts[0].pixel_values is not None:
+        pixels = torch.stack([p.pixel_values for p in prompts])
+    groups = rollout.generate([p.token_ids for p in prompts], pixels, group_size, seed)
+    return [c for group in groups for c in group]
+
+
+def _score(reward: HybridReward, prompts: list[GRPOPrompt], completions: list[Completion], g: int):
+    """Reward breakdown; reward functions get the `GRPOPrompt` of each completion as
+    keyword `prompts` (text and image, for a reward model)."""
+    answers = [p.answer for p in prompts for _ in range(g)]
+    per_completion = [p for p in prompts for _ in range(g)]
+    return reward.breakdown([c.text for c in completions], answers, prompts=per_completion)
+
+
+def prefilter_pool(
+    prompts: Sequence[GRPOPrompt],
+    rollout: RolloutBackend,
+    reward: HybridReward,
+    group_size: int,
+    batch_prompts: int,
+    seed: int,
+) -> tuple[list[GRPOPrompt], dict[str, float]]:
+    """Offline SSB: one rollout pass over the pool; keep prompts whose group had non-zero
+    advantage. Returns (kept prompts, {"prefilter_kept", "prefilter_total"})."""
+    rewards: list[float] = []
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = list(prompts[start : start + batch_prompts])
+        completions = _rollout(rollout, chunk, group_size, seed + start)
+        rewards += _score(reward, chunk, completions, group_size).total
+    kept_ids = set(prefilter_prompts([p.id for p in prompts], rewards, group_size))
+    kept = [p for p in prompts if p.id in kept_ids]
+    return kept, {"prefilter_kept": float(len(kept)), "prefilter_total": float(len(prompts))}
+
+
+def _apply_ssb(
+    rows: list[_Row], ssb: SelectiveSampleBuffer | None, step: int
+) -> tuple[list[_Row], dict[str, float]]:
+    """Swap zero-advantage rows for SSB entries; returns the batch and the SSB statistics."""
+    advantages = [r.advantage for r in rows]
+    if ssb is None:
+        ratio = sum(abs(a) > _EPS for a in advantages) / len(rows)
+        return rows, {"effective_ratio_before": ratio, "effective_ratio_after": ratio,
+                      "buffer_size": 0.0, "replay_fraction": 0.0, "replayed": 0.0}
+    entries, stats = ssb.fill(advantages, len(rows), step)
+    zero = [i for i, a in enumerate(advantages) if abs(a) <= _EPS]
+    rows = list(rows)
+    for i, entry in zip(zero, entries, strict=False):
+        rows[i] = _Row(entry.prompt, list(entry.response), entry.advantage,
+                       entry.old_logprobs, replayed=True)
+    return rows, stats
+
+
+def _pad_old(rows: list[_Row], width: int) -> torch.Tensor:
+    """Stored old log-probs of replayed rows, right-padded to [M, width] (0 elsewhere)."""
+    out = torch.zeros(len(rows), width)
+    for i, r in enumerate(rows):
+        if r.old_logprobs is not None:
+            out[i, : r.old_logprobs.numel()] = r.old_logprobs
+    return out
+
+
+def _forward(model, rows: list[_Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    batch = sequence_batch([r.prompt.token_ids for r in rows], [r.completion for r in rows],
+                           pad_id)
+    pixels = None
+    if rows[0].prompt.pixel_values is not None:
+        pixels = torch.stack([r.prompt.pixel_values for r in rows])
+    logprobs = completion_logprobs(model, batch, pixels)
+    return logprobs, batch["completion_mask"].to(logprobs.device)
+
+
+@dataclass
+class _Opt:
+    """The optimisation settings of one run (internal; `train_grpo` takes them flat)."""
+
+    ppo_epochs: int
+    clip_low: float
+    clip_high: float
+    kl_coef: float
+    aggregation: Aggregation
+    pad_id: int
+
+
+def _optimize(engine: TrainEngine, ref: torch.nn.Module | None, rows: list[_Row], opt: _Opt):
+    """ppo_epochs clipped updates on `rows`; returns (metrics, old log-probs of fresh rows)."""
+    effective = [i for i, r in enumerate(rows) if abs(r.advantage) > _EPS]
+    train = list(range(len(rows))) if ref is not None else effective
+    lengths = [len(r.completion) for r in rows]
+    scale = loss_scale(lengths, train, opt.aggregation) if train else 0.0
+    train = train or [0]  # keep a graph: every rank must take part in the step
+    sub = [rows[i] for i in train]
+    advantages = torch.tensor([r.advantage for r in sub])
+    old = ref_lp = None
+    if opt.ppo_epochs > 1:
+        with torch.no_grad():
+            old, _ = _forward(engine.model, sub, opt.pad_id)
+    if ref is not None:
+        with torch.no_grad():
+            ref_lp, _ = _forward(ref, sub, opt.pad_id)
+    metrics: dict[str, float] = {}
+    clipped: list[float] = []
+    kls: list[float] = []
+    for _ in range(opt.ppo_epochs):
+        logprobs, mask = _forward(engine.model, sub, opt.pad_id)
+        if old is None:
+            old = logprobs.detach()
+        replayed = torch.tensor([r.replayed for r in sub]).unsqueeze(1)
+        behaviour = torch.where(replayed, _pad_old(sub, mask.shape[1]), old)
+        loss = scale * policy_loss(logprobs, behaviour, advantages, mask, opt.clip_low,
+                                   opt.clip_high, opt.aggregation)
+        if ref_lp is not None:
+            kl = kl_k3(logprobs, ref_lp, mask, opt.aggregation)
+            loss = loss + opt.kl_coef * kl
+            kls.append(float(kl.detach()))
+        stats = engine.step(loss)
+        clipped.append(clip_fraction(logprobs.detach(), behaviour, advantages, mask,
+                                     opt.clip_low, opt.clip_high))
+        metrics.update(loss=float(loss.detach()), **stats)
+    metrics["clip_fraction"] = sum(clipped) / len(clipped)
+    if kls:
+        metrics["kl"] = sum(kls) / len(kls)  # mean over the epochs, like clip_fraction
+    fresh_old = {i: old[k][: len(rows[i].completion)]
+                 for k, i in enumerate(train) if not rows[i].replayed}
+    return metrics, fresh_old
+
+
+def _step_metrics(scores, completions: list[Completion], adv: torch.Tensor) -> dict[str, float]:
+    total = torch.tensor(scores.total)
+    metrics = {
+        "reward_mean": float(total.mean()),
+        "reward_std": float(total.std()) if total.numel() > 1 else 0.0,
+        "advantage_abs_mean": float(adv.abs().mean()),
+        "completion_tokens_mean": sum(len(c.token_ids) for c in completions) / len(completions),
+        "finished_rate": sum(c.finished for c in completions) / len(completions),
+    }
+    for name, values in scores.components.items():
+        metrics[f"reward/{name}"] = sum(values) / len(values)
+    if "accuracy" in scores.components:
+        metrics["accuracy"] = metrics["reward/accuracy"]
+    if "format" in scores.components:
+        metrics["format_rate"] = metrics["reward/format"]
+    return metrics
+
+
+def _grpo_step(engine, ref, rollout, reward, batch: list[GRPOPrompt], opt: _Opt,
+               ssb: SelectiveSampleBuffer | None, group_size: int, scale_by_std: bool,
+               step: int, seed: int) -> dict[str, float]:
+    start = time.perf_counter()
+    completions = _rollout(rollout, batch, group_size, seed)
+    rolled = time.perf_counter()
+    scores = _score(reward, batch, completions, group_size)
+    adv = compute_advantages(torch.tensor(scores.total), group_size, scale_by_std)
+    scored = time.perf_counter()
+    rows = [_Row(batch[i // group_size], list(c.token_ids), float(a))
+            for i, (c, a) in enumerate(zip(completions, adv.tolist(), strict=True))]
+    rows, ssb_stats = _apply_ssb(rows, ssb, step)
+    train_metrics, fresh_old = _optimize(engine, ref, rows, opt)
+    if ssb is not None:
+        ssb.add([Candidate(rows[i].prompt.id, rows[i].prompt, rows[i].completion, lp,
+                           rows[i].advantage) for i, lp in fresh_old.items()], step)
+        ssb_stats["buffer_size"] = float(len(ssb))
+    rollout.sync(engine.module)
+    end = time.perf_counter()
+    tokens = sum(len(c.token_ids) for c in completions)
+    return {
+        **_step_metrics(scores, completions, adv), **ssb_stats, **train_metrics,
+        "rollout_s": rolled - start, "reward_s": scored - rolled, "train_s": end - scored,
+        "step_s": end - start, "completion_tokens": float(tokens),
+        "tokens_per_s": tokens / (end - start), "prompts_per_s": len(batch) / (end - start),
+    }
+
+
+def summarize(history: list[dict[str, float]]) -> dict[str, float]:
+    """Run summary: means over steps, throughput over the whole run, and the late (second
+    half) effective ratios; effective_ratio_mean is after SSB, _before_mean before it."""
+    if not history:
+        return {"steps": 0.0}
+
+    def mean(key: str, rows=history) -> float:
+        values = [h[key] for h in rows if key in h]
+        return sum(values) / len(values) if values else float("nan")
+
+    seconds = sum(h["step_s"] for h in history)
+    late = history[len(history) // 2 :]
+    out = {
+        "steps": float(len(history)),
+        "seconds": seconds,
+        "tokens_per_s": sum(h["completion_tokens"] for h in history) / seconds,
+        "prompts_per_s": sum(h["prompts_per_s"] * h["step_s"] for h in history) / seconds,
+        "effective_ratio_mean": mean("effective_ratio_after"),
+        "effective_ratio_before_mean": mean("effective_ratio_before"),
+        "effective_ratio_late": mean("effective_ratio_after", late),
+        "effective_ratio_before_late": mean("effective_ratio_before", late),
+        "replay_fraction_mean": mean("replay_fraction"),
+    }
+    components = sorted({k for h in history for k in h if k.startswith("reward/")})
+    for key in ("reward_mean", "accuracy", "format_rate", "loss", "clip_fraction", "kl",
+                "rollout_s", "reward_s", "train_s", "completion_tokens_mean", *components):
+        if any(key in h for h in history):
+            out[f"{key}_mean"] = mean(key)
+    for key in ("accuracy", "format_rate", "reward_mean"):
+        if any(key in h for h in late):
+            out[f"{key}_late"] = mean(key, late)
+    return out
+
+
+def _reference(model: torch.nn.Module) -> torch.nn.Module:
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def _check_args(n_prompts: int, steps: int, prompts_per_step: int, group_size: int,
+                ppo_epochs: int, kl_coef: float, zero_stage: int) -> None:
+    problems = []
+    if n_prompts < 1:
+        problems.append("no training prompts")
+    if steps < 1 or prompts_per_step < 1 or ppo_epochs < 1:
+        problems.append(f"steps ({steps}), prompts_per_step ({prompts_per_step}) and ppo_epochs "
+                        f"({ppo_epochs}) must be >= 1")
+    if group_size < 2:
+        problems.append(f"group_size must be >= 2 (advantages are relative), got {group_size}")
+    if kl_coef < 0:
+        problems.append(f"kl_coef must be >= 0, got {kl_coef}")
+    if zero_stage == 3:
+        problems.append("zero_stage 3 is not supported: rollouts need full weights on each rank")
+    if problems:
+        raise ValueError("train_grpo: " + "; ".join(problems))
+
+
+def train_grpo(
+    model: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[GRPOPrompt],
+    reward: HybridReward,
+    rollout: RolloutBackend,
+    *,
+    steps: int,
+    prompts_per_step: int,
+    group_size: int,
+    lr: float,
+    ppo_epochs: int = 1,
+    weight_decay: float = 0.0,
+    warmup_ratio: float = 0.0,
+    clip_low: float = 0.2,
+    clip_high: float = 0.2,
+    kl_coef: float = 0.0,
+    scale_by_std: bool = True,
+    aggregation: Aggregation = "seq-mean-token-mean",
+    ssb: SelectiveSampleBuffer | None = None,
+    monitor: RewardMonitor | None = None,
+    backend: Backend = "torch",
+    zero_stage: int = 0,
+    seed: int = 0,
+    checkpoint_every: int | None = None,
+    checkpoint_dir: Path | None = None,
+    checkpoint_metadata: dict | None = None,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+) -> GRPOResult:
+    """Train `model` in place with GRPO for `steps` steps (see the module docstring).
+
+    `model`'s trainable parameters (set beforehand, e.g. with `set_trainable`) are updated
+    through `TrainEngine` (torch, or DeepSpeed ZeRO 0-2; under torchrun every rank draws its
+    own prompts and gradients are averaged). `rollout` must sample from `model` (it is synced
+    after every step). `reward.breakdown` components named "accuracy", "format" and
+    "reward_model" feed the metrics and the monitor. `ssb=None` disables the buffer.
+    Checkpoints (safetensors, `save_model`) go to checkpoint_dir/step-NNNNNN every
+    `checkpoint_every` steps with `checkpoint_metadata` (stage, parent, config_fingerprint).
+    `on_step(step, metrics)` is called on rank 0 after every step. Returns the history, a
+    `summarize` summary and the monitor's stop reason if it stopped the run.
+    """
+    _check_args(len(prompts), steps, prompts_per_step, group_size, ppo_epochs, kl_coef,
+                zero_stage)
+    if checkpoint_every is not None and checkpoint_dir is None:
+        raise ValueError("train_grpo: checkpoint_every needs a checkpoint_dir")
+    ref = _reference(model) if kl_coef > 0 else None
+    engine = TrainEngine(model, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
+                         total_steps=steps * ppo_epochs, backend=backend, zero_stage=zero_stage)
+    rank, _ = _rank_world()  # after the engine: DeepSpeed sets up torch.distributed
+    rollout.sync(engine.module)
+    opt = _Opt(ppo_epochs, clip_low, clip_high, kl_coef, aggregation, tokenizer.pad_token_id)
+    sampler = _PromptSampler(len(prompts), prompts_per_step, seed + 7919 * rank)
+    history: list[dict[str, float]] = []
+    result = GRPOResult(history=history, summary={})
+    with training_progress(progress and rank == 0) as bar:
+        task = bar.add_task("grpo", total=steps, loss=float("nan"), tok_s=0.0)
+        for step in range(1, steps + 1):
+            batch = [prompts[i] for i in sampler.next()]
+            metrics = _grpo_step(engine, ref, rollout, reward, batch, opt, ssb, group_size,
+                                 scale_by_std, step, seed * 1_000_003 + step * 7_919 + rank)
+            stop = False
+            if monitor is not None:
+                acc, fmt, rm = _global_mean([metrics.get(k, 0.0) for k in (
+                    "reward/accuracy", "reward/format", "reward/reward_model")])
+                status = monitor.update(step, acc, fmt,
+                                        rm if "reward/reward_model" in metrics else None)
+                metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
+                stop, result.stop_reason = status.stop, status.reason
+            history.append(metrics)
+            bar.update(task, advance=1, loss=metrics["loss"], tok_s=metrics["tokens_per_s"])
+            if rank == 0 and on_step is not None:
+                on_step(step, metrics)
+            if rank == 0 and checkpoint_every and (step % checkpoint_every == 0 or stop):
+                path = checkpoint_dir / f"step-{step:06d}"
+                meta = {**(checkpoint_metadata or {}), "extra": {"step": step}}
+                result.checkpoints.append(save_model(engine.module, tokenizer, path, meta))
+            if stop:
+                break
+    engine.release()
+    result.summary = {**summarize(history), "stopped_early": float(result.stop_reason is not None)}
+    return result

@@ -1,0 +1,186 @@
+"""grpo: R1V2's reinforcement learning on the SFT model, GRPO with hybrid rewards and the SSB.
+
+Method (docs/grpo.md): for each step, `prompts_per_step` training questions with their images,
+`group_size` sampled responses each; reward r = w_acc * accuracy + w_fmt * format
+(+ w_rm * the reward model's score, when the DAG trains one); advantages normalised within
+each group; the Selective Sample Buffer swaps zero-advantage samples for buffered
+non-zero-advantage ones (weighted by |A|) when the batch's effective share falls below its
+target; clipped surrogate updates of the parts named in `grpo.trainable` (default: the
+projector only, R1V2's best), optional k3 KL to the SFT model. A monitor flags reward hacking
+(reward-model score up, accuracy not) and format collapse, and can stop the run. After
+training: greedy validation accuracy, save (safetensors), register with `r1vflow.parent` = the
+SFT model's version.
+
+Departures from the paper: group size, clip range, buffer sizes and the monitor's thresholds
+are not given by the reports and are config values here; the reward-model term defaults to
+weight 0 (its score is still logged and watched when a reward model is trained); the loop
+runs on CPU with `transformers.generate` (a vLLM backend exists for GPUs).
+
+    r1vflow run pipelines/configs/tiny.yaml --set grpo.steps=40 --set grpo.ssb.enabled=false
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from r1vflow.data.io import load_split, read_info
+from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.models.io import load_model, save_model
+from r1vflow.models.reward import RewardScorer, load_reward_scorer
+from r1vflow.models.tokenizer import load_tokenizer
+from r1vflow.models.vlm import num_image_tokens, set_trainable
+from r1vflow.rl.batch import encode_vlm_prompts
+from r1vflow.rl.grpo import GRPOPrompt, GRPOResult, prefilter_pool, train_grpo
+from r1vflow.rl.monitor import RewardMonitor
+from r1vflow.rl.rewards import (
+    HybridReward,
+    accuracy_reward,
+    format_reward,
+    hybrid_reward,
+    make_reward_model_reward,
+)
+from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
+from r1vflow.rl.ssb import SelectiveSampleBuffer
+from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+
+VAL_ACCURACY_LIMIT = 256  # validation samples generated for val_accuracy
+
+
+def reward_model_score_fn(scorer: RewardScorer):
+    """score_fn(prompts, completions) for `make_reward_model_reward`: the reward model's score
+    of (question, image, response), on 0..1 (calibrated 0..5 / 5) when it is calibrated, raw
+    otherwise. `prompts` are the `GRPOPrompt`s the loop passes to reward functions."""
+
+    def score(prompts: list[GRPOPrompt], completions: list[str]) -> list[float]:
+        questions = [p.text for p in prompts]
+        pixels = torch.stack([p.pixel_values for p in prompts])
+        if scorer.calibration is None:
+            return scorer.score(questions, pixels, completions)
+        return [s / 5.0 for s in scorer.score_0to5(questions, pixels, completions)]
+
+    return score
+
+
+def build_reward(accuracy: float, format_: float, reward_model: float,
+                 scorer: RewardScorer | None = None) -> HybridReward:
+    """The hybrid reward. accuracy and format are always computed (and logged, even at weight
+    0); the reward-model term whenever a reward model is given (weight 0: logged and watched
+    by the monitor only)."""
+    fns = {"accuracy": accuracy_reward, "format": format_reward}
+    weights = {"accuracy": accuracy, "format": format_}
+    if scorer is not None:
+        fns["reward_model"] = make_reward_model_reward(reward_model_score_fn(scorer))
+        weights["reward_model"] = reward_model
+    elif reward_model > 0:
+        raise ValueError(
+            f"grpo.reward_weights.reward_model is {reward_model} but the grpo stage got no "
+            "reward model: enable the train_reward_model stage, or set the weight to 0")
+    return hybrid_reward(fns, weights)
+
+
+def build_prompts(model, tokenizer, samples, dataset, image_size: int,
+                  max_prompt_tokens: int) -> list[GRPOPrompt]:
+    """One GRPOPrompt per sample (chat prompt with image placeholders, image, gold answer)."""
+    ids = encode_vlm_prompts(tokenizer, [s.question for s in samples], num_image_tokens(model))
+    longest = max(len(i) for i in ids)
+    if longest > max_prompt_tokens:
+        raise ValueError(f"grpo: a prompt has {longest} tokens but grpo.max_length - "
+                         f"grpo.max_new_tokens leaves {max_prompt_tokens}; raise grpo.max_length")
+    pixels = sample_pixels(dataset, samples, image_size)
+    return [GRPOPrompt(s.id, i, s.answer, s.question, pixels[k])
+            for k, (s, i) in enumerate(zip(samples, ids, strict=True))]
+
+
+def build_rollout(kind: str, model, tokenizer, model_dir, max_new_tokens: int,
+                  temperature: float, batch_size: int) -> RolloutBackend:
+    if kind == "vllm":
+        return VLLMRollout(model_dir, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                           max_new_tokens, temperature)
+    return TransformersRollout(model, tokenizer, max_new_tokens, temperature, batch_size,
+                               suppress_ids=[model.config.image_token_id, tokenizer.pad_token_id])
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    exp, cfg = ctx.exp, ctx.exp.grpo
+    sft_dir, dataset = ctx.input("sft_model"), ctx.input("dataset")
+    info = read_info(dataset)
+    model, tokenizer = load_model(sft_dir, "vlm"), load_tokenizer(sft_dir)
+    trainable = set_trainable(model, set(cfg.trainable))
+    train, val = load_split(dataset, "train"), load_split(dataset, "val")
+    prompts = build_prompts(model, tokenizer, train, dataset, exp.data.image_size,
+                            cfg.max_length - cfg.max_new_tokens)
+    w = cfg.reward_weights
+    scorer = None
+    if "reward_model" in ctx.inputs:
+        scorer = load_reward_scorer(ctx.input("reward_model"), cfg.batch_size, cfg.max_length)
+    reward = build_reward(w.accuracy, w.format, w.reward_model, scorer)
+    rollout = build_rollout(cfg.rollout, model, tokenizer, sft_dir, cfg.max_new_tokens,
+                            cfg.temperature, cfg.batch_size)
+    extra: dict[str, float] = {}
+    if cfg.ssb.prefilter:
+        prompts, extra = prefilter_pool(prompts, rollout, reward, cfg.group_size,
+                                        cfg.batch_size, cfg.seed)
+        if not prompts:
+            raise ValueError("grpo.ssb.prefilter kept no prompt: every group had equal rewards")
+    s, m = cfg.ssb, cfg.monitor
+    ssb = (SelectiveSampleBuffer(s.capacity, s.max_age_steps, s.target_effective_ratio,
+                                 s.max_replay_fraction, seed=cfg.seed) if s.enabled else None)
+    monitor = RewardMonitor(m.window, m.thresholds.rm_rise, m.thresholds.format_drop,
+                            m.thresholds.accuracy_min_rise, m.stop_on_flag, m.patience)
+
+    def on_step(step: int, values: dict) -> None:
+        ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
+
+    meta = {"stage": "grpo", "parent": str(sft_dir), "config_fingerprint": exp.fingerprint(),
+            "data_digests": {"dataset": info.digest}}
+    result = train_grpo(
+        model, tokenizer, prompts, reward, rollout, steps=cfg.steps,
+        prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr,
+        ppo_epochs=cfg.ppo_epochs, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+        clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
+        scale_by_std=cfg.scale_by_std, aggregation=cfg.aggregation, ssb=ssb, monitor=monitor,
+        backend=cfg.backend, zero_stage=cfg.zero_stage, seed=cfg.seed,
+        checkpoint_every=cfg.checkpoint_every,
+        checkpoint_dir=ctx.outputs.get("checkpoints") if cfg.checkpoint_every else None,
+        checkpoint_metadata=meta, on_step=on_step, progress=True)
+    scored, _ = score_model(model, tokenizer, val[:VAL_ACCURACY_LIMIT], dataset,
+                            exp.data.image_size, max_new_tokens=exp.evaluate.max_new_tokens,
+                            batch_size=exp.evaluate.batch_size)
+    _write_checkpoint_index(ctx, result)
+    out = save_model(model, tokenizer, ctx.outputs["model"], meta)
+    version = ctx.register(out, parent=parent_version(sft_dir), dataset_digest=info.digest)
+    metrics = {
+        **result.summary, **extra,
+        "val_accuracy": scored["accuracy"], "val_format_rate": scored["format_rate"],
+        "train_size": float(len(prompts)),
+        **{f"trainable_params_{k}": float(v) for k, v in trainable.items()},
+    }
+    return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
+                        report=_report(exp.name, metrics, result))
+
+
+def _write_checkpoint_index(ctx: StageContext, result: GRPOResult) -> None:
+    """checkpoints/index.json: the saved step directories (an empty list without checkpoints)."""
+    folder = ctx.outputs.get("checkpoints")
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        names = [p.name for p in result.checkpoints]
+        (folder / "index.json").write_text(json.dumps({"checkpoints": names}, indent=2) + "\n")
+
+
+def _report(name: str, metrics: dict[str, float], result: GRPOResult) -> str:
+    lines = [f"# grpo: {name}", ""]
+    if result.stop_reason:
+        lines += [f"**Stopped early by the monitor:** {result.stop_reason}", ""]
+    lines += ["| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
+    lines += ["", "## Per step", "", "| step | reward | accuracy | format | eff. before | "
+              "eff. after | replay | loss |", "|---" * 8 + "|"]
+    for i, h in enumerate(result.history, start=1):
+        lines.append(f"| {i} | {h['reward_mean']:.3f} | {h.get('accuracy', 0):.3f} | "
+                     f"{h.get('format_rate', 0):.3f} | {h['effective_ratio_before']:.2f} | "
+                     f"{h['effective_ratio_after']:.2f} | {h['replay_fraction']:.2f} | "
+                     f"{h['loss']:.4f} |")
+    return "\n".join(lines) + "\n"

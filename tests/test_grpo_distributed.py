@@ -1,0 +1,96 @@
+"""A 2-process DeepSpeed ZeRO-2 GRPO run on CPU (gloo), started with torchrun from the test.
+
+Each rank draws its own prompts and samples its own groups, so the ranks' losses differ; the
+engine averages the gradients, so after the steps every rank must hold the same weights, and
+they must have moved. This file is also the torchrun worker (`python -m torch.distributed.run
+... tests/test_grpo_distributed.py OUT`).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+STEPS = 2
+
+
+def _worker(out: Path) -> None:
+    import torch
+    import torch.distributed as dist
+
+    from r1vflow.models.tokenizer import train_tokenizer
+    from r1vflow.models.vlm import (
+        assemble_vlm,
+        build_tiny_llm,
+        build_tiny_vision,
+        num_image_tokens,
+        set_trainable,
+    )
+    from r1vflow.rl.batch import encode_vlm_prompts
+    from r1vflow.rl.grpo import GRPOPrompt, train_grpo
+    from r1vflow.rl.rewards import hybrid_reward
+    from r1vflow.rl.rollout import TransformersRollout
+    from r1vflow.rl.ssb import SelectiveSampleBuffer
+
+    torch.set_num_threads(1)
+    tokenizer = train_tokenizer(["How many red circles? <think>2 red.</think><answer>2</answer>"]
+                                * 20, vocab_size=300)
+    torch.manual_seed(0)  # same initial weights on every rank
+    vision = build_tiny_vision(16, 8, 32, 1, 2)
+    model = assemble_vlm(vision, build_tiny_llm(len(tokenizer), 32, 1, 2, 64, 128), tokenizer)
+    set_trainable(model, {"projector", "llm"})
+    initial = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    questions = [f"How many objects of kind {i}?" for i in range(8)]
+    ids = encode_vlm_prompts(tokenizer, questions, num_image_tokens(model))
+    pixels = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    prompts = [GRPOPrompt(f"p{i}", ids[i], "2", q, pixels[i]) for i, q in enumerate(questions)]
+
+    def even_length(completions, answers, **kw):
+        return [float(len(c) % 2 == 0) for c in completions]
+
+    reward = hybrid_reward({"accuracy": even_length}, {"accuracy": 1.0})
+    rollout = TransformersRollout(model, tokenizer, max_new_tokens=6, temperature=1.0,
+                                  suppress_ids=[model.config.image_token_id,
+                                                tokenizer.pad_token_id])
+    result = train_grpo(model, tokenizer, prompts, reward, rollout, steps=STEPS,
+                        prompts_per_step=2, group_size=4, lr=1e-2, backend="deepspeed",
+                        zero_stage=2, seed=0, progress=False,
+                        ssb=SelectiveSampleBuffer(32, 4, 0.75, 0.5))
+    final = torch.cat([p.detach().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(final) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, final)
+    losses = [torch.zeros(STEPS, dtype=torch.float64) for _ in gathered]
+    dist.all_gather(losses, torch.tensor([h["loss"] for h in result.history],
+                                         dtype=torch.float64))
+    if dist.get_rank() == 0:
+        out.write_text(json.dumps({
+            "world": dist.get_world_size(),
+            "max_param_diff": max(float((g - final).abs().max()) for g in gathered),
+            "moved": float((final - initial).abs().max()),
+            "losses": [t.tolist() for t in losses],
+            "steps": len(result.history),
+            "effective_after": [h["effective_ratio_after"] for h in result.history],
+        }))
+    dist.barrier()
+
+
+@pytest.mark.slow
+def test_two_process_zero2_grpo_steps(tmp_path):
+    out = tmp_path / "result.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
+           "--nproc_per_node=2", str(Path(__file__).resolve()), str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    result = json.loads(out.read_text())
+    assert result["world"] == 2 and result["steps"] == STEPS
+    assert result["max_param_diff"] == 0.0  # gradients were averaged: one model on both ranks
+    assert result["moved"] > 0.0
+    assert result["losses"][0] != result["losses"][1]  # the ranks trained on different samples
+
+
+if __name__ == "__main__":
+    _worker(Path(sys.argv[1]))
