@@ -1,6 +1,9 @@
 """Shared fixtures: a micro experiment (smaller than the smoke preset) for component tests."""
 
+import os
 from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see r1vflow.cli
 
 import pytest
 
@@ -15,9 +18,41 @@ MICRO = [
     "bootstrap.vision_steps=5", "bootstrap.vision_examples=64", "bootstrap.llm_steps=5",
     "bootstrap.llm_texts=64", "synthesize_data.num_train=48", "synthesize_data.num_val=16",
     "synthesize_data.num_test=16", "evaluate.max_new_tokens=16", "sft.batch_size=16",
+    "align_projector.val_limit=8", "sft.iterative.error_scan_limit=8",
 ]
 
 
 @pytest.fixture(scope="session")
 def micro_experiment():
     return load_experiment(PRESETS / "smoke.yaml", MICRO)
+
+
+class MicroChain:
+    """Stage functions run in-process on one directory, with MLflow in a temporary SQLite store
+    (so registration and lineage run too). Inputs and outputs are names of subdirectories."""
+
+    def __init__(self, root: Path, exp) -> None:
+        self.root, self.exp = root, exp
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+
+    def run(self, stage: str, inputs: dict[str, str], outputs: dict[str, str]):
+        from r1vflow.stages import StageContext, stage_function
+        from r1vflow.tracking import stage_run
+
+        with stage_run(self.uri, "r1vflow-micro", stage, self.exp.name) as tracker:
+            ctx = StageContext(exp=self.exp, stage=stage,
+                               inputs={k: self.root / v for k, v in inputs.items()},
+                               outputs={k: self.root / v for k, v in outputs.items()},
+                               tracker=tracker)
+            for path in ctx.outputs.values():
+                path.mkdir(parents=True, exist_ok=True)
+            return stage_function(stage)(ctx)
+
+
+@pytest.fixture(scope="session")
+def micro_inputs(tmp_path_factory, micro_experiment):
+    """bootstrap (base VLM + substitute LLM) and synthesize_data of the micro experiment, once."""
+    chain = MicroChain(tmp_path_factory.mktemp("micro-inputs"), micro_experiment)
+    chain.run("bootstrap", {}, {"base_model": "base_model", "substitute_llm": "substitute_llm"})
+    chain.run("synthesize_data", {}, {"dataset": "dataset"})
+    return chain
