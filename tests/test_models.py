@@ -303,3 +303,10 @@ def test_load_pretrained_parts_from_local_checkpoints(tmp_path):
     assert llm.get_input_embeddings().num_embeddings == len(tokenizer) == len(vocab) + 5
     model = assemble_vlm(vision, llm, tokenizer)
     assert num_image_tokens(model) == 4
+    save_model(
+        model,
+        tokenizer,
+        tmp_path / "vlm",
+        {"stage": "align_projector", "parent": None, "config_fingerprint": "x"},
+    )
+    assert load_tokenizer(tmp_path / "vlm").encode("<image>abc") == tokenizer.encode("<image>abc")

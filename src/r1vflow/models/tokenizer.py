@@ -79,9 +79,13 @@ def train_tokenizer(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFas
     return tokenizer
 
 
-def check_special_tokens(tokenizer: PreTrainedTokenizerFast) -> None:
-    """Raise ValueError unless every R1V special token encodes to exactly one id."""
-    for token in SPECIAL_TOKENS:
+def check_special_tokens(
+    tokenizer: PreTrainedTokenizerFast, tokens: tuple[str, ...] = SPECIAL_TOKENS
+) -> None:
+    """Raise ValueError unless each of `tokens` encodes to exactly one id and pad/eos are set."""
+    if tokenizer.pad_token_id is None or tokenizer.eos_token_id is None:
+        raise ValueError("tokenizer needs a pad token and an eos token")
+    for token in tokens:
         ids = tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"tokenizer splits special token {token!r} into {len(ids)} ids {ids}")
@@ -96,7 +100,7 @@ def special_token_id(tokenizer: PreTrainedTokenizerFast, token: str) -> int:
 
 
 def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> Path:
-    """Write the tokenizer files (tokenizer.json, tokenizer_config.json, chat template) to `out_dir`."""
+    """Write tokenizer.json, tokenizer_config.json and the chat template to `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer.save_pretrained(out)
@@ -104,10 +108,14 @@ def save_tokenizer(tokenizer: PreTrainedTokenizerFast, out_dir: str | Path) -> P
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer saved by `save_tokenizer` from a local directory (never from a hub)."""
+    """Load a saved tokenizer from a local directory (never from a hub).
+
+    Trained here or a hub tokenizer extended by `vlm.add_r1v_tokens`: `<image>` and the
+    reasoning tags must be single ids; chat markers and pad may be the hub's own.
+    """
     directory = Path(path)
     if not (directory / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer.json in {directory}")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
-    check_special_tokens(tokenizer)
+    check_special_tokens(tokenizer, (IMAGE_TOKEN, *TAG_TOKENS))
     return tokenizer

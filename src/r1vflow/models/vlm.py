@@ -10,6 +10,7 @@ is moved onto the reasoning LLM with the same hidden size.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 
 import torch
@@ -189,8 +190,8 @@ def swap_llm(
         )
     if llm.config.vocab_size != old_text.vocab_size:
         raise ValueError(
-            f"cannot move the projector: the VLM's LLM has vocab_size={old_text.vocab_size} but the "
-            f"new LLM has vocab_size={llm.config.vocab_size}; both LLMs must share one tokenizer"
+            f"cannot move the projector: the VLM's LLM has vocab_size={old_text.vocab_size} but "
+            f"the new LLM has vocab_size={llm.config.vocab_size}; both LLMs must share one tokenizer"
         )
     if tokenizer is not None:
         _check_tokenizer_fits(llm.config.vocab_size, tokenizer, "the new LLM")
@@ -205,7 +206,7 @@ def swap_llm(
     model.model.vision_tower.load_state_dict(vlm.model.vision_tower.state_dict())
     model.model.multi_modal_projector.load_state_dict(vlm.model.multi_modal_projector.state_dict())
     _copy_llm_weights(model, llm)
-    model.generation_config = vlm.generation_config
+    model.generation_config = copy.deepcopy(vlm.generation_config)
     return model.to(dtype=next(llm.parameters()).dtype)
 
 

@@ -86,8 +86,9 @@ def train_sft(
 
     `batch_size` is the global batch: under torchrun each rank trains on its share of it.
     Returns loss (mean of the last 10 steps, this rank), first_loss, steps, seconds, tokens
-    (non-padding tokens this rank processed) and tokens_per_s. `on_step(step, {"loss","lr","grad_norm","epoch"})` is
-    called after every optimizer step (1-based step).
+    (non-padding tokens this rank processed) and tokens_per_s. `on_step(step, metrics)` with
+    metrics {"loss","lr","grad_norm","epoch"} runs after every optimizer step (1-based step).
+    The model is left in eval mode (and, after ZeRO-3, with its full weights gathered back).
     """
     if not items:
         raise ValueError("train_sft got no training items")
@@ -118,7 +119,7 @@ def train_sft(
                 bar.update(task, advance=1, loss=losses[-1], tok_s=tok_s)
                 if on_step is not None:
                     on_step(len(losses), {"loss": losses[-1], **stats, "epoch": float(epoch)})
-    engine.release()
+    engine.release().eval()
     seconds = time.perf_counter() - start
     return {
         "loss": sum(losses[-10:]) / len(losses[-10:]),
