@@ -55,6 +55,16 @@ def _mirror(result: StageResult) -> None:
         (out / f"{result.stage}.json").write_text(result.model_dump_json(indent=2))
 
 
+def tracking_env(exp: Experiment) -> str | None:
+    """Point MLflow at the experiment's tracking URI (config, else the environment)."""
+    uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        import mlflow
+
+        mlflow.set_tracking_uri(uri)
+    return uri
+
+
 def _log_dataset_input(ctx: StageContext) -> None:
     """Every stage that reads the synthesized data set records it (with its digest) as input."""
     dataset = ctx.inputs.get("dataset")
