@@ -10,10 +10,12 @@ from r1vflow.images import image_for
 @dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
 def evaluate(experiment_json: str, base_model: Input[Model], dataset: Input[Dataset],
              metrics: Output[Metrics], report: Output[Markdown],
-             sft_model: Input[Model] = None, grpo_model: Input[Model] = None) -> str:
+             sft_model: Input[Model] = None, grpo_model: Input[Model] = None,
+             align_projector_model: Input[Model] = None) -> str:
     from r1vflow.components.runtime import execute
 
-    models = {"sft_model": sft_model, "grpo_model": grpo_model}
+    models = {"sft_model": sft_model, "grpo_model": grpo_model,
+              "align_projector_model": align_projector_model}
     return execute("evaluate", experiment_json,
                    inputs={"base_model": base_model.path, "dataset": dataset.path,
                            **{k: m.path for k, m in models.items() if m is not None}},

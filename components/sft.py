@@ -1,16 +1,24 @@
-"""sft: supervised fine-tuning of the parts the config names, loss on assistant tokens only."""
+"""sft: supervised fine-tuning of the parts the config names, loss on assistant tokens only;
+with `sft.iterative`, R1V's iterations filtered by the reward model. Starts from the aligned
+model when given, else from the base model; `iterations` holds the intermediate models."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from r1vflow.images import image_for
 
 
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
-def sft(experiment_json: str, base_model: Input[Model], dataset: Input[Dataset],
-        model: Output[Model], metrics: Output[Metrics], report: Output[Markdown]) -> str:
+def sft(experiment_json: str, dataset: Input[Dataset], model: Output[Model],
+        iterations: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown],
+        base_model: Input[Model] = None, aligned_model: Input[Model] = None,
+        reward_model: Input[Model] = None) -> str:
     from r1vflow.components.runtime import execute
 
+    models = {"base_model": base_model, "aligned_model": aligned_model,
+              "reward_model": reward_model}
     return execute("sft", experiment_json,
-                   inputs={"base_model": base_model.path, "dataset": dataset.path},
-                   outputs={"model": model.path}, metrics=metrics, report=report)
+                   inputs={"dataset": dataset.path,
+                           **{k: m.path for k, m in models.items() if m is not None}},
+                   outputs={"model": model.path, "iterations": iterations.path},
+                   metrics=metrics, report=report)

@@ -128,8 +128,13 @@ class BootstrapConfig(Strict):
     vision_examples: int = Field(2000, gt=0, description="Synthetic images for vision pretraining.")
     llm_steps: int = Field(400, ge=0, description="Language-modelling steps for the LLM.")
     llm_texts: int = Field(4000, gt=0, description="Synthetic documents for LLM pretraining.")
-    lr: float = Field(3e-3, gt=0, description="Learning rate of both pretraining runs.")
-    batch_size: int = Field(32, gt=0)
+    substitute_llm_steps: int | None = Field(
+        None, ge=0, description="Language-modelling steps for the substitute LLM (same "
+                                "architecture, caption/instruction text); None: llm_steps.")
+    vision_lr: float = Field(1e-3, gt=0, description="Learning rate of vision pretraining.")
+    vision_batch_size: int = Field(64, gt=0)
+    lr: float = Field(3e-3, gt=0, description="Learning rate of LLM pretraining.")
+    batch_size: int = Field(32, gt=0, description="Batch size of LLM pretraining.")
     max_length: int = Field(160, gt=0, description="Token budget per LLM pretraining document.")
 
 
@@ -160,8 +165,147 @@ class TrainConfig(Strict):
     seed: int = 0
 
 
+AlignData = Literal["captions", "cot", "all"]
+
+
+class ProjectorSubStage(Strict):
+    """One MLP-only sub-stage of R1V stage 1, against the frozen substitute LLM."""
+
+    name: str = Field(pattern=r"^[a-z0-9_-]+$", description="Label in logs and metric names.")
+    data: AlignData = Field(
+        "all", description="captions: image descriptions; cot: the train split's step-by-step "
+                           "responses; all: both.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of that data (seeded subset).")
+    limit: int | None = Field(None, gt=0, description="At most this many samples after fraction.")
+    lr: float = Field(gt=0, description="Peak learning rate (AdamW).")
+    epochs: int = Field(1, ge=1)
+
+
+class ProjectorAlignStep(Strict):
+    """R1V stage 1 step 3: MLP-only training again, now with the reasoning LLM (frozen)."""
+
+    data: AlignData = Field("cot", description="Which data (as in a sub-stage).")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of that data (seeded subset).")
+    limit: int | None = Field(None, gt=0, description="At most this many samples after fraction.")
+    lr: float = Field(4e-5, gt=0, description="Peak learning rate; not given by the report.")
+    epochs: int = Field(1, ge=1)
+
+
+def _paper_substages() -> list[ProjectorSubStage]:
+    # R1V: full set (2M, lr 2e-4), 200K quality subset (4e-5), 40K chain-of-thought (4e-5).
+    return [ProjectorSubStage(name="full", data="all", lr=2e-4),
+            ProjectorSubStage(name="quality", data="all", fraction=0.1, lr=4e-5),
+            ProjectorSubStage(name="cot", data="cot", fraction=0.02, lr=4e-5)]
+
+
+class AlignProjectorConfig(Strict):
+    """R1V stage 1: MLP sub-stages on the substitute LLM, transfer to the reasoning LLM, align.
+
+    Only the projector ever trains; the transfer step has no settings (it checks that hidden
+    size and tokenizer match and fails otherwise)."""
+
+    substages: list[ProjectorSubStage] = Field(
+        default_factory=_paper_substages, min_length=1,
+        description="Step 1, in order (the report uses three).")
+    align: ProjectorAlignStep = Field(default_factory=ProjectorAlignStep)
+    batch_size: int = Field(16, gt=0)
+    weight_decay: float = Field(0.05, ge=0, description="Report: 0.05.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Report: 3%.")
+    max_length: int = Field(192, gt=0, description="Token budget per training sequence.")
+    val_limit: int = Field(256, gt=0, description="Val samples generated for val_accuracy/*.")
+    backend: Literal["torch", "deepspeed"] = "torch"
+    zero_stage: Literal[0, 1, 2, 3] = 0
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AlignProjectorConfig:
+        names = [s.name for s in self.substages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"align_projector.substages: names must be unique, got {names}")
+        return self
+
+
+class ScoreCalibrationConfig(Strict):
+    """Raw reward -> 0..5: linear between two anchors fitted on the val pairs, clipped."""
+
+    low_quantile: float = Field(
+        0.5, ge=0, le=1, description="This quantile of the val rejected scores maps to 0.")
+    high_quantile: float = Field(
+        0.5, ge=0, le=1, description="This quantile of the val chosen scores maps to 5.")
+
+
+class RewardModelConfig(TrainConfig):
+    """Skywork-VL Reward: the VLM + a scalar value head, pairwise (Bradley-Terry) loss."""
+
+    lr: float = Field(1e-5, gt=0, description="Peak learning rate (report: 1e-5).")
+    epochs: int = Field(2, ge=1, description="Passes over the train pairs (report: 2).")
+    trainable: list[Part] = Field(
+        default_factory=lambda: ["projector", "llm"], min_length=1,
+        description="Parts that train besides the value head; the report freezes the vision "
+                    "encoder.")
+    likelihood_term: bool = Field(
+        False, description="Add a learned multiple of the response's mean log-probability under "
+                           "the model's LM head to the value head's output (not in the report; "
+                           "tiny models need it to rank within a CPU budget).")
+    nll_weight: float = Field(
+        0.0, ge=0, description="Add this x the chosen responses' negative log-likelihood to the "
+                               "pairwise loss (not in the report; grounds the likelihood term).")
+    cross_prompt: bool = Field(
+        False, description="Rank every chosen response of a batch above every rejected one, "
+                           "whatever the question, so one threshold separates good from bad "
+                           "(what filtering needs; not in the report).")
+    calibration: ScoreCalibrationConfig = Field(default_factory=ScoreCalibrationConfig)
+
+
+class IterativeSFTConfig(Strict):
+    """R1V stage 2's iterations t = 1..T after iteration 0 (which trains on all of D).
+
+    D_t = {(x, y) in D: RM(x, y) >= tau_t} union E_{t-1}, the train samples the previous
+    model answered wrongly. Defaults are the report's (T = 4, tau 2..5, lr 1e-4 then 2e-5)."""
+
+    iterations: int = Field(4, ge=1, description="T (report: 4).")
+    tau: list[float] = Field(
+        default_factory=lambda: [2.0, 3.0, 4.0, 5.0],
+        description="Reward threshold (0..5) of iterations 1..T, non-decreasing (report: 2,3,4,5).")
+    lr: list[float] = Field(
+        default_factory=lambda: [1e-4, 2e-5, 2e-5, 2e-5],
+        description="Peak learning rate of iterations 1..T (report: 1e-4, then 2e-5).")
+    epochs: int = Field(1, ge=1, description="Passes over D_t at each iteration.")
+    error_set: bool = Field(
+        True, description="Add E_{t-1}, the train samples the previous model got wrong.")
+    error_scan_limit: int | None = Field(
+        512, gt=0, description="Train samples answered per iteration to find E (bounds the "
+                               "time); None: all.")
+    noisy_fraction: float = Field(
+        0.5, ge=0, le=1, description="D also holds rejected responses of train preference "
+                                      "pairs, this many per train sample (mixed-quality data "
+                                      "for the reward model to filter; not in the report).")
+
+    @model_validator(mode="after")
+    def _per_iteration_lists(self) -> IterativeSFTConfig:
+        for name in ("tau", "lr"):
+            values = getattr(self, name)
+            if len(values) != self.iterations:
+                raise ValueError(f"sft.iterative.{name} has {len(values)} values but "
+                                 f"sft.iterative.iterations is {self.iterations}: give one per "
+                                 "iteration 1..T")
+        if any(not 0 <= t <= 5 for t in self.tau):
+            raise ValueError(f"sft.iterative.tau values are reward scores on the 0..5 scale, "
+                             f"got {self.tau}")
+        if any(b < a for a, b in zip(self.tau, self.tau[1:], strict=False)):
+            raise ValueError(f"sft.iterative.tau must be non-decreasing (rising thresholds), "
+                             f"got {self.tau}")
+        if any(lr <= 0 for lr in self.lr):
+            raise ValueError(f"sft.iterative.lr values must be > 0, got {self.lr}")
+        return self
+
+
 class SFTConfig(TrainConfig):
-    pass
+    """SFT on the reasoning data; with `iterative`, R1V stage 2's reward-filtered iterations."""
+
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (iteration 0's when iterative).")
+    iterative: IterativeSFTConfig | None = Field(
+        None, description="R1V iterative SFT (needs train_reward_model); null: one plain pass.")
 
 
 class RewardWeights(Strict):
@@ -343,6 +487,10 @@ class TrackingConfig(Strict):
         None, description="MLflow URI; default: $MLFLOW_TRACKING_URI, else sqlite in the output dir.")
     experiment_name: str | None = Field(None, description="MLflow experiment; default: r1vflow-<name>.")
     register_models: bool = Field(True, description="Register every produced model as a version.")
+    promotion_metric: str = Field(
+        "accuracy", description="evaluate metric (of the final model) that decides promotion.")
+    promotion_min_delta: float = Field(
+        0.0, ge=0, description="How much the candidate must beat the champion by.")
 
 
 ImageRoleName = Literal["base", "trainer", "rollout"]
@@ -397,7 +545,12 @@ class Experiment(Strict):
     bootstrap: BootstrapConfig | None = Field(
         default_factory=BootstrapConfig, description="Tiny presets only; null on clusters.")
     synthesize_data: SynthesizeDataConfig = Field(default_factory=SynthesizeDataConfig)
+    align_projector: AlignProjectorConfig | None = Field(
+        None, description="R1V projector alignment with LLM transfer; null skips it (SFT then "
+                          "starts from the base model).")
     sft: SFTConfig = Field(default_factory=SFTConfig)
+    train_reward_model: RewardModelConfig | None = Field(
+        None, description="Multimodal reward model (for iterative SFT); null skips it.")
     grpo: GRPOConfig | None = Field(
         None, description="R1V2 GRPO after SFT; null skips the stage.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
@@ -432,6 +585,12 @@ class Experiment(Strict):
         elif self.bootstrap is not None:
             raise ValueError("bootstrap builds tiny models only: set bootstrap to null "
                              "for model.kind 'pretrained'")
+        if self.align_projector is not None and self.bootstrap is None:
+            raise ValueError("align_projector trains against the substitute LLM that bootstrap "
+                             "builds; with model.kind 'pretrained' set align_projector to null")
+        if self.sft.iterative is not None and self.train_reward_model is None:
+            raise ValueError("sft.iterative filters D with the reward model: enable "
+                             "train_reward_model, or set sft.iterative to null")
         return self
 
     def stages(self) -> list[str]:
@@ -474,7 +633,10 @@ def _parse_value(raw: str) -> Any:
     """YAML, plus what YAML 1.1 leaves as a string but a person means as a number ('2e-5')."""
     if not raw.strip():
         return ""
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:  # e.g. '@daily': '@' is reserved in YAML; the text is meant
+        return raw.strip()
     if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
         return float(value)
     return value

@@ -11,7 +11,9 @@ from r1vflow.stages.common import StageContext, StageOutcome, StageResult
 _MODULES = {
     "bootstrap": "r1vflow.stages.bootstrap",
     "synthesize_data": "r1vflow.stages.synthesize_data",
+    "align_projector": "r1vflow.stages.align_projector",
     "sft": "r1vflow.stages.sft",
+    "train_reward_model": "r1vflow.stages.train_reward_model",
     "grpo": "r1vflow.stages.grpo",
     "evaluate": "r1vflow.stages.evaluate",
 }

@@ -7,6 +7,9 @@
 3. Build a Qwen2 LLM and pretrain it on text-only reasoning documents (the tasks stated in words,
    with <think>/<answer>), so it can count and add before it ever sees an image.
 4. Assemble vision + fresh MLP projector + LLM as a transformers Llava model: the base VLM.
+5. Build a second LLM of the same architecture and tokenizer, the *substitute* of R1V stage 1
+   (an instruct model in the report), and pretrain it on plain caption / question-answer text
+   without <think>: output `substitute_llm`, registered as `<name>-bootstrap-substitute`.
 
 Departure from the paper: R1V starts from released checkpoints; here everything is built and
 pretrained in about a minute so that the later stages start from parts that know something.
@@ -24,7 +27,7 @@ from r1vflow.stages.common import StageContext, StageOutcome
 from r1vflow.train.bootstrap import pretrain_llm, pretrain_vision
 
 # Seed offsets keep bootstrap's synthetic data apart from synthesize_data's (same base seed).
-_VISION_SEED, _TEXT_SEED = 10_007, 20_011
+_VISION_SEED, _TEXT_SEED, _CAPTION_SEED = 10_007, 20_011, 30_011
 
 
 def _digest(texts: list[str], targets) -> str:
@@ -44,8 +47,8 @@ def run(ctx: StageContext) -> StageOutcome:
                                tiny.vision_layers, tiny.vision_heads)
     images, targets = vision_pretraining_set(cfg.vision_examples, exp.data.image_size,
                                              seed + _VISION_SEED)
-    vision_stats = pretrain_vision(vision, images, targets, steps=cfg.vision_steps, lr=cfg.lr,
-                                   batch_size=cfg.batch_size, seed=seed)
+    vision_stats = pretrain_vision(vision, images, targets, steps=cfg.vision_steps,
+                                   lr=cfg.vision_lr, batch_size=cfg.vision_batch_size, seed=seed)
 
     llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
                          tiny.llm_intermediate_size, tiny.max_position_embeddings)
@@ -65,6 +68,7 @@ def run(ctx: StageContext) -> StageOutcome:
     metrics = {
         "vision_loss": float(vision_stats["loss"]),
         "llm_loss": float(llm_stats["loss"]),
+        **_substitute_llm(ctx, tokenizer),
         "tokenizer_size": float(len(tokenizer)),
         **{f"params_{part}": float(n) for part, n in sizes.items()},
     }
@@ -73,3 +77,22 @@ def run(ctx: StageContext) -> StageOutcome:
               + f".\n\nVision attribute loss {metrics['vision_loss']:.4f}, "
               f"LLM loss {metrics['llm_loss']:.4f}.\n")
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version, report=report)
+
+
+def _substitute_llm(ctx: StageContext, tokenizer) -> dict[str, float]:
+    """Pretrain, save and register the substitute LLM when the DAG asks for it; its metrics."""
+    if "substitute_llm" not in ctx.outputs:
+        return {}
+    exp, cfg, tiny = ctx.exp, ctx.exp.bootstrap, ctx.exp.model.tiny
+    llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
+                         tiny.llm_intermediate_size, tiny.max_position_embeddings)
+    texts = text_corpus("caption", cfg.llm_texts, exp.data.seed + _CAPTION_SEED)
+    steps = cfg.llm_steps if cfg.substitute_llm_steps is None else cfg.substitute_llm_steps
+    stats = pretrain_llm(llm, tokenizer, texts, steps=steps, lr=cfg.lr,
+                         batch_size=cfg.batch_size, max_length=cfg.max_length, seed=exp.data.seed)
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
+    out = save_model(llm, tokenizer, ctx.outputs["substitute_llm"], {
+        "stage": "bootstrap", "parent": None, "config_fingerprint": exp.fingerprint(),
+        "data_digests": {"substitute_corpus": digest}})
+    ctx.register(out, parent=None, dataset_digest=digest, suffix="-substitute")
+    return {"substitute_llm_loss": float(stats["loss"])}

@@ -1,68 +1,183 @@
-"""sft: supervised fine-tuning on the synthetic reasoning data.
+"""sft: supervised fine-tuning on the synthetic reasoning data; R1V's iterative SFT (stage 2).
 
-The loss covers the assistant's tokens only (<think>...</think><answer>...</answer> and the end
-marker); the prompt and the image tokens are masked. Only the parts named in `sft.trainable`
-(vision / projector / llm) receive gradients. After training the stage reports validation loss
-and greedy validation accuracy, saves the model (safetensors) and registers it with
-`r1vflow.parent` = the base model's version.
+The model starts from the aligned model (align_projector) or, when that stage is off, the base
+model. The loss covers the assistant's tokens only (<think>...</think><answer>...</answer> and
+the end marker); only the parts in `sft.trainable` receive gradients.
+
+Without `sft.iterative`: one pass over the train split. With it (R1V stage 2):
+- D = the train samples with their gold responses + `noisy_fraction` x |train| rejected
+  responses of train preference pairs (mixed quality, like the report's D; see
+  r1vflow.train.iterative). Every item of D gets a reward score on 0..5 once, from the
+  calibrated reward model (train_reward_model).
+- iteration 0 trains M0 on all of D at `sft.lr`;
+- iteration t = 1..T trains M_t from M_{t-1} on {score >= tau_t} union E_{t-1} at
+  `iterative.lr[t-1]`, where E_{t-1} are the train samples (up to `error_scan_limit`, drawn
+  afresh each iteration) that M_{t-1} answers wrongly, greedily, with their gold responses.
+Metrics per iteration: `train_size/iter_<t>` (the filtered part, before E: it cannot grow with
+tau), `train_total/iter_<t>`, `error_set_size/iter_<t>` (|E_{t-1}|), `noisy_kept/iter_<t>`,
+`val_accuracy/iter_<t>`. Every iteration's model is saved and registered as a new version of
+the sft model whose `r1vflow.parent` is the previous iteration's (iteration 0's: the start
+model's); the last one is the stage's `model`, the others sit in `iterations/iter_<t>`.
+
+Departure: the report's D has real mixed-quality responses; here the synthetic responses are all
+correct, so rejected responses of the preference pairs stand in for the low-quality part.
 
     r1vflow run pipelines/configs/tiny.yaml --set sft.trainable='[projector]'
 """
 
 from __future__ import annotations
 
-from r1vflow.data.io import load_split, read_info
-from r1vflow.eval.scoring import sample_pixels, score_model
+import json
+from pathlib import Path
+
+import torch
+
+from r1vflow.data.io import images_to_tensor, load_image, load_preferences, load_split, read_info
+from r1vflow.eval.scoring import score_model
 from r1vflow.models.io import load_model, save_model
+from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.train.iterative import (
+    PoolItem,
+    answered_wrongly,
+    build_pool,
+    scan_subset,
+    select_iteration,
+)
 from r1vflow.train.sft import eval_loss, train_sft
 
 VAL_ACCURACY_LIMIT = 256  # validation samples generated for val_accuracy
+SCORE_BATCH = 64
 
 
 def run(ctx: StageContext) -> StageOutcome:
-    exp, cfg = ctx.exp, ctx.exp.sft
-    base, dataset = ctx.input("base_model"), ctx.input("dataset")
+    exp, cfg, it = ctx.exp, ctx.exp.sft, ctx.exp.sft.iterative
+    start = ctx.input("aligned_model" if "aligned_model" in ctx.inputs else "base_model")
+    dataset = ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = load_model(base, "vlm"), load_tokenizer(base)
+    model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
-
     train = load_split(dataset, "train")
-    val = load_split(dataset, "val")
-    pixels = sample_pixels(dataset, train, exp.data.image_size)
-    items = [(s.question, s.response(), pixels[i]) for i, s in enumerate(train)]
-
-    def on_step(step: int, m: dict) -> None:
-        ctx.tracker.log_metrics({f"train/{k}": v for k, v in m.items()}, step=step)
-
-    stats = train_sft(model, tokenizer, items, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                      lr=cfg.lr, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                      max_length=cfg.max_length, seed=cfg.seed, on_step=on_step,
-                      progress=True, backend=cfg.backend, zero_stage=cfg.zero_stage)
-    val_pixels = sample_pixels(dataset, val, exp.data.image_size)
-    val_items = [(s.question, s.response(), val_pixels[i]) for i, s in enumerate(val)]
-    val_loss = eval_loss(model, tokenizer, val_items, batch_size=cfg.batch_size,
-                         max_length=cfg.max_length)
-    scored, _ = score_model(model, tokenizer, val[:VAL_ACCURACY_LIMIT], dataset,
-                            exp.data.image_size, max_new_tokens=exp.evaluate.max_new_tokens,
-                            batch_size=exp.evaluate.batch_size)
-
-    out = save_model(model, tokenizer, ctx.outputs["model"], {
-        "stage": "sft", "parent": str(base), "config_fingerprint": exp.fingerprint(),
-        "data_digests": {"dataset": info.digest}})
-    version = ctx.register(out, parent=parent_version(base), dataset_digest=info.digest)
-    metrics = {
-        "train_loss": float(stats["loss"]),
-        "train_tokens_per_s": float(stats["tokens_per_s"]),
-        "train_steps": float(stats["steps"]),
-        "train_size": float(len(train)),
-        "val_loss": float(val_loss),
-        "val_accuracy": scored["accuracy"],
-        "val_format_rate": scored["format_rate"],
-        **{f"trainable_params_{k}": float(v) for k, v in trainable.items()},
-    }
+    val = load_split(dataset, "val")[:VAL_ACCURACY_LIMIT]
+    pool = build_pool(train, load_preferences(dataset) if it else [],
+                      it.noisy_fraction if it else 0.0, cfg.seed)
+    pixels = _pixels(dataset, [p.image for p in pool] + [s.image for s in val],
+                     exp.data.image_size)
+    scores = _reward_scores(ctx, pool, pixels) if it else []
+    stats = _train(ctx, model, tokenizer, pool, pixels, cfg.lr, cfg.epochs, "iter_0")
+    metrics = {"train_loss/iter_0": stats["loss"], "train_size/iter_0": float(len(pool)),
+               **_validate(ctx, model, tokenizer, val, pixels, "iter_0")}
+    if it is not None:
+        metrics.update(_score_summary(pool, scores))
+    parent, previous = parent_version(start), start
+    iterations_dir = ctx.outputs.get("iterations")
+    if it is not None and iterations_dir is None:
+        raise ValueError("sft.iterative saves every iteration's model: the sft component must "
+                         "give the stage an 'iterations' output")
+    saved: list[str] = []
+    for t in range(1, (it.iterations if it else 0) + 1):
+        saved.append(f"iter_{t - 1}")
+        parent = _register(ctx, model, tokenizer, iterations_dir / saved[-1], parent,
+                           info.digest, previous)
+        previous = iterations_dir / saved[-1]
+        errors = _error_set(ctx, model, tokenizer, train, pixels, t) if it.error_set else []
+        chosen, n_filtered = select_iteration(scores, it.tau[t - 1], errors)
+        stats = _train(ctx, model, tokenizer, [pool[i] for i in chosen], pixels,
+                       it.lr[t - 1], it.epochs, f"iter_{t}")
+        metrics.update({
+            f"train_size/iter_{t}": float(n_filtered), f"train_total/iter_{t}": float(len(chosen)),
+            f"error_set_size/iter_{t}": float(len(errors)), f"train_loss/iter_{t}": stats["loss"],
+            f"noisy_kept/iter_{t}": float(sum(not pool[i].gold for i in chosen)),
+            **_validate(ctx, model, tokenizer, val, pixels, f"iter_{t}")})
+    _write_index(iterations_dir, saved)
+    version = _register(ctx, model, tokenizer, ctx.outputs["model"], parent, info.digest,
+                        previous)
+    last = f"iter_{it.iterations}" if it else "iter_0"
+    metrics.update({
+        "train_size": float(len(pool)), "train_tokens_per_s": float(stats["tokens_per_s"]),
+        "val_loss": metrics[f"val_loss/{last}"], "val_accuracy": metrics[f"val_accuracy/{last}"],
+        "val_format_rate": metrics[f"val_format_rate/{last}"],
+        **{f"trainable_params_{k}": float(v) for k, v in trainable.items()}})
     report = (f"# sft: {exp.name}\n\n| metric | value |\n|---|---|\n"
               + "".join(f"| {k} | {v:.4g} |\n" for k, v in metrics.items()))
-    return StageOutcome(metrics=metrics, model_dir=out, model_version=version, report=report)
+    return StageOutcome(metrics=metrics, model_dir=ctx.outputs["model"], model_version=version,
+                        report=report)
+
+
+def _pixels(dataset: Path, images: list[str], image_size: int) -> dict[str, torch.Tensor]:
+    """Each distinct image once, as [3,H,W]."""
+    paths = sorted(set(images))
+    tensor = images_to_tensor([load_image(dataset, p) for p in paths], image_size)
+    return dict(zip(paths, tensor, strict=True))
+
+
+def _reward_scores(ctx: StageContext, pool: list[PoolItem], pixels) -> list[float]:
+    """The calibrated 0..5 reward of every item of D."""
+    scorer = load_reward_scorer(ctx.input("reward_model"), SCORE_BATCH,
+                                ctx.exp.train_reward_model.max_length)
+    return scorer.score_0to5([p.question for p in pool],
+                             torch.stack([pixels[p.image] for p in pool]),
+                             [p.response for p in pool])
+
+
+def _score_summary(pool: list[PoolItem], scores: list[float]) -> dict[str, float]:
+    out = {"pool_gold": float(sum(p.gold for p in pool)),
+           "pool_noisy": float(sum(not p.gold for p in pool))}
+    for label, gold in (("gold", True), ("noisy", False)):
+        values = [s for p, s in zip(pool, scores, strict=True) if p.gold == gold]
+        if values:
+            out[f"rm_score_mean_{label}"] = sum(values) / len(values)
+    return out
+
+
+def _train(ctx: StageContext, model, tokenizer, items: list[PoolItem], pixels, lr: float,
+           epochs: int, tag: str) -> dict[str, float]:
+    cfg = ctx.exp.sft
+
+    def on_step(step: int, values: dict) -> None:
+        ctx.tracker.log_metrics({f"train/{tag}/{k}": v for k, v in values.items()}, step=step)
+
+    return train_sft(model, tokenizer, [(p.question, p.response, pixels[p.image]) for p in items],
+                     epochs=epochs, batch_size=cfg.batch_size, lr=lr,
+                     weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
+                     max_length=cfg.max_length, seed=cfg.seed, on_step=on_step, progress=True,
+                     backend=cfg.backend, zero_stage=cfg.zero_stage)
+
+
+def _validate(ctx: StageContext, model, tokenizer, val, pixels, tag: str) -> dict[str, float]:
+    exp = ctx.exp
+    items = [(s.question, s.response(), pixels[s.image]) for s in val]
+    loss = eval_loss(model, tokenizer, items, exp.sft.batch_size, exp.sft.max_length)
+    scored, _ = score_model(model, tokenizer, val, ctx.input("dataset"), exp.data.image_size,
+                            exp.evaluate.max_new_tokens, exp.evaluate.batch_size)
+    return {f"val_loss/{tag}": loss, f"val_accuracy/{tag}": scored["accuracy"],
+            f"val_format_rate/{tag}": scored["format_rate"]}
+
+
+def _error_set(ctx: StageContext, model, tokenizer, train, pixels, t: int) -> list[int]:
+    """E_{t-1}: indices (into train, = the gold items of D) the current model answers wrongly."""
+    exp, it = ctx.exp, ctx.exp.sft.iterative
+    scanned = scan_subset(len(train), it.error_scan_limit, seed=f"{exp.sft.seed}:{t}")
+    samples = [train[i] for i in scanned]
+    wrong = answered_wrongly(model, tokenizer, samples,
+                             torch.stack([pixels[s.image] for s in samples]),
+                             exp.evaluate.max_new_tokens, exp.evaluate.batch_size)
+    return [scanned[i] for i in wrong]
+
+
+def _register(ctx: StageContext, model, tokenizer, out: Path, parent: str | None, digest: str,
+              parent_dir: Path) -> str | None:
+    """Save one iteration's model to `out` and register it (a new version of the sft model)."""
+    save_model(model, tokenizer, out, {
+        "stage": "sft", "parent": str(parent_dir), "config_fingerprint": ctx.exp.fingerprint(),
+        "data_digests": {"dataset": digest}})
+    return ctx.register(out, parent=parent, dataset_digest=digest)
+
+
+def _write_index(folder: Path | None, names: list[str]) -> None:
+    """iterations/index.json: the saved intermediate iterations (kfp.local needs a file)."""
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "index.json").write_text(json.dumps({"iterations": names}, indent=2) + "\n")

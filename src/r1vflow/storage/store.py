@@ -430,36 +430,30 @@ class BaseStore(ABC, Generic[L]):
             uri, digest = pointer_or_uri.uri, pointer_or_uri.manifest_sha256
         else:
             uri, digest = pointer_or_uri, manifest_digest(self.read_manifest(pointer_or_uri))
-        target = Path(cache_dir) / digest
-        if (target / _FETCHED_MARKER).is_file():
-            return target
-        tmp = Path(cache_dir) / f".tmp-{digest[:16]}-{uuid.uuid4().hex[:8]}"
-        try:
-            self.download_dir(uri, tmp, expected_sha256=digest)
-            (tmp / _FETCHED_MARKER).write_text(json.dumps({"uri": uri}) + "\n")
-            try:
-                os.rename(tmp, target)
-            except OSError:  # another process finished the same fetch first
-                if not (target / _FETCHED_MARKER).is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return _cache_entry(Path(cache_dir), digest, uri,
+                            lambda tmp: self.download_dir(uri, tmp, expected_sha256=digest))
 
 
 def seed_cache(local_dir: Path, pointer: ArtifactPointer, cache_dir: Path) -> Path:
     """Put a just-uploaded directory into the fetch cache, so that `fetch` of its pointer on this
     machine does no network I/O. The directory must hold exactly the uploaded bytes."""
-    target = Path(cache_dir) / pointer.manifest_sha256
+    return _cache_entry(Path(cache_dir), pointer.manifest_sha256, pointer.uri,
+                        lambda tmp: shutil.copytree(local_dir, tmp))
+
+
+def _cache_entry(cache_dir: Path, digest: str, uri: str, fill: Callable[[Path], object]) -> Path:
+    """`cache_dir/<digest>`, filled once by `fill(tmp)` and renamed into place atomically; a
+    concurrent filler that wins the rename is fine."""
+    target = cache_dir / digest
     if (target / _FETCHED_MARKER).is_file():
         return target
-    tmp = Path(cache_dir) / f".tmp-{pointer.manifest_sha256[:16]}-{uuid.uuid4().hex[:8]}"
+    tmp = cache_dir / f".tmp-{digest[:16]}-{uuid.uuid4().hex[:8]}"
     try:
-        shutil.copytree(local_dir, tmp)
-        (tmp / _FETCHED_MARKER).write_text(json.dumps({"uri": pointer.uri}) + "\n")
+        fill(tmp)
+        (tmp / _FETCHED_MARKER).write_text(json.dumps({"uri": uri}) + "\n")
         try:
             os.rename(tmp, target)
-        except OSError:  # another process seeded or fetched it first
+        except OSError:  # another process finished the same entry first
             if not (target / _FETCHED_MARKER).is_file():
                 raise
     finally:

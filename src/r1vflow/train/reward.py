@@ -1,0 +1,189 @@
+"""Reward-model training: the pairwise (Bradley-Terry) loss on chosen/rejected pairs.
+
+    loss = -log sigmoid(r_chosen - r_rejected), averaged over the pairs of a batch
+
+Each step encodes B pairs as 2B right-padded sequences (chosen first, then rejected, each with
+its image) and reads the rewards with one forward pass. Which parts of the VLM train is set
+before the call with `set_trainable(model.vlm, parts)`; the value head always trains. After
+training, `fit_calibration` anchors the 0..5 scale on held-out pairs' scores.
+
+    set_trainable(rm.vlm, {"projector", "llm"})
+    stats = train_reward(rm, tokenizer, pairs, epochs=2, batch_size=16, lr=1e-5, ...)
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from r1vflow.models.reward import RewardModel, ScoreCalibration, encode_reward_batch
+from r1vflow.models.vlm import num_image_tokens
+from r1vflow.train.engine import Backend, TrainEngine, training_progress
+
+PairItem = tuple[str, str, str, torch.Tensor]  # question, chosen, rejected, pixel_values [3,H,W]
+StepCallback = Callable[[int, dict[str, float]], None]
+
+
+def pairwise_loss(
+    chosen: torch.Tensor, rejected: torch.Tensor, cross_prompt: bool = False
+) -> torch.Tensor:
+    """Mean of -log sigmoid(chosen - rejected) over the pairs; chosen, rejected [B] -> [].
+
+    With `cross_prompt`, over all B x B combinations (chosen_i, rejected_j): every chosen
+    response should outscore every rejected one, whichever question it answers.
+    """
+    if chosen.shape != rejected.shape:
+        raise ValueError(
+            f"chosen {tuple(chosen.shape)} and rejected {tuple(rejected.shape)} "
+            "rewards must have the same shape"
+        )
+    if cross_prompt:
+        return -F.logsigmoid(chosen[:, None] - rejected[None, :]).mean()
+    return -F.logsigmoid(chosen - rejected).mean()
+
+
+def pairwise_metrics(chosen: Sequence[float], rejected: Sequence[float]) -> dict[str, float]:
+    """pairwise_accuracy (share with chosen > rejected; ties count as wrong), cross_accuracy
+    (the same over all chosen x rejected combinations: how well one threshold separates good
+    from bad responses across questions), the mean margin, and the mean/std (population) of
+    the chosen and the rejected scores."""
+    if len(chosen) != len(rejected) or not chosen:
+        raise ValueError(
+            f"need equally many chosen and rejected scores, got {len(chosen)} and {len(rejected)}"
+        )
+    wins = sum(c > r for c, r in zip(chosen, rejected, strict=True))
+    cross = (torch.tensor(chosen)[:, None] > torch.tensor(rejected)[None, :]).float().mean()
+    return {
+        "pairwise_accuracy": wins / len(chosen),
+        "cross_accuracy": float(cross),
+        "margin_mean": statistics.fmean(c - r for c, r in zip(chosen, rejected, strict=True)),
+        "chosen_score_mean": statistics.fmean(chosen),
+        "chosen_score_std": statistics.pstdev(chosen),
+        "rejected_score_mean": statistics.fmean(rejected),
+        "rejected_score_std": statistics.pstdev(rejected),
+    }
+
+
+def fit_calibration(
+    chosen: Sequence[float], rejected: Sequence[float], low_quantile: float, high_quantile: float
+) -> ScoreCalibration:
+    """Anchor 0..5 on held-out scores: the `low_quantile` of the rejected scores maps to 0 and
+    the `high_quantile` of the chosen scores to 5 (linear between, clipped).
+
+    With the defaults (0.5, 0.5): 0 is a typical rejected response, 5 a typical chosen one, so
+    tau = 5 keeps responses scored at least as high as the median good one. Raises ValueError
+    when the anchors do not separate (the model does not rank chosen above rejected).
+    """
+    if not chosen or not rejected:
+        raise ValueError("fit_calibration needs chosen and rejected scores")
+    low = torch.quantile(torch.tensor(rejected, dtype=torch.float64), low_quantile).item()
+    high = torch.quantile(torch.tensor(chosen, dtype=torch.float64), high_quantile).item()
+    if not high > low:
+        raise ValueError(
+            f"cannot calibrate the reward model: the {high_quantile:.2f} quantile of the chosen "
+            f"scores ({high:.4f}) is not above the {low_quantile:.2f} quantile of the rejected "
+            f"ones ({low:.4f}); train it longer (train_reward_model.epochs / lr) or move the "
+            "train_reward_model.calibration quantiles"
+        )
+    return ScoreCalibration(low=low, high=high)
+
+
+def _encode_pairs(
+    tokenizer: PreTrainedTokenizerBase, chunk: Sequence[PairItem], n_image: int, max_length: int
+) -> dict[str, torch.Tensor]:
+    """2B sequences: the B chosen responses, then the B rejected ones, each with its image."""
+    questions = [q for q, _, _, _ in chunk] * 2
+    responses = [c for _, c, _, _ in chunk] + [r for _, _, r, _ in chunk]
+    batch = encode_reward_batch(tokenizer, questions, responses, n_image, max_length)
+    pixels = torch.stack([p for *_, p in chunk])
+    batch["pixel_values"] = torch.cat([pixels, pixels])
+    return batch
+
+
+def train_reward(
+    model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Sequence[PairItem],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    warmup_ratio: float,
+    max_length: int,
+    seed: int,
+    on_step: StepCallback | None = None,
+    progress: bool = True,
+    backend: Backend = "torch",
+    zero_stage: int = 0,
+    nll_weight: float = 0.0,
+    cross_prompt: bool = False,
+) -> dict[str, float]:
+    """Train `model` in place on `pairs` with the pairwise loss, `batch_size` pairs per step
+    (over all chosen x rejected combinations of a batch with `cross_prompt`), plus
+    `nll_weight` x the chosen responses' mean negative log-likelihood (0: none).
+
+    Returns loss and accuracy (means over the last 10 steps), first_loss, steps, seconds.
+    `on_step(step, {"loss","accuracy","lr","grad_norm","epoch"})` after each optimizer step.
+    """
+    if not pairs:
+        raise ValueError("train_reward got no pairs")
+    n_image = num_image_tokens(model.vlm)
+    steps_per_epoch = math.ceil(len(pairs) / batch_size)
+    engine = TrainEngine(
+        model,
+        lr=lr,
+        weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio,
+        total_steps=epochs * steps_per_epoch,
+        backend=backend,
+        zero_stage=zero_stage,
+    )
+    generator = torch.Generator().manual_seed(seed)
+    losses: list[float] = []
+    accuracies: list[float] = []
+    start = time.perf_counter()
+    with training_progress(progress) as bar:
+        task = bar.add_task("reward", total=epochs * steps_per_epoch, loss=float("nan"), tok_s=0.0)
+        for epoch in range(epochs):
+            order = torch.randperm(len(pairs), generator=generator).tolist()
+            for begin in range(0, len(order), batch_size):
+                chunk = [pairs[i] for i in order[begin : begin + batch_size]]
+                param = next(engine.module.parameters())
+                batch = {
+                    k: v.to(param.device, param.dtype if v.is_floating_point() else None)
+                    for k, v in _encode_pairs(tokenizer, chunk, n_image, max_length).items()
+                }
+                rewards, logprob = engine.model(**batch, return_logprob=True)
+                chosen, rejected = rewards[: len(chunk)], rewards[len(chunk) :]
+                loss = pairwise_loss(chosen, rejected, cross_prompt)
+                if nll_weight > 0:  # keep the LM (and so the likelihood term) grounded
+                    loss = loss - nll_weight * logprob[: len(chunk)].mean()
+                stats = engine.step(loss)
+                losses.append(float(loss.detach()))
+                accuracies.append(float((chosen > rejected).float().mean()))
+                bar.update(task, advance=1, loss=losses[-1])
+                if on_step is not None:
+                    on_step(
+                        len(losses),
+                        {
+                            "loss": losses[-1],
+                            "accuracy": accuracies[-1],
+                            **stats,
+                            "epoch": float(epoch),
+                        },
+                    )
+    engine.release()
+    model.eval()
+    return {
+        "loss": statistics.fmean(losses[-10:]),
+        "accuracy": statistics.fmean(accuracies[-10:]),
+        "first_loss": losses[0],
+        "steps": float(len(losses)),
+        "seconds": time.perf_counter() - start,
+    }
