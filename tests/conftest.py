@@ -22,6 +22,13 @@ MICRO = [
 ]
 
 
+def clean_env() -> dict[str, str]:
+    """The environment for a CLI subprocess, without the tracking/run settings in-process tests
+    may have left behind (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI)."""
+    return {k: v for k, v in os.environ.items()
+            if k != "MLFLOW_TRACKING_URI" and not k.startswith("R1VFLOW_")}
+
+
 @pytest.fixture(scope="session")
 def micro_experiment():
     return load_experiment(PRESETS / "smoke.yaml", MICRO)

@@ -388,6 +388,7 @@ def test_component_with_two_procs_runs_its_stage_under_torchrun(tmp_path, monkey
     and MLflow records are the task's, exactly as for an in-process stage."""
     import mlflow
     from kfp.dsl import Dataset, Markdown, Metrics
+
     from r1vflow.components.synthesize_data import synthesize_data
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"

@@ -8,14 +8,15 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import PRESETS
+from conftest import PRESETS, clean_env
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "r1vflow.cli"]
 
 
 def _run(*args, cwd=None):
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, cwd=cwd, timeout=600,
+                          env=clean_env())
 
 
 @pytest.fixture(scope="module")
@@ -34,15 +35,17 @@ def test_summary_has_every_stage_succeeded(smoke_run):
     out, summary, _ = smoke_run
     assert summary["status"] == "succeeded"
     assert len(summary["config_fingerprint"]) == 64
-    assert list(summary["stages"]) == ["bootstrap", "synthesize_data", "sft", "evaluate"]
+    assert list(summary["stages"]) == ["bootstrap", "synthesize_data", "align_projector", "sft",
+                                       "train_reward_model", "grpo", "evaluate"]
     for stage, entry in summary["stages"].items():
         assert entry["status"] == "succeeded", (stage, entry)
         assert entry["seconds"] > 0 and entry["mlflow_run_id"]
         assert entry["cached"] is False
-    for stage in ("bootstrap", "sft"):
+    for stage in ("bootstrap", "align_projector", "sft", "train_reward_model", "grpo"):
         assert Path(summary["stages"][stage]["model_uri"]).is_dir()
     metrics = summary["stages"]["evaluate"]["metrics"]
-    assert {"accuracy/base", "accuracy/sft"} <= set(metrics)
+    assert {"accuracy/base", "accuracy/align_projector", "accuracy/sft", "accuracy/grpo"} <= set(
+        metrics)
 
 
 def test_mlflow_holds_parent_nested_runs_and_versions(smoke_run):
@@ -59,12 +62,17 @@ def test_mlflow_holds_parent_nested_runs_and_versions(smoke_run):
         run = client.get_run(entry["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["r1vflow.stage"] == stage
-    sft_version = summary["stages"]["sft"]["model_version"]
-    name, version = sft_version.split("/")
-    tags = client.get_model_version(name, version).tags
-    assert tags["r1vflow.parent"] == summary["stages"]["bootstrap"]["model_version"]
-    for key in ("r1vflow.stage", "r1vflow.dataset_digest", "r1vflow.config_fingerprint"):
-        assert tags[key]
+    from r1vflow.lineage import walk_lineage
+
+    grpo_version = summary["stages"]["grpo"]["model_version"]
+    chain = walk_lineage(*grpo_version.rsplit("/", 1))
+    stages = [node["stage"] for node in chain]
+    assert stages[0] == "grpo" and stages[-1] == "bootstrap"
+    assert "sft" in stages and "align_projector" in stages
+    assert chain[-1]["model_version"] == summary["stages"]["bootstrap"]["model_version"]
+    for node in chain:
+        for key in ("dataset_digest", "config_fingerprint", "manifest_sha256", "storage_uri"):
+            assert node[key], (node["model_version"], key)
 
 
 def test_final_model_is_candidate_and_first_champion(smoke_run):

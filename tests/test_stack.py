@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from servers import read_tree, requires_weed, write_tree
 
 from r1vflow.storage import load_credentials, store_from_env
 from r1vflow.storage.stack import (
@@ -22,6 +21,8 @@ from r1vflow.storage.stack import (
     stack_status,
     stack_up,
 )
+
+from servers import read_tree, requires_weed, write_tree
 
 
 def _gone(pid: int) -> bool:

@@ -11,7 +11,6 @@ import traceback
 from pathlib import Path
 
 import pytest
-from servers import WEED, S3Server, read_tree, requires_weed, write_tree
 
 from r1vflow.bench_artifacts import run_bench
 from r1vflow.storage import (
@@ -34,6 +33,8 @@ from r1vflow.storage import (
     verify_uri,
 )
 from r1vflow.storage.manifest import FileEntry, Manifest
+
+from servers import WEED, S3Server, read_tree, requires_weed, write_tree
 
 HELLO_SHA = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"  # sha256(b"hello")
 EMPTY_SHA = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"  # sha256(b"")

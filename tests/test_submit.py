@@ -14,12 +14,12 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import yaml
-from r1vflow.pipelines.compile import ir_text, version_name
-from r1vflow.pipelines.submit import SubmitError, check_host, plan_submission, submit_plan
 from typer.testing import CliRunner
 
 from r1vflow.cli import app
 from r1vflow.config import load_experiment
+from r1vflow.pipelines.compile import ir_text, version_name
+from r1vflow.pipelines.submit import SubmitError, check_host, plan_submission, submit_plan
 
 ROOT = Path(__file__).resolve().parents[1]
 R1V2 = ROOT / "pipelines" / "configs" / "r1v2-38b.yaml"

@@ -66,7 +66,8 @@ def run(ctx: StageContext) -> StageOutcome:
     pixels = _pixels(dataset, [p.image for p in pool] + [s.image for s in val],
                      exp.data.image_size)
     scores = _reward_scores(ctx, pool, pixels) if it else []
-    stats = _train(ctx, model, tokenizer, pool, pixels, cfg.lr, cfg.epochs, "iter_0")
+    stats = _train(ctx, model, tokenizer, pool, pixels, cfg.lr, cfg.epochs, 0, 0)
+    steps = int(stats["steps"])
     metrics = {"train_loss/iter_0": stats["loss"], "train_size/iter_0": float(len(pool)),
                **_validate(ctx, model, tokenizer, val, pixels, "iter_0")}
     if it is not None:
@@ -85,7 +86,8 @@ def run(ctx: StageContext) -> StageOutcome:
         errors = _error_set(ctx, model, tokenizer, train, pixels, t) if it.error_set else []
         chosen, n_filtered = select_iteration(scores, it.tau[t - 1], errors)
         stats = _train(ctx, model, tokenizer, [pool[i] for i in chosen], pixels,
-                       it.lr[t - 1], it.epochs, f"iter_{t}")
+                       it.lr[t - 1], it.epochs, t, steps)
+        steps += int(stats["steps"])
         metrics.update({
             f"train_size/iter_{t}": float(n_filtered), f"train_total/iter_{t}": float(len(chosen)),
             f"error_set_size/iter_{t}": float(len(errors)), f"train_loss/iter_{t}": stats["loss"],
@@ -133,11 +135,13 @@ def _score_summary(pool: list[PoolItem], scores: list[float]) -> dict[str, float
 
 
 def _train(ctx: StageContext, model, tokenizer, items: list[PoolItem], pixels, lr: float,
-           epochs: int, tag: str) -> dict[str, float]:
+           epochs: int, iteration: int, step_offset: int) -> dict[str, float]:
+    """One iteration's training; step metrics continue one curve across iterations."""
     cfg = ctx.exp.sft
 
     def on_step(step: int, values: dict) -> None:
-        ctx.tracker.log_metrics({f"train/{tag}/{k}": v for k, v in values.items()}, step=step)
+        ctx.tracker.log_metrics({**{f"train/{k}": v for k, v in values.items()},
+                                 "train/iteration": float(iteration)}, step=step_offset + step)
 
     return train_sft(model, tokenizer, [(p.question, p.response, pixels[p.image]) for p in items],
                      epochs=epochs, batch_size=cfg.batch_size, lr=lr,
