@@ -17,9 +17,9 @@ import tempfile
 from pathlib import Path
 
 from kfp import compiler
-from r1vflow.pipelines.dag import build_pipeline, pipeline_name
 
 from r1vflow.config import Experiment, load_experiment
+from r1vflow.pipelines.dag import build_pipeline, pipeline_name
 
 PIPELINES_DIR = Path(__file__).resolve().parent
 CONFIGS_DIR = PIPELINES_DIR / "configs"

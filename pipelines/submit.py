@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from r1vflow.config import Experiment
 from r1vflow.pipelines.compile import ir_text, version_name
 from r1vflow.pipelines.dag import pipeline_name
-
-from r1vflow.config import Experiment
 
 CONNECT_TIMEOUT_S = 10.0
 
