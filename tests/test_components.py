@@ -18,6 +18,7 @@ from r1vflow.components.evaluate import evaluate
 from r1vflow.components.sft import sft
 from r1vflow.components.synthesize_data import synthesize_data
 from r1vflow.components.train_reward_model import train_reward_model
+from r1vflow.models.io import read_model_metadata
 from r1vflow.stages.common import read_metadata
 from r1vflow.tracking import PARENT_ENV, start_parent_run
 
@@ -81,6 +82,8 @@ def test_models_are_safetensors_dirs_with_lineage(chain):
         assert not [p for p in model_dir.iterdir() if p.suffix in {".bin", ".pt", ".pkl"}]
         meta = read_metadata(model_dir)
         assert meta["model_version"] == chain[stage]["model_version"]
+        # the models layer's strict reader accepts a registered model's metadata too
+        assert read_model_metadata(model_dir).model_version == chain[stage]["model_version"]
     assert read_metadata(Path(chain["sft"]["model_uri"]))["parent"] == "micro-sft/2"
     aligned_dir = Path(chain["align_projector"]["model_uri"])
     assert read_metadata(aligned_dir)["parent"] == "micro-bootstrap/1"

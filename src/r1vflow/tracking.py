@@ -172,11 +172,3 @@ def stage_run(tracking_uri: str | None, experiment: str, stage: str, model_prefi
     tags = {"mlflow.parentRunId": parent} if parent else {}
     with mlflow.start_run(run_name=stage, tags={**tags, f"{TAG_PREFIX}stage": stage}) as run:
         yield StageTracker(run.info.run_id, model_prefix, register=register)
-
-
-def model_version_tags(name_version: str) -> dict[str, str]:
-    """Tags of a registered version given as 'name/version'."""
-    import mlflow
-
-    name, version = name_version.rsplit("/", 1)
-    return dict(mlflow.MlflowClient().get_model_version(name, version).tags)

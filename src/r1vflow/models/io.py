@@ -38,7 +38,11 @@ class ModelMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     stage: str = Field(description="stage that produced the model, e.g. 'sft'")
-    parent: str | None = Field(description="URI or path of the model it started from; None if new")
+    parent: str | None = Field(
+        description="The model it started from: its registered version ('name/version') once "
+                    "registered, else its path; None if new")
+    model_version: str | None = Field(
+        default=None, description="This model's registered MLflow version ('name/version')")
     data_digests: dict[str, str] = Field(
         default_factory=dict, description="data set name -> digest"
     )

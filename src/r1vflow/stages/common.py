@@ -6,7 +6,6 @@ Stage functions are plain Python: a test calls them on temporary directories wit
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +14,6 @@ from pydantic import BaseModel, Field
 
 from r1vflow.config import Experiment
 from r1vflow.tracking import StageTracker
-
-MODEL_METADATA = "r1vflow_model.json"
 
 
 class StageResult(BaseModel):
@@ -102,19 +99,19 @@ class StageContext:
 
 
 def read_metadata(model_dir: Path) -> dict:
-    path = Path(model_dir) / MODEL_METADATA
-    if not path.exists():
-        raise FileNotFoundError(f"{model_dir} is not an r1vflow model: {MODEL_METADATA} is missing")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is corrupted: {err}") from None
+    """`r1vflow_model.json` as a dict, validated by models.io.ModelMetadata (one schema)."""
+    from r1vflow.models.io import read_model_metadata
+
+    return read_model_metadata(model_dir).model_dump()
 
 
 def write_metadata(model_dir: Path, meta: dict) -> None:
-    path = Path(model_dir) / MODEL_METADATA
+    """Validate and atomically rewrite `r1vflow_model.json`."""
+    from r1vflow.models.io import METADATA_FILE, ModelMetadata
+
+    path = Path(model_dir) / METADATA_FILE
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
+    tmp.write_text(ModelMetadata(**meta).model_dump_json(indent=2) + "\n")
     tmp.replace(path)
 
 
