@@ -75,6 +75,9 @@ def _worker(out: Path) -> None:
             "effective_after": [h["effective_ratio_after"] for h in result.history],
         }))
     dist.barrier()
+    # Without this, gloo's worker threads can outlive the interpreter and abort the process at
+    # exit ("terminate called without an active exception"), as `launch.run_worker` also avoids.
+    dist.destroy_process_group()
 
 
 @pytest.mark.slow
