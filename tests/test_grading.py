@@ -46,6 +46,8 @@ def test_extract_answer_non_string_is_none():
         ("1/2", "0.5"),
         ("0.5", "1/2"),
         ("-3", "-3.0"),
+        ("007", "7"),  # plain integers compare by value
+        ("+4", "4"),
         ("$7$", "7"),
         ("Yes.", "yes"),
         ("LEFT", "left"),
@@ -63,6 +65,7 @@ def test_is_correct_equivalent(pred, gold):
         (None, "3"),
         ("", "3"),
         ("4", "3"),
+        ("-4", "4"),
         ("0.49", "0.5"),
         ("no", "yes"),
         ("C", "B"),

@@ -96,6 +96,9 @@ def extract_answer(text: str) -> str | None:
     return _last_number_or_choice(text)
 
 
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
 def _normalise(s: str) -> str:
     s = s.strip().strip("$").strip()
     s = s.rstrip(".").strip()
@@ -133,6 +136,8 @@ def is_correct(pred: str | None, gold: str) -> bool:
         return False
     if p == g:
         return True
+    if _INTEGER.fullmatch(p) and _INTEGER.fullmatch(g):
+        return int(p) == int(g)  # two plain integers: no need for math-verify (the hot path)
     g_letter = _choice_letter(g)
     if g_letter is not None and len(g) == 1:
         return _choice_letter(p) == g_letter
