@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import hashlib
 
+import torch
+
 from r1vflow.data.synth import text_corpus, tokenizer_corpus, vision_pretraining_set
 from r1vflow.models.io import save_model
 from r1vflow.models.tokenizer import train_tokenizer
@@ -28,6 +30,9 @@ from r1vflow.train.bootstrap import pretrain_llm, pretrain_vision
 
 # Seed offsets keep bootstrap's synthetic data apart from synthesize_data's (same base seed).
 _VISION_SEED, _TEXT_SEED, _CAPTION_SEED = 10_007, 20_011, 30_011
+# Offsets of the weight initialisations (vision tower, LLM, projector, substitute LLM): each
+# build starts from its own seed, so the base models are a function of the config alone.
+_INIT_VISION, _INIT_LLM, _INIT_PROJECTOR, _INIT_SUBSTITUTE = 1, 2, 3, 4
 
 
 def _digest(texts: list[str], targets) -> str:
@@ -43,6 +48,7 @@ def run(ctx: StageContext) -> StageOutcome:
     seed = exp.data.seed
     tokenizer = train_tokenizer(tokenizer_corpus(seed), tiny.vocab_size)
 
+    torch.manual_seed(seed + _INIT_VISION)
     vision = build_tiny_vision(exp.data.image_size, tiny.patch_size, tiny.vision_hidden_size,
                                tiny.vision_layers, tiny.vision_heads)
     images, targets = vision_pretraining_set(cfg.vision_examples, exp.data.image_size,
@@ -50,12 +56,14 @@ def run(ctx: StageContext) -> StageOutcome:
     vision_stats = pretrain_vision(vision, images, targets, steps=cfg.vision_steps,
                                    lr=cfg.vision_lr, batch_size=cfg.vision_batch_size, seed=seed)
 
+    torch.manual_seed(seed + _INIT_LLM)
     llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
                          tiny.llm_intermediate_size, tiny.max_position_embeddings)
     texts = text_corpus("reasoning", cfg.llm_texts, seed + _TEXT_SEED)
     llm_stats = pretrain_llm(llm, tokenizer, texts, steps=cfg.llm_steps, lr=cfg.lr,
                              batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed)
 
+    torch.manual_seed(seed + _INIT_PROJECTOR)
     vlm = assemble_vlm(vision, llm, tokenizer)
     digest = _digest(texts, targets)
     out = save_model(vlm, tokenizer, ctx.outputs["base_model"], {
@@ -84,6 +92,7 @@ def _substitute_llm(ctx: StageContext, tokenizer) -> dict[str, float]:
     if "substitute_llm" not in ctx.outputs:
         return {}
     exp, cfg, tiny = ctx.exp, ctx.exp.bootstrap, ctx.exp.model.tiny
+    torch.manual_seed(exp.data.seed + _INIT_SUBSTITUTE)
     llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
                          tiny.llm_intermediate_size, tiny.max_position_embeddings)
     texts = text_corpus("caption", cfg.llm_texts, exp.data.seed + _CAPTION_SEED)
