@@ -8,6 +8,7 @@ every row continues from its own last token; completions stop at `<|im_end|>`. T
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -30,13 +31,31 @@ class Completion:
         return len(self.token_ids)
 
 
-def _trim(row: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
-    """Cut a generated row after its first eos (kept); drop trailing padding otherwise."""
+def trim_completion(row: Sequence[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
+    """Cut a generated row after its first eos (kept) -> (ids, True); without eos drop the
+    trailing padding -> (ids, False)."""
+    row = list(row)
     if eos_id in row:
         return row[: row.index(eos_id) + 1], True
     while row and row[-1] == pad_id:
-        row = row[:-1]
+        row.pop()
     return row, False
+
+
+def decode_completion(tokenizer: PreTrainedTokenizerBase, row: Sequence[int]) -> Completion:
+    """A generated row (prompt removed) as a Completion: trimmed ids, text with the reasoning
+    tags kept (control tokens dropped)."""
+    ids, finished = trim_completion(row, tokenizer.eos_token_id, tokenizer.pad_token_id)
+    return Completion(text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
+                      finished=finished)
+
+
+def sampling_options(temperature: float) -> dict:
+    """`generate` options: greedy at temperature 0, else plain temperature sampling (no top-k,
+    no top-p), as evaluation and the GRPO rollouts both use."""
+    if temperature > 0:
+        return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
+    return {"do_sample": False}
 
 
 def _generate_batch(
@@ -63,9 +82,7 @@ def _generate_batch(
     n = options["num_return_sequences"]
     grouped: list[list[Completion]] = [[] for _ in questions]
     for index, row in enumerate(sequences[:, width:].tolist()):
-        ids, finished = _trim(row, tokenizer.eos_token_id, tokenizer.pad_token_id)
-        text = tokenizer.decode(ids, skip_special_tokens=True)
-        grouped[index // n].append(Completion(text=text, token_ids=ids, finished=finished))
+        grouped[index // n].append(decode_completion(tokenizer, row))
     return grouped
 
 
@@ -97,10 +114,8 @@ def generate_completions(
         "max_new_tokens": max_new_tokens,
         "num_return_sequences": num_return_sequences,
         "repetition_penalty": repetition_penalty,
-        "do_sample": temperature > 0,
+        **sampling_options(temperature),
     }
-    if temperature > 0:
-        options.update(temperature=temperature, top_k=0, top_p=1.0)
     was_training = model.training
     model.eval()
     results: list[list[Completion]] = []

@@ -29,7 +29,12 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from r1vflow.models.generate import Completion
+from r1vflow.models.generate import (
+    Completion,
+    decode_completion,
+    sampling_options,
+    trim_completion,
+)
 
 __all__ = ["RolloutBackend", "TransformersRollout", "VLLMRollout", "left_pad", "trim_completion"]
 
@@ -68,17 +73,6 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
         ids[i, width - len(row) :] = torch.as_tensor(list(row), dtype=torch.long)
         mask[i, width - len(row) :] = 1
     return ids, mask
-
-
-def trim_completion(row: Sequence[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
-    """Cut a generated row after its first eos (kept) -> (ids, True); without eos drop the
-    trailing padding -> (ids, False)."""
-    row = list(row)
-    if eos_id in row:
-        return row[: row.index(eos_id) + 1], True
-    while row and row[-1] == pad_id:
-        row.pop()
-    return row, False
 
 
 def _check_request(prompt_ids, pixel_values, num_samples: int) -> None:
@@ -172,25 +166,18 @@ class TransformersRollout:
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_id,
             "use_cache": True,
+            **sampling_options(self.temperature),
         }
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature, top_k=0, top_p=1.0)
-        else:
-            kwargs["do_sample"] = False
         if self.suppress_ids:
             kwargs["suppress_tokens"] = self.suppress_ids
         if pixels is not None:
             kwargs["pixel_values"] = pixels.to(param.device, param.dtype)
         out = self.model.generate(**kwargs)[:, ids.shape[1] :].tolist()
         return [
-            [self._completion(out[p * num_samples + j]) for j in range(num_samples)]
+            [decode_completion(self.tokenizer, out[p * num_samples + j])
+             for j in range(num_samples)]
             for p in range(len(rows))
         ]
-
-    def _completion(self, row: list[int]) -> Completion:
-        ids, finished = trim_completion(row, self.eos_id, self.pad_id)
-        text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        return Completion(text=text, token_ids=ids, finished=finished)
 
 
 def _tensor_to_image(pixels: torch.Tensor):
