@@ -1,20 +1,30 @@
 # r1vflow: `make demo` runs the tiny pipeline end to end; `make test` runs the test suite.
-# Both set up .venv first (torch 2.13.0 CPU wheel first, then the project with its dev extras).
+# Both set up .venv first: the torch 2.13.0 CPU wheel, then the project with its dev extra, every
+# package at the version requirements.lock pins (`make lock` regenerates it).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.r1vflow-installed
 DEMO   ?= runs/demo
 
-.PHONY: install demo smoke test test-fast lint compile compiled clean
+.PHONY: install lock demo smoke test test-fast lint compile compiled clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock torch
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve every dependency (pyproject.toml + requirements.in) into requirements.lock with
+# pip-tools, in a throwaway venv; commit the result together with the change that needed it.
+LOCKVENV ?= .lockvenv
+lock:
+	python3 -m venv $(LOCKVENV)
+	$(LOCKVENV)/bin/pip install -q pip-tools==7.6.2
+	$(LOCKVENV)/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
+	  --no-emit-find-links --allow-unsafe --output-file requirements.lock pyproject.toml requirements.in
 
 STACK  ?= runs/stack
 

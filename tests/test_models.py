@@ -98,9 +98,29 @@ def test_vlm_forward_fills_image_tokens(tokenizer, vlm):
     assert vlm.config.image_token_id == special_token_id(tokenizer, IMAGE_TOKEN)
     batch = encode_prompts(tokenizer, ["How many?", "What is the sum of the two digits?"], n)
     assert int((batch["input_ids"] == vlm.config.image_token_id).sum()) == 2 * n
-    out = vlm(**batch, pixel_values=torch.randn(2, 3, 16, 16))
+    # What the projector produced and what the LLM received, captured by hooks: independent of
+    # how a transformers release shapes `image_hidden_states` (a tensor in 5.23, a list in 5.24).
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        vlm.model.multi_modal_projector.register_forward_hook(
+            lambda _m, _a, out: seen.__setitem__("features", out.detach())),
+        vlm.model.language_model.register_forward_pre_hook(
+            lambda _m, _a, kw: seen.__setitem__("embeds", kw["inputs_embeds"].detach()),
+            with_kwargs=True),
+    ]
+    try:
+        out = vlm(**batch, pixel_values=torch.randn(2, 3, 16, 16))
+    finally:
+        for hook in hooks:
+            hook.remove()
     assert out.logits.shape == (2, batch["input_ids"].shape[1], vlm.config.text_config.vocab_size)
-    assert out.image_hidden_states.shape == (2 * n, vlm.config.text_config.hidden_size)
+    features = seen["features"].reshape(-1, vlm.config.text_config.hidden_size)
+    assert features.shape == (2 * n, vlm.config.text_config.hidden_size)
+    image_positions = batch["input_ids"] == vlm.config.image_token_id
+    torch.testing.assert_close(seen["embeds"][image_positions], features)
+    text_ids = batch["input_ids"][~image_positions]
+    torch.testing.assert_close(seen["embeds"][~image_positions],
+                               vlm.get_input_embeddings()(text_ids).detach())
     wrong = encode_prompts(tokenizer, ["How many?"], n - 1)
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         vlm(**wrong, pixel_values=torch.randn(1, 3, 16, 16))
