@@ -5,13 +5,13 @@ the base model is imported from the model store."""
 from kfp import dsl
 from kfp.dsl import Markdown, Metrics, Model, Output
 
-from r1vflow.images import image_for
+from r1vflow.runtime.images import image_for
 
 
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
 def bootstrap(experiment_json: str, base_model: Output[Model], substitute_llm: Output[Model],
               metrics: Output[Metrics], report: Output[Markdown]) -> str:
-    from r1vflow.components.runtime import execute
+    from r1vflow.runtime.execute import execute
 
     return execute("bootstrap", experiment_json, inputs={},
                    outputs={"base_model": base_model.path, "substitute_llm": substitute_llm.path},

@@ -4,7 +4,7 @@ the final model of every training stage; KFP Metrics plus a Markdown report for 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
 
-from r1vflow.images import image_for
+from r1vflow.runtime.images import image_for
 
 
 @dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
@@ -12,7 +12,7 @@ def evaluate(experiment_json: str, base_model: Input[Model], dataset: Input[Data
              metrics: Output[Metrics], report: Output[Markdown],
              sft_model: Input[Model] = None, grpo_model: Input[Model] = None,
              align_projector_model: Input[Model] = None) -> str:
-    from r1vflow.components.runtime import execute
+    from r1vflow.runtime.execute import execute
 
     models = {"sft_model": sft_model, "grpo_model": grpo_model,
               "align_projector_model": align_projector_model}

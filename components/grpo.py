@@ -5,14 +5,14 @@ Outputs the trained model and the periodic checkpoints (`grpo.checkpoint_every`)
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from r1vflow.images import image_for
+from r1vflow.runtime.images import image_for
 
 
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
 def grpo(experiment_json: str, sft_model: Input[Model], dataset: Input[Dataset],
          model: Output[Model], checkpoints: Output[Artifact], metrics: Output[Metrics],
          report: Output[Markdown], reward_model: Input[Model] = None) -> str:
-    from r1vflow.components.runtime import execute
+    from r1vflow.runtime.execute import execute
 
     extra = {"reward_model": reward_model.path} if reward_model is not None else {}
     return execute("grpo", experiment_json,

@@ -4,14 +4,14 @@ changed since an identical evaluation."""
 
 from kfp import dsl
 
-from r1vflow.images import image_for
+from r1vflow.runtime.images import image_for
 
 
 @dsl.component(base_image=image_for("base"), install_kfp_package=False)
 def decide_promotion(experiment_json: str, evaluation: str) -> bool:
-    from r1vflow.components.runtime import tracking_env
     from r1vflow.config import Experiment
-    from r1vflow.promotion import decide
+    from r1vflow.runtime.execute import tracking_env
+    from r1vflow.tracking.promotion import decide
 
     exp = Experiment.model_validate_json(experiment_json)
     tracking_env(exp)
@@ -20,9 +20,9 @@ def decide_promotion(experiment_json: str, evaluation: str) -> bool:
 
 @dsl.component(base_image=image_for("base"), install_kfp_package=False)
 def promote(experiment_json: str, evaluation: str) -> str:
-    from r1vflow.components.runtime import tracking_env
     from r1vflow.config import Experiment
-    from r1vflow.promotion import promote as move_champion
+    from r1vflow.runtime.execute import tracking_env
+    from r1vflow.tracking.promotion import promote as move_champion
 
     tracking_env(Experiment.model_validate_json(experiment_json))
     champion = move_champion(evaluation)

@@ -5,7 +5,7 @@ model when given, else from the base model; `iterations` holds the intermediate 
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from r1vflow.images import image_for
+from r1vflow.runtime.images import image_for
 
 
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
@@ -13,7 +13,7 @@ def sft(experiment_json: str, dataset: Input[Dataset], model: Output[Model],
         iterations: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown],
         base_model: Input[Model] = None, aligned_model: Input[Model] = None,
         reward_model: Input[Model] = None) -> str:
-    from r1vflow.components.runtime import execute
+    from r1vflow.runtime.execute import execute
 
     models = {"base_model": base_model, "aligned_model": aligned_model,
               "reward_model": reward_model}

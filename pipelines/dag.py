@@ -76,7 +76,7 @@ def build_pipeline(exp: Experiment):
         for stage, task in tasks.items():
             task.set_display_name(stage)
             apply_task_settings(task, stage, exp)
-        if exp.tracking.register_models:  # the champion gate (r1vflow.promotion)
+        if exp.tracking.register_models:  # the champion gate (r1vflow.tracking.promotion)
             evaluation = tasks["evaluate"].outputs["Output"]
             gate = decide_promotion(experiment_json=experiment_json, evaluation=evaluation)
             gate.set_display_name("decide_promotion").set_caching_options(False)

@@ -10,7 +10,7 @@ Every stage task gets
   namespace, KFP run id, Argo workflow) through which the task finds its MLflow parent run;
 - image overrides and image pull secrets from `cluster`.
 
-A stage with `nodes > 1` runs as a Kubeflow Trainer TrainJob (r1vflow.launch): its KFP task only
+A stage with `nodes > 1` runs as a Kubeflow Trainer TrainJob (r1vflow.runtime.launch): its KFP task only
 launches and watches it, so it gets the small launcher resources and no accelerator; the stage's
 resources go to the TrainJob's nodes. None of this changes the task's cache key except the
 container's resources and image, which are fixed per compiled pipeline.
@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from kfp import dsl, kubernetes
 
-from r1vflow.cluster import (
+from r1vflow.config import ClusterConfig, Experiment, ResourceSpec
+from r1vflow.runtime.cluster import (
     FIELD_PATH_ENV,
     LABEL_PREFIX,
     MLFLOW_SECRET_KEYS,
@@ -31,8 +32,7 @@ from r1vflow.cluster import (
     SETTINGS_KEYS,
     label_value,
 )
-from r1vflow.config import ClusterConfig, Experiment, ResourceSpec
-from r1vflow.images import IMAGE_ROLES, image_for
+from r1vflow.runtime.images import IMAGE_ROLES, image_for
 
 FINGERPRINT_LABEL_CHARS = 16
 
@@ -86,7 +86,7 @@ def apply_execution_policy(task: dsl.PipelineTask, spec: ResourceSpec) -> None:
 
 
 def apply_scratch(task: dsl.PipelineTask, size: str | None, storage_class: str | None) -> None:
-    """A generic ephemeral volume of `size` at /scratch (r1vflow.cluster.scratch_dir finds it).
+    """A generic ephemeral volume of `size` at /scratch (r1vflow.runtime.cluster.scratch_dir finds it).
 
     Not announced through an env var: kfp.local would pass that to local runs too."""
     if not size:

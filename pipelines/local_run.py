@@ -15,10 +15,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from r1vflow import tracking
-from r1vflow.components.runtime import RUN_DIR_ENV
 from r1vflow.config import Experiment
 from r1vflow.pipelines.dag import build_pipeline, pipeline_name
+from r1vflow.runtime.execute import RUN_DIR_ENV
+from r1vflow.tracking import runs as tracking
 
 
 def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,

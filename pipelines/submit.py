@@ -9,7 +9,7 @@ Names: pipeline `r1vflow-<name>`; version `r1vflow-<name>-<fingerprint[:8]>-<IR 
 resubmitting the same experiment with the same code reuses its version and any change makes a new
 one; the experiment's JSON travels as the compiled default of the `experiment_json` parameter
 (the run passes no parameters), so KFP's cache keys match across runs of one experiment. The
-MLflow parent run is found or created by the first task of the run (r1vflow.cluster).
+MLflow parent run is found or created by the first task of the run (r1vflow.runtime.cluster).
 """
 
 from __future__ import annotations

@@ -44,7 +44,7 @@ class MicroChain:
 
     def run(self, stage: str, inputs: dict[str, str], outputs: dict[str, str]):
         from r1vflow.stages import StageContext, stage_function
-        from r1vflow.tracking import stage_run
+        from r1vflow.tracking.runs import stage_run
 
         with stage_run(self.uri, "r1vflow-micro", stage, self.exp.name) as tracker:
             ctx = StageContext(exp=self.exp, stage=stage,

@@ -9,9 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 from r1vflow.cli import app
-from r1vflow.cluster import S3_SECRET_KEYS, SETTINGS_KEYS
 from r1vflow.config import load_experiment
-from r1vflow.images import image_for
 from r1vflow.pipelines.compile import (
     COMPILED_DIR,
     compile_experiment,
@@ -19,6 +17,8 @@ from r1vflow.pipelines.compile import (
     preset_configs,
     version_name,
 )
+from r1vflow.runtime.cluster import S3_SECRET_KEYS, SETTINGS_KEYS
+from r1vflow.runtime.images import image_for
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "pipelines" / "configs"

@@ -20,7 +20,7 @@ from r1vflow.components.synthesize_data import synthesize_data
 from r1vflow.components.train_reward_model import train_reward_model
 from r1vflow.models.io import read_model_metadata
 from r1vflow.stages.common import read_metadata
-from r1vflow.tracking import PARENT_ENV, start_parent_run
+from r1vflow.tracking.runs import PARENT_ENV, start_parent_run
 
 
 def _art(cls, root: Path, name: str):

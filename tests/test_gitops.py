@@ -23,9 +23,9 @@ import pytest
 import yaml
 
 from r1vflow.config import apply_override
-from r1vflow.gitops import build_plan, decide, discover
-from r1vflow.gitops_apply import ApplyContext, Outcome, apply_plan, local_refusal
-from r1vflow.gitops_state import (
+from r1vflow.gitops.apply import ApplyContext, Outcome, apply_plan, local_refusal
+from r1vflow.gitops.plan import build_plan, decide, discover
+from r1vflow.gitops.state import (
     ClaimStore,
     MlflowState,
     Observed,
@@ -241,9 +241,9 @@ def test_two_applies_started_at_once_run_the_change_once(world, changed):
 RACE = textwrap.dedent("""
     import json, os, random, sys, time
     from pathlib import Path
-    from r1vflow.gitops import build_plan, discover
-    from r1vflow.gitops_apply import ApplyContext, Outcome, apply_plan
-    from r1vflow.gitops_state import MlflowState, now_utc
+    from r1vflow.gitops.plan import build_plan, discover
+    from r1vflow.gitops.apply import ApplyContext, Outcome, apply_plan
+    from r1vflow.gitops.state import MlflowState, now_utc
 
     repo, uri, log, go = sys.argv[1:5]
     state = MlflowState(uri)
@@ -492,7 +492,7 @@ def test_only_stores_with_an_atomic_create_hold_claims():
 
 
 def test_render_writes_pipeline_versions_and_check_detects_drift(tmp_path):
-    from r1vflow.gitops_cluster import render_manifests, rendered_drift, write_rendered
+    from r1vflow.gitops.cluster import render_manifests, rendered_drift, write_rendered
 
     files = discover(ROOT)
     texts = render_manifests(files, "kubeflow")

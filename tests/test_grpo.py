@@ -27,7 +27,7 @@ from r1vflow.rl.rewards import format_reward, hybrid_reward, make_reward_model_r
 from r1vflow.rl.rollout import TransformersRollout, left_pad
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext
-from r1vflow.tracking import StageTracker
+from r1vflow.tracking.runs import StageTracker
 
 CORPUS = [
     "How many red circles are there? <think>red circle, red circle. 2 red circles.</think>"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from r1vflow.images import IMAGE_ROLES, image_for
+from r1vflow.runtime.images import IMAGE_ROLES, image_for
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGES = REPO / "images"

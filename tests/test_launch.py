@@ -16,7 +16,7 @@ from kubernetes_validate.utils import latest_version
 from referencing import Registry, Resource
 
 from r1vflow.config import ResourceSpec, load_experiment
-from r1vflow.launch import (
+from r1vflow.runtime.launch import (
     WorkerResult,
     WorkerSpec,
     _locate,
@@ -25,8 +25,7 @@ from r1vflow.launch import (
     outcome_from_result,
     torchrun_command,
 )
-from r1vflow.stages import StageOutcome
-from r1vflow.trainjob import (
+from r1vflow.runtime.trainjob import (
     TrainJobFailed,
     build_trainjob,
     node_resources,
@@ -35,6 +34,7 @@ from r1vflow.trainjob import (
     trainjob_name,
     trainjob_state,
 )
+from r1vflow.stages import StageOutcome
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "pipelines" / "configs"
@@ -56,7 +56,7 @@ def test_launch_mode(nodes, procs, cluster, mode):
 def test_torchrun_command_runs_the_worker_module():
     cmd = torchrun_command(4, Path("/w/spec.json"), python="/py")
     assert cmd == ["/py", "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-                   "--nproc_per_node=4", "-m", "r1vflow.launch", "worker", "--spec",
+                   "--nproc_per_node=4", "-m", "r1vflow.runtime.launch", "worker", "--spec",
                    "@/w/spec.json"]
 
 
@@ -203,7 +203,7 @@ def test_r1v_sft_trainjob_validates_and_carries_the_stage(monkeypatch):
     assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "8"
     assert trainer["resourcesPerNode"]["requests"] == {"cpu": "96", "memory": "1600Gi",
                                                       "nvidia.com/gpu": "8"}
-    assert trainer["command"][:5] == ["torchrun", "-m", "r1vflow.launch", "worker", "--spec"]
+    assert trainer["command"][:5] == ["torchrun", "-m", "r1vflow.runtime.launch", "worker", "--spec"]
     assert WorkerSpec.model_validate_json(trainer["command"][5]) == worker
     assert all("valueFrom" in e and "value" not in e for e in trainer["env"])
     assert {e["name"] for e in trainer["env"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
@@ -373,7 +373,7 @@ def test_run_trainjob_reports_a_rejected_create():
 def test_worker_module_has_a_cli():
     import subprocess
 
-    proc = subprocess.run([sys.executable, "-m", "r1vflow.launch", "worker", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "r1vflow.runtime.launch", "worker", "--help"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "--spec" in proc.stdout
 
@@ -430,8 +430,8 @@ def copy_entry(ctx):
 def test_trainjob_launch_stages_inputs_and_returns_rank0_outputs(tmp_path, monkeypatch):
     """launch_trainjob end to end with a file object store and a stand-in Kubernetes API whose
     'cluster' runs the TrainJob's worker command in-process (rank 0 of 1)."""
-    import r1vflow.trainjob as trainjob
-    from r1vflow.launch import run_worker
+    import r1vflow.runtime.trainjob as trainjob
+    from r1vflow.runtime.launch import run_worker
 
     store_dir = tmp_path / "store"
     monkeypatch.setenv("R1VFLOW_STORE_DIR", str(store_dir))

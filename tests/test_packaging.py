@@ -40,6 +40,6 @@ def test_library_imports_without_kfp():
     import sys
 
     code = ("import sys; sys.modules['kfp'] = None\n"
-            "import r1vflow.config, r1vflow.stages.sft, r1vflow.stages.evaluate, r1vflow.tracking")
+            "import r1vflow.config, r1vflow.stages.sft, r1vflow.stages.evaluate, r1vflow.tracking.runs")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -62,7 +62,7 @@ def test_mlflow_holds_parent_nested_runs_and_versions(smoke_run):
         run = client.get_run(entry["mlflow_run_id"])
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["r1vflow.stage"] == stage
-    from r1vflow.lineage import walk_lineage
+    from r1vflow.tracking.lineage import walk_lineage
 
     grpo_version = summary["stages"]["grpo"]["model_version"]
     chain = walk_lineage(*grpo_version.rsplit("/", 1))

@@ -5,7 +5,7 @@ import json
 import mlflow
 import pytest
 
-from r1vflow.promotion import beats, champion_score, decide, mark_candidate, promote
+from r1vflow.tracking.promotion import beats, champion_score, decide, mark_candidate, promote
 
 
 def test_beats_rule():

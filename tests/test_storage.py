@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from r1vflow.bench_artifacts import run_bench
+from r1vflow.bench.artifacts import run_bench
 from r1vflow.storage import (
     MANIFEST_NAME,
     ArtifactCorrupted,

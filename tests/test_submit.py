@@ -243,13 +243,13 @@ def test_api_rejection_is_one_line_with_the_token_masked(monkeypatch):
 def test_cluster_tasks_share_one_parent_run_per_kfp_run(tmp_path):
     import mlflow
 
-    from r1vflow.cluster import (
+    from r1vflow.runtime.cluster import (
         KFP_RUN_TAG,
         attach_parent_run,
         find_or_create_parent_run,
         report_to_parent,
     )
-    from r1vflow.tracking import PARENT_ENV
+    from r1vflow.tracking.runs import PARENT_ENV
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(uri)

@@ -40,6 +40,7 @@ from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.rewards import HybridReward
 from r1vflow.rl.rollout import RolloutBackend
 from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
+from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 __all__ = ["GRPOPrompt", "GRPOResult", "prefilter_pool", "summarize", "train_grpo"]
@@ -82,15 +83,9 @@ class _Row:
     replayed: bool = False
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _global_mean(values: list[float]) -> list[float]:
     """Mean of each value over all ranks (identity in one process)."""
-    _, world = _rank_world()
+    _, world = rank_world()
     if world == 1:
         return values
     t = torch.tensor(values, dtype=torch.float64)
@@ -396,7 +391,7 @@ def train_grpo(
     ref = _reference(model) if kl_coef > 0 else None
     engine = TrainEngine(model, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
                          total_steps=steps * ppo_epochs, backend=backend, zero_stage=zero_stage)
-    rank, _ = _rank_world()  # after the engine: DeepSpeed sets up torch.distributed
+    rank, _ = rank_world()  # after the engine: DeepSpeed sets up torch.distributed
     rollout.sync(engine.module)
     opt = _Opt(ppo_epochs, clip_low, clip_high, kl_coef, aggregation, tokenizer.pad_token_id)
     sampler = _PromptSampler(len(prompts), prompts_per_step, seed + 7919 * rank)

@@ -58,7 +58,7 @@ def run(ctx: StageContext) -> StageOutcome:
         metrics[f"val_loss/{label}"] = eval_loss(vlm, tokenizer, val_items, cfg.batch_size,
                                                  cfg.max_length)
         scored, _ = score_model(vlm, tokenizer, val, dataset, exp.data.image_size,
-                                exp.evaluate.max_new_tokens, exp.evaluate.batch_size)
+                                cfg.val_max_new_tokens, cfg.val_batch_size)
         metrics[f"val_accuracy/{label}"] = scored["accuracy"]
         metrics[f"val_format_rate/{label}"] = scored["format_rate"]
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from r1vflow.config import Experiment
-from r1vflow.tracking import StageTracker
+from r1vflow.tracking.runs import StageTracker
 
 
 class StageResult(BaseModel):
@@ -63,8 +63,8 @@ class StageContext:
         """Register a saved model as an MLflow version, record the version in its metadata, and
         publish it to the object store when there is one (tags `r1vflow.storage_uri`,
         `r1vflow.manifest_sha256`)."""
-        from r1vflow.artifacts import object_prefix, publish
         from r1vflow.storage import build_manifest, manifest_digest
+        from r1vflow.storage.pointers import object_prefix, publish
 
         model_dir = Path(model_dir).resolve()
         meta = read_metadata(model_dir)

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from r1vflow.config.stage_table import evaluated_models
 from r1vflow.data.io import load_split
 from r1vflow.eval.scoring import score_model
 from r1vflow.models.io import load_model
 from r1vflow.models.tokenizer import load_tokenizer
-from r1vflow.promotion import mark_candidate
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.tracking.promotion import mark_candidate
 
-# input name -> label used in metric names; evaluated in this order
-MODEL_INPUTS = {"base_model": "base", "align_projector_model": "align_projector",
-                "sft_model": "sft", "grpo_model": "grpo"}
+# input name -> label used in metric names, in the order they are scored (the stage table)
+MODEL_INPUTS = evaluated_models()
 EXAMPLES_IN_REPORT = 3
 
 

@@ -45,8 +45,6 @@ from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
 
-VAL_ACCURACY_LIMIT = 256  # validation samples generated for val_accuracy
-
 
 def reward_model_score_fn(scorer: RewardScorer):
     """score_fn(prompts, completions) for `make_reward_model_reward`: the reward model's score
@@ -145,9 +143,9 @@ def run(ctx: StageContext) -> StageOutcome:
         checkpoint_every=cfg.checkpoint_every,
         checkpoint_dir=ctx.outputs.get("checkpoints") if cfg.checkpoint_every else None,
         checkpoint_metadata=meta, on_step=on_step, progress=True)
-    scored, _ = score_model(model, tokenizer, val[:VAL_ACCURACY_LIMIT], dataset,
-                            exp.data.image_size, max_new_tokens=exp.evaluate.max_new_tokens,
-                            batch_size=exp.evaluate.batch_size)
+    scored, _ = score_model(model, tokenizer, val[:cfg.val_limit], dataset,
+                            exp.data.image_size, max_new_tokens=cfg.val_max_new_tokens,
+                            batch_size=cfg.val_batch_size)
     _write_checkpoint_index(ctx, result)
     out = save_model(model, tokenizer, ctx.outputs["model"], meta)
     version = ctx.register(out, parent=parent_version(sft_dir), dataset_digest=info.digest)

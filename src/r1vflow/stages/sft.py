@@ -48,7 +48,6 @@ from r1vflow.train.iterative import (
 )
 from r1vflow.train.sft import eval_loss, train_sft
 
-VAL_ACCURACY_LIMIT = 256  # validation samples generated for val_accuracy
 SCORE_BATCH = 64
 
 
@@ -60,7 +59,7 @@ def run(ctx: StageContext) -> StageOutcome:
     model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
     train = load_split(dataset, "train")
-    val = load_split(dataset, "val")[:VAL_ACCURACY_LIMIT]
+    val = load_split(dataset, "val")[:cfg.val_limit]
     pool = build_pool(train, load_preferences(dataset) if it else [],
                       it.noisy_fraction if it else 0.0, cfg.seed)
     pixels = _pixels(dataset, [p.image for p in pool] + [s.image for s in val],
@@ -155,7 +154,7 @@ def _validate(ctx: StageContext, model, tokenizer, val, pixels, tag: str) -> dic
     items = [(s.question, s.response(), pixels[s.image]) for s in val]
     loss = eval_loss(model, tokenizer, items, exp.sft.batch_size, exp.sft.max_length)
     scored, _ = score_model(model, tokenizer, val, ctx.input("dataset"), exp.data.image_size,
-                            exp.evaluate.max_new_tokens, exp.evaluate.batch_size)
+                            exp.sft.val_max_new_tokens, exp.sft.val_batch_size)
     return {f"val_loss/{tag}": loss, f"val_accuracy/{tag}": scored["accuracy"],
             f"val_format_rate/{tag}": scored["format_rate"]}
 
@@ -167,7 +166,7 @@ def _error_set(ctx: StageContext, model, tokenizer, train, pixels, t: int) -> li
     samples = [train[i] for i in scanned]
     wrong = answered_wrongly(model, tokenizer, samples,
                              torch.stack([pixels[s.image] for s in samples]),
-                             exp.evaluate.max_new_tokens, exp.evaluate.batch_size)
+                             exp.sft.val_max_new_tokens, exp.sft.val_batch_size)
     return [scanned[i] for i in wrong]
 
 

@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
 from r1vflow.models.vlm import num_image_tokens
+from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 SftItem = tuple[str, str, torch.Tensor]  # question, response, pixel_values [3,H,W]
@@ -46,7 +47,7 @@ def _shard(chunk: list[SftItem]) -> list[SftItem]:
     """
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return chunk
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    rank, world = rank_world()
     return chunk[rank::world] or chunk[:1]
 
 

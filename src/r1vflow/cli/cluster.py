@@ -15,7 +15,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from r1vflow.cli import ConfigArg, SetOpt, _load, console
+    from r1vflow.cli.common import ConfigArg, SetOpt, console, load_or_exit
 
     @app.command(name="compile")
     def compile_(
@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         """Compile an experiment to KFP IR YAML (or Kubernetes manifests)."""
         from r1vflow.pipelines.compile import compile_experiment
 
-        exp = _load(config, set_)
+        exp = load_or_exit(config, set_)
         compile_experiment(exp, output, k8s_manifests=k8s_manifests, namespace=namespace)
         kind = "Pipeline/PipelineVersion manifests" if k8s_manifests else "IR"
         typer.echo(f"compiled {exp.name} ({len(exp.stages())} stages, {kind}) -> {output}")
@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
         """Compile, upload a pipeline version and start a run on a KFP server; print its URL."""
         from r1vflow.pipelines.submit import SubmitError, plan_submission, submit_plan
 
-        exp = _load(config, set_)
+        exp = load_or_exit(config, set_)
         try:
             plan = plan_submission(exp, host=host, namespace=namespace, experiment=experiment,
                                    token_env=token_env, run_name=run_name)

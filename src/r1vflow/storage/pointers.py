@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from r1vflow.config import Experiment
@@ -98,10 +97,3 @@ def resolve_input(path: Path) -> Path:
     from r1vflow.storage import ArtifactPointer, fetch
 
     return fetch(ArtifactPointer(**pointer), cache_dir())
-
-
-def scratch_dir(stage: str, name: str) -> Path:
-    """A local directory for a stage's output before it is published (/scratch on clusters)."""
-    root = Path(os.environ.get("R1VFLOW_SCRATCH", tempfile.gettempdir()))
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"r1vflow-{stage}-{name}-", dir=root))

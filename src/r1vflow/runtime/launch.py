@@ -5,11 +5,11 @@
     nodes x procs_per_node == 1     the stage function, in the component's process
     nodes == 1, or not on a cluster torchrun --nproc_per_node=nodes*procs_per_node here (CPU: gloo;
                                     in a GPU task pod: one rank per GPU, NCCL)
-    nodes > 1 on a cluster          a TrainJob (r1vflow.trainjob) whose nodes run the same worker
+    nodes > 1 on a cluster          a TrainJob (r1vflow.runtime.trainjob) whose nodes run the same worker
                                     under torchrun; inputs and outputs travel through the object
                                     store (S3/MinIO) under a staging prefix
 
-Every rank runs `python -m r1vflow.launch worker --spec SPEC`: the SAME registered stage function
+Every rank runs `python -m r1vflow.runtime.launch worker --spec SPEC`: the SAME registered stage function
 on the same inputs. Rank 0 alone gets the real output directories and the stage's MLflow run;
 the other ranks write to throwaway directories with tracking off, so exactly one model is saved
 and registered. Rank 0 writes a `WorkerResult` (metrics, report, where the model is) that the
@@ -26,52 +26,19 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
-
-from r1vflow.cluster import kfp_run_key, on_cluster, scratch_dir
 from r1vflow.config import Experiment, ResourceSpec
+from r1vflow.runtime.cluster import on_cluster, scratch_root
+from r1vflow.runtime.worker import RESULT_FILE, WorkerResult, WorkerSpec
 from r1vflow.stages import StageContext, StageOutcome, stage_function
-from r1vflow.tracking import StageTracker
+from r1vflow.tracking.runs import StageTracker
+from r1vflow.train.distributed import rank_world
 
 LaunchMode = Literal["inline", "torchrun", "trainjob"]
-RESULT_FILE = "result.json"
-
-
-class WorkerSpec(BaseModel):
-    """What every rank of a launched stage receives (as JSON, on its command line or in a file)."""
-
-    stage: str
-    experiment_json: str
-    inputs: dict[str, str] = Field(description="name -> local path, or store URI when staging.")
-    outputs: dict[str, str] = Field(description="name -> local dir (ignored when staging).")
-    result: str = Field("", description="Local file for rank 0's WorkerResult (ignored when staging).")
-    staging: str | None = Field(
-        None, description="Store prefix: inputs are URIs to fetch, and rank 0 uploads outputs to "
-                          "<staging>/outputs/<name> and its result to <staging>/result.")
-    mlflow_run_id: str | None = None
-    tracking_uri: str | None = None
-    extra_tags: dict[str, str] = Field(default_factory=dict)
-    entry: str | None = Field(
-        None, description="'module:function' run instead of the stage's registered function "
-                          "(a test entry point); it takes a StageContext, returns a StageOutcome.")
-
-
-class WorkerResult(BaseModel):
-    """What rank 0 reports back to the component."""
-
-    stage: str
-    world_size: int
-    metrics: dict[str, float]
-    report: str = ""
-    model_output: str | None = Field(None, description="The output holding the model, if any.")
-    model_relpath: str | None = Field(None, description="Model dir relative to that output.")
-    model_version: str | None = None
 
 
 def launch_mode(nodes: int, procs_per_node: int, in_cluster: bool) -> LaunchMode:
@@ -86,7 +53,7 @@ def launch_mode(nodes: int, procs_per_node: int, in_cluster: bool) -> LaunchMode
 def torchrun_command(nproc: int, spec_file: Path, python: str = sys.executable) -> list[str]:
     """torchrun (as `python -m torch.distributed.run`) of `nproc` local workers on this node."""
     return [python, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-            f"--nproc_per_node={nproc}", "-m", "r1vflow.launch", "worker", "--spec",
+            f"--nproc_per_node={nproc}", "-m", "r1vflow.runtime.launch", "worker", "--spec",
             f"@{spec_file}"]
 
 
@@ -108,7 +75,7 @@ def run_stage(ctx: StageContext, resources: ResourceSpec | None,
     if mode == "torchrun":
         result = launch_local(worker, spec.nodes * spec.procs_per_node)
     else:
-        from r1vflow.trainjob import launch_trainjob
+        from r1vflow.runtime.trainjob import launch_trainjob
 
         result = launch_trainjob(worker, ctx.exp, spec, ctx.inputs, ctx.outputs)
     return outcome_from_result(result, ctx.outputs)
@@ -157,11 +124,6 @@ def outcome_from_result(result: WorkerResult, outputs: Mapping[str, Path]) -> St
 # --------------------------------------------------------------------------- worker side
 
 
-def rank_info(environ: Mapping[str, str]) -> tuple[int, int]:
-    """(rank, world size) from torchrun's environment; (0, 1) outside torchrun."""
-    return int(environ.get("RANK", "0")), int(environ.get("WORLD_SIZE", "1"))
-
-
 def _entry(worker: WorkerSpec) -> Callable[[StageContext], StageOutcome]:
     if not worker.entry:
         return stage_function(worker.stage)
@@ -185,7 +147,7 @@ def _locate(model_dir: Path | None, outputs: Mapping[str, Path]) -> tuple[str | 
 def run_worker(worker: WorkerSpec, environ: Mapping[str, str] | None = None) -> WorkerResult | None:
     """One rank: run the stage, and on rank 0 write (or upload) the result. Returns rank 0's."""
     env = os.environ if environ is None else environ
-    rank, world = rank_info(env)
+    rank, world = rank_world(env)
     exp = Experiment.model_validate_json(worker.experiment_json)
     store = None
     if worker.staging:
@@ -194,7 +156,7 @@ def run_worker(worker: WorkerSpec, environ: Mapping[str, str] | None = None) -> 
         store = store_from_env(env, show_progress=rank == 0)
         if store is None:
             raise RuntimeError("a staged worker needs the object store: set R1VFLOW_S3_ENDPOINT")
-    base = (scratch_dir(env) or Path(tempfile.gettempdir())) / "r1vflow-worker"
+    base = scratch_root(env) / "r1vflow-worker"
     base.mkdir(parents=True, exist_ok=True)
     with _file_lock(base / ".fetch.lock"):  # one download per machine; later ranks hit the cache
         inputs = {k: (store.fetch(v, base / "inputs") if store else Path(v))
@@ -278,19 +240,13 @@ def _read_spec(value: str) -> WorkerSpec:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m r1vflow.launch",
+    parser = argparse.ArgumentParser(prog="python -m r1vflow.runtime.launch",
                                      description="Worker of a multi-process stage (one rank).")
     sub = parser.add_subparsers(dest="command", required=True)
     work = sub.add_parser("worker", help="run one rank of a stage")
     work.add_argument("--spec", required=True, help="WorkerSpec JSON, or @FILE holding it")
     args = parser.parse_args(argv)
     run_worker(_read_spec(args.spec))
-
-
-def staging_prefix(exp_name: str, stage: str, environ: Mapping[str, str] | None = None) -> str:
-    """Store prefix for one launch of a stage: staging/<experiment>/<kfp run>/<stage>-<random>."""
-    run = kfp_run_key(os.environ if environ is None else environ) or "local"
-    return f"staging/{exp_name}/{run}/{stage}-{uuid.uuid4().hex[:8]}"
 
 
 if __name__ == "__main__":

@@ -19,10 +19,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+import tempfile
 from collections.abc import MutableMapping
 from pathlib import Path
 
-from r1vflow.tracking import PARENT_ENV
+from r1vflow.tracking.runs import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +67,22 @@ def on_cluster(environ: MutableMapping[str, str] | None = None) -> bool:
     return bool(env.get(POD_NAMESPACE_ENV))
 
 
-def scratch_dir(environ: MutableMapping[str, str] | None = None) -> Path | None:
-    """Fast pod-local disk for checkpoints and downloads: $R1VFLOW_SCRATCH (TrainJob nodes), else
-    /scratch in a cluster task that mounts it (`resources.<stage>.scratch_size`), else None."""
+def scratch_root(environ: MutableMapping[str, str] | None = None) -> Path:
+    """Fast local disk for outputs, checkpoints and downloads: $R1VFLOW_SCRATCH (TrainJob nodes,
+    tests), else /scratch in a cluster task that mounts it (`resources.<stage>.scratch_size`),
+    else the system temp dir. Every scratch path r1vflow uses comes from here."""
     env = os.environ if environ is None else environ
     if env.get(SCRATCH_ENV):
         return Path(env[SCRATCH_ENV])
     mount = Path(SCRATCH_MOUNT)
-    return mount if on_cluster(env) and mount.is_dir() else None
+    return mount if on_cluster(env) and mount.is_dir() else Path(tempfile.gettempdir())
+
+
+def scratch_dir(stage: str, name: str, environ: MutableMapping[str, str] | None = None) -> Path:
+    """A new directory for output `name` of `stage` before it is published, under scratch_root."""
+    root = scratch_root(environ)
+    root.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"r1vflow-{stage}-{name}-", dir=root))
 
 
 def kfp_run_key(environ: MutableMapping[str, str] | None = None) -> str | None:

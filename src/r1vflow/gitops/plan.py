@@ -4,7 +4,7 @@ Every YAML file under `<repo>/experiments/` is one experiment. Its identity is t
 its resolved config (`Experiment.fingerprint`), so renaming it, reordering keys, editing comments
 or changing only name/description/tracking/storage/cluster/schedule changes nothing, and any other
 edit is a new fingerprint that trains once. What already happened lives in MLflow (docs/gitops.md):
-runs tagged `r1vflow.config_fingerprint` and claims (r1vflow.gitops_state), so every machine with
+runs tagged `r1vflow.config_fingerprint` and claims (r1vflow.gitops.state), so every machine with
 the tracking URI computes the same plan.
 
     files = discover(Path("."), "experiments")
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1vflow.config import ConfigError, Experiment, load_experiment
-from r1vflow.gitops_state import Observed, stamp
+from r1vflow.gitops.state import Observed, stamp
 
 Action = Literal["run", "skip", "invalid"]
 # KFP v2 run states after which a submitted run will never report success.

@@ -10,19 +10,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from r1vflow.tracking.client import mlflow_client
+
 MAX_DEPTH = 64
 
 
 class LineageError(RuntimeError):
     """A version or run cannot be found, or the chain is broken."""
-
-
-def _client(tracking_uri: str | None):
-    import mlflow
-
-    if tracking_uri:
-        mlflow.set_tracking_uri(tracking_uri)
-    return mlflow.MlflowClient()
 
 
 def _datasets(client, run_id: str | None) -> list[dict[str, str]]:
@@ -37,7 +31,7 @@ def walk_lineage(name: str, version: str, tracking_uri: str | None = None) -> li
     """The chain from `name/version` back to its root, nearest first."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     chain: list[dict[str, Any]] = []
     seen: set[str] = set()
     current: str | None = f"{name}/{version}"
@@ -75,7 +69,7 @@ def compare_runs(run_ids: list[str], tracking_uri: str | None = None
     """Metric name -> one value per run (None where a run lacks it), and the runs' names/ids."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
+    client = mlflow_client(tracking_uri)
     runs = []
     for run_id in run_ids:
         try:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 
+from r1vflow.tracking.client import mlflow_client
+
 CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG = "r1vflow.eval.{metric}"
 
@@ -20,16 +22,10 @@ def beats(candidate: float, champion: float | None, min_delta: float = 0.0) -> b
     return champion is None or candidate > champion + min_delta
 
 
-def _client():
-    import mlflow
-
-    return mlflow.MlflowClient()
-
-
 def mark_candidate(name_version: str, metric: str, score: float) -> None:
     """Tag the version with its score and point the model's `candidate` alias at it."""
     name, version = name_version.rsplit("/", 1)
-    client = _client()
+    client = mlflow_client()
     client.set_model_version_tag(name, version, SCORE_TAG.format(metric=metric), str(score))
     client.set_registered_model_alias(name, CANDIDATE, version)
 
@@ -39,7 +35,7 @@ def champion_score(name: str, metric: str) -> tuple[str | None, float | None]:
     from mlflow.exceptions import MlflowException
 
     try:
-        mv = _client().get_model_version_by_alias(name, CHAMPION)
+        mv = mlflow_client().get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
         return None, None
     raw = mv.tags.get(SCORE_TAG.format(metric=metric))
@@ -69,5 +65,5 @@ def promote(evaluation_json: str) -> str:
     if candidate is None:
         raise ValueError("evaluation names no candidate model to promote")
     name, version = candidate.rsplit("/", 1)
-    _client().set_registered_model_alias(name, CHAMPION, version)
+    mlflow_client().set_registered_model_alias(name, CHAMPION, version)
     return candidate

@@ -19,7 +19,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-console = Console(stderr=True)
+from r1vflow.cli.common import console
+
 DirOpt = Annotated[Path, typer.Option("--dir", help="Stack directory (data, logs, stack.json).")]
 DEFAULT_STACK = Path("runs/stack")
 
@@ -97,7 +98,7 @@ def register(app: typer.Typer) -> None:
     def bench_artifacts(json_out: Annotated[Path, typer.Option("--json")],
                         size_mb: Annotated[int, typer.Option(help="Checkpoint size.")] = 1024) -> None:
         """Our store vs the minio client's single put/get of one tar, on a local S3 server."""
-        from r1vflow.bench_artifacts import run_bench
+        from r1vflow.bench.artifacts import run_bench
 
         typer.echo(json.dumps(run_bench(json_out, size_mb=size_mb), indent=2))
 
@@ -105,7 +106,7 @@ def register(app: typer.Typer) -> None:
     def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
                    quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
         """Our GRPO vs TRL's GRPOTrainer on the same work, and SSB on vs off."""
-        from r1vflow.bench_grpo import run_bench
+        from r1vflow.bench.grpo import run_bench
 
         typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2))
 
@@ -115,7 +116,7 @@ def register(app: typer.Typer) -> None:
                 tracking_uri: Annotated[str | None, typer.Option(
                     "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
         """Walk a model version's r1vflow.parent chain back to the base models and data sets."""
-        from r1vflow.lineage import LineageError, walk_lineage
+        from r1vflow.tracking.lineage import LineageError, walk_lineage
 
         try:
             chain = walk_lineage(name, version, tracking_uri)
@@ -139,7 +140,7 @@ def register(app: typer.Typer) -> None:
                 tracking_uri: Annotated[str | None, typer.Option(
                     "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
         """Pipeline (parent) runs' metrics side by side."""
-        from r1vflow.lineage import LineageError, compare_runs
+        from r1vflow.tracking.lineage import LineageError, compare_runs
 
         try:
             rows, runs = compare_runs(run_ids, tracking_uri)

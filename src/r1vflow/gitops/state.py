@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from r1vflow.tracking.client import mlflow_client
+
 CLAIM_PREFIX = "r1vflow-claim-"
 TAG = "r1vflow.gitops."
 FINGERPRINT_TAG = "r1vflow.config_fingerprint"
@@ -134,17 +136,11 @@ def check_store(tracking_uri: str) -> str:
     return tracking_uri
 
 
-def _client(tracking_uri: str):
-    import mlflow
-
-    return mlflow.MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-
-
 class ClaimStore:
     """Claims as registered models in the MLflow registry at `tracking_uri`."""
 
     def __init__(self, tracking_uri: str):
-        self.client = _client(check_store(tracking_uri))
+        self.client = mlflow_client(check_store(tracking_uri))
 
     def _search(self, filter_string: str) -> list[Claim]:
         claims, token = [], None

@@ -15,12 +15,12 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from r1vflow.artifacts import experiment_store, resolve_input, scratch_dir, write_pointer
-from r1vflow.cluster import attach_parent_run, report_to_parent
 from r1vflow.config import Experiment, flatten
-from r1vflow.launch import run_stage
+from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch_dir
+from r1vflow.runtime.launch import run_stage
 from r1vflow.stages import StageContext, StageResult
-from r1vflow.tracking import experiment_name, stage_run
+from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
+from r1vflow.tracking.runs import experiment_name, stage_run
 
 RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
 
@@ -112,7 +112,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             store = experiment_store(exp)
             artifacts = {k: Path(v) for k, v in outputs.items()}
             # With an object store, outputs are written to scratch and published; the KFP
-            # artifacts then hold pointers (see r1vflow.artifacts).
+            # artifacts then hold pointers (see r1vflow.storage.pointers).
             work = {k: scratch_dir(stage, k) for k in artifacts} if store else artifacts
             ctx = StageContext(
                 exp=exp, stage=stage,
@@ -125,7 +125,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             for path in ctx.outputs.values():
                 path.mkdir(parents=True, exist_ok=True)
             _log_dataset_input(ctx)
-            # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.launch).
+            # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.runtime.launch).
             outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
             model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
             seconds = time.time() - started

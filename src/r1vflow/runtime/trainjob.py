@@ -2,7 +2,7 @@
 
 A stage with `nodes > 1` on a cluster: its KFP task uploads the inputs to the object store,
 creates a TrainJob on the ClusterTrainingRuntime `r1vflow-deepspeed` (manifests/base/cluster)
-whose `node` containers run `torchrun -m r1vflow.launch worker` (torchrun reads the PET_* variables
+whose `node` containers run `torchrun -m r1vflow.runtime.launch worker` (torchrun reads the PET_* variables
 the Trainer's torch plugin injects), streams the logs of the node pods, and fails with the job's
 reason if it fails. Rank 0 uploads the outputs and its result; the task downloads them into its
 KFP output artifacts.
@@ -25,14 +25,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from r1vflow.cluster import LABEL_PREFIX, MLFLOW_SECRET_KEYS, S3_SECRET_KEYS, label_value
 from r1vflow.config import Experiment, ResourceSpec
-from r1vflow.images import image_for
-
-if TYPE_CHECKING:  # r1vflow.launch imports this module lazily; keep the cycle type-only
-    from r1vflow.launch import WorkerResult, WorkerSpec
+from r1vflow.runtime.cluster import LABEL_PREFIX, MLFLOW_SECRET_KEYS, S3_SECRET_KEYS, label_value
+from r1vflow.runtime.images import image_for
+from r1vflow.runtime.worker import RESULT_FILE, WorkerResult, WorkerSpec, staging_prefix
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
 NODE = "node"  # the trainer's replicated job and container in the runtime
@@ -136,7 +134,7 @@ def trainjob_for_stage(worker_json: str, exp: Experiment, stage: str, spec: Reso
                  or DEFAULT_RUNTIME),
         image=cluster.images.get("trainer") or image_for("trainer"),
         nodes=spec.nodes, procs_per_node=spec.procs_per_node,
-        command=["torchrun", "-m", "r1vflow.launch", "worker", "--spec", worker_json],
+        command=["torchrun", "-m", "r1vflow.runtime.launch", "worker", "--spec", worker_json],
         env=secrets, requests=requests, limits=limits, node_selector=spec.node_selector,
         tolerations=[t.model_dump(exclude_none=True) for t in spec.tolerations],
         labels=labels, active_deadline_seconds=spec.timeout_seconds)
@@ -273,7 +271,6 @@ def kubernetes_apis() -> tuple[Any, Any]:
 def launch_trainjob(worker: WorkerSpec, exp: Experiment, spec: ResourceSpec,
                     inputs: Mapping[str, Path], outputs: Mapping[str, Path]) -> WorkerResult:
     """Stage inputs in the object store, run the TrainJob, fetch outputs; rank 0's result."""
-    from r1vflow.launch import RESULT_FILE, WorkerResult, staging_prefix
     from r1vflow.storage import store_from_env
 
     store = store_from_env()

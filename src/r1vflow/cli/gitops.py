@@ -37,14 +37,14 @@ OnlyOpt = Annotated[list[str] | None, typer.Option(
 def _fail(message: str, code: int = 2) -> typer.Exit:
     from rich.markup import escape
 
-    from r1vflow.cli import console
+    from r1vflow.cli.common import console
 
     console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
     return typer.Exit(code)
 
 
 def _tracking_uri(option: str | None) -> str:
-    from r1vflow.gitops_state import check_store
+    from r1vflow.gitops.state import check_store
 
     uri = option or os.environ.get("MLFLOW_TRACKING_URI")
     if not uri:
@@ -60,7 +60,7 @@ def _files(repo: Path, experiments_dir: str, only: list[str] | None):
     from fnmatch import fnmatch
 
     from r1vflow.config import ConfigError
-    from r1vflow.gitops import discover
+    from r1vflow.gitops.plan import discover
 
     try:
         files = discover(repo, experiments_dir)
@@ -70,8 +70,8 @@ def _files(repo: Path, experiments_dir: str, only: list[str] | None):
 
 
 def _plan(repo: Path, experiments_dir: str, only: list[str] | None, state, stale_after: float):
-    from r1vflow.gitops import build_plan
-    from r1vflow.gitops_state import now_utc
+    from r1vflow.gitops.plan import build_plan
+    from r1vflow.gitops.state import now_utc
 
     return build_plan(_files(repo, experiments_dir, only), state.observe, now_utc(), stale_after)
 
@@ -113,7 +113,7 @@ def register(app: typer.Typer) -> None:
              tracking_uri: UriOpt = None, stale_after: StaleOpt = 900.0,
              only: OnlyOpt = None, json_: JsonOpt = False) -> None:
         """Per experiment file: its fingerprint and run, skip or invalid, with the reason."""
-        from r1vflow.gitops_state import MlflowState
+        from r1vflow.gitops.state import MlflowState
 
         entries = _plan(repo, experiments_dir, only, MlflowState(_tracking_uri(tracking_uri)),
                         stale_after)
@@ -149,11 +149,11 @@ def register(app: typer.Typer) -> None:
 
         Racing applies are safe: each fingerprint is claimed atomically in MLflow first.
         Exits 1 when a run failed or an experiment file is invalid (after doing the rest)."""
-        from r1vflow.gitops_apply import ApplyContext, apply_plan, local_refusal, local_runner
-        from r1vflow.gitops_cluster import ClusterRunner
-        from r1vflow.gitops_state import MlflowState, default_owner
+        from r1vflow.gitops.apply import ApplyContext, apply_plan, local_refusal, local_runner
+        from r1vflow.gitops.cluster import ClusterRunner
+        from r1vflow.gitops.state import MlflowState, default_owner
         from r1vflow.pipelines.submit import SubmitError, check_host
-        from r1vflow.tracking import git_commit
+        from r1vflow.tracking.runs import git_commit
 
         if local == (host is not None):
             raise _fail("give exactly one of --local or --host URL")
@@ -214,7 +214,7 @@ def register(app: typer.Typer) -> None:
             "--check", help="Write nothing; exit 1 if the folder is not up to date.")] = False,
     ) -> None:
         """Write the Pipeline/PipelineVersion manifests of every valid experiment."""
-        from r1vflow.gitops_cluster import render_manifests, rendered_drift, write_rendered
+        from r1vflow.gitops.cluster import render_manifests, rendered_drift, write_rendered
 
         files = _files(repo, experiments_dir, None)
         for f in files:
@@ -244,7 +244,7 @@ def register(app: typer.Typer) -> None:
 
         For a cluster run that died without telling MLflow. A prefix is looked up among the
         fingerprints of the experiment files."""
-        from r1vflow.gitops_state import ClaimStore
+        from r1vflow.gitops.state import ClaimStore
 
         store = ClaimStore(_tracking_uri(tracking_uri))
         if len(fingerprint) < 64:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1vflow.config import Experiment
-from r1vflow.gitops import PlanEntry, decide, trained
-from r1vflow.gitops_state import TAG, Claim, ClaimStore, MlflowState, new_claim, now_utc, stamp
+from r1vflow.gitops.plan import PlanEntry, decide, trained
+from r1vflow.gitops.state import TAG, Claim, ClaimStore, MlflowState, new_claim, now_utc, stamp
 
 log = logging.getLogger(__name__)
 OutcomeStatus = Literal["succeeded", "failed", "submitted", "scheduled"]

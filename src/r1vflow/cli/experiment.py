@@ -1,0 +1,87 @@
+"""Experiment commands: validate, schema, run.
+
+    r1vflow validate pipelines/configs/smoke.yaml --set sft.lr=1e-3
+    r1vflow run pipelines/configs/tiny.yaml --output-dir runs/tiny
+    r1vflow schema > experiment.schema.json
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from r1vflow.cli.common import ConfigArg, SetOpt, console, load_or_exit
+from r1vflow.config import json_schema
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def validate(config: ConfigArg, set_: SetOpt = None) -> None:
+        """Check an experiment file; print its stages and fingerprint."""
+        exp = load_or_exit(config, set_)
+        typer.echo(f"ok: {exp.name}  fingerprint {exp.fingerprint()[:16]}  "
+                   f"stages: {' -> '.join(exp.stages())}")
+
+    @app.command()
+    def schema() -> None:
+        """Print the experiment JSON schema."""
+        typer.echo(json.dumps(json_schema(), indent=2))
+
+    @app.command()
+    def run(config: ConfigArg,
+            output_dir: Annotated[Path | None, typer.Option(
+                "--output-dir", help="Where the run writes everything (default runs/<name>).")] = None,
+            set_: SetOpt = None,
+            stack: Annotated[Path | None, typer.Option(
+                "--stack", help="Use the servers of `r1vflow stack up --dir DIR`: models go to its "
+                                "S3 bucket, tracking to its MLflow.")] = None,
+            quiet: Annotated[bool, typer.Option(help="Less KFP logging.")] = False) -> None:
+        """Run the experiment's DAG locally through kfp.local (caching on)."""
+        import os
+
+        from r1vflow.pipelines.local_run import run_local
+
+        if stack is not None:
+            from r1vflow.storage.procs import StackError
+            from r1vflow.storage.stack import stack_env
+
+            try:
+                os.environ.update(stack_env(stack))
+            except StackError as err:
+                console.print(f"[red]error:[/red] {err}", highlight=False)
+                raise typer.Exit(2) from None
+            set_ = ["storage.backend=s3", *(set_ or [])]
+        exp = load_or_exit(config, set_)
+        out = output_dir or Path("runs") / exp.name
+        console.print(f"[bold]r1vflow[/bold] running {exp.name} "
+                      f"({' -> '.join(exp.stages())}) into {out}")
+        summary = run_local(exp, out, experiment_file=str(config), quiet=quiet)
+        _print_summary(summary)
+        if summary["status"] != "succeeded":
+            raise typer.Exit(1)
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"{summary['experiment']}: {summary['status']} "
+                        f"in {summary['seconds']:.1f} s")
+    for col in ("stage", "status", "seconds", "key metrics"):
+        table.add_column(col)
+    for stage, entry in summary["stages"].items():
+        metrics = entry.get("metrics", {})
+        keys = [k for k in metrics if k.startswith(("accuracy/", "val_accuracy", "train_loss",
+                                                    "num_", "format_rate/"))][:6]
+        shown = ", ".join(f"{k}={metrics[k]:.3g}" for k in keys)
+        status = entry["status"] + (" (cached)" if entry.get("cached") else "")
+        if entry.get("error"):
+            shown = entry["error"][:120]
+        table.add_row(stage, status, f"{entry.get('seconds', 0):.1f}", shown)
+    Console().print(table)
+    out = Path(summary["output_dir"])
+    typer.echo(f"summary: {out / 'summary.json'}")
+    typer.echo(f"MLflow:  {summary['mlflow']['tracking_uri']} "
+               f"(mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']})")

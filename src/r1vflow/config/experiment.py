@@ -1,0 +1,103 @@
+"""The experiment: every section composed, cross-section checks, the enabled stages and the
+fingerprint."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+from pydantic import Field, field_validator, model_validator
+
+from r1vflow.config.base import Strict
+from r1vflow.config.platform import ClusterConfig, ResourceSpec, StorageConfig, TrackingConfig
+from r1vflow.config.recipe import (
+    AlignProjectorConfig,
+    BootstrapConfig,
+    DataConfig,
+    EvaluateConfig,
+    GRPOConfig,
+    ModelConfig,
+    RewardModelConfig,
+    SFTConfig,
+    SynthesizeDataConfig,
+)
+from r1vflow.config.stage_table import STAGES, StageName
+
+# Fields that name or place a run but do not change what it computes.
+# Resources only place the work (node pool, GPU count, retries); the recipe is the same.
+_NOT_FINGERPRINTED = ("name", "description", "tracking", "storage", "cluster", "schedule",
+                      "resources")
+
+# --------------------------------------------------------------------------- experiment
+
+# 5 cron fields (minute first) or 6 (seconds first, KFP's form), or a robfig/cron descriptor.
+_CRON = re.compile(r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+                   r"|[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4,5})$")
+
+
+class Experiment(Strict):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name (lowercase, dashes).")
+    description: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    bootstrap: BootstrapConfig | None = Field(
+        default_factory=BootstrapConfig, description="Tiny presets only; null on clusters.")
+    synthesize_data: SynthesizeDataConfig = Field(default_factory=SynthesizeDataConfig)
+    align_projector: AlignProjectorConfig | None = Field(
+        None, description="R1V projector alignment with LLM transfer; null skips it (SFT then "
+                          "starts from the base model).")
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+    train_reward_model: RewardModelConfig | None = Field(
+        None, description="Multimodal reward model (for iterative SFT); null skips it.")
+    grpo: GRPOConfig | None = Field(
+        None, description="R1V2 GRPO after SFT; null skips the stage.")
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    resources: dict[StageName, ResourceSpec] = Field(
+        default_factory=dict, description="Per-stage cluster resources, keyed by stage name.")
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    cluster: ClusterConfig = Field(default_factory=ClusterConfig)
+    schedule: str | None = Field(
+        None, exclude=True,
+        description="Cron schedule: `r1vflow gitops apply --host` makes the experiment a KFP "
+                    "recurring run (5 fields, or 6 with seconds first, or @daily/@weekly...). "
+                    "Not fingerprinted and not compiled into the pipeline (docs/gitops.md).")
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None and not _CRON.match(value.strip()):
+            raise ValueError("not a cron schedule: give 5 fields (minute hour "
+                             "day-of-month month day-of-week), 6 with seconds first, or a "
+                             "descriptor such as @daily or @weekly")
+        return value.strip() if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Experiment:
+        if self.model.kind == "tiny":
+            if self.bootstrap is None:
+                raise ValueError("model.kind 'tiny' needs the bootstrap stage (it builds the tiny models)")
+            if self.data.image_size % self.model.tiny.patch_size:
+                raise ValueError(f"data.image_size ({self.data.image_size}) must be a multiple of "
+                                 f"model.tiny.patch_size ({self.model.tiny.patch_size})")
+        elif self.bootstrap is not None:
+            raise ValueError("bootstrap builds tiny models only: set bootstrap to null "
+                             "for model.kind 'pretrained'")
+        if self.align_projector is not None and self.bootstrap is None:
+            raise ValueError("align_projector trains against the substitute LLM that bootstrap "
+                             "builds; with model.kind 'pretrained' set align_projector to null")
+        if self.sft.iterative is not None and self.train_reward_model is None:
+            raise ValueError("sft.iterative filters D with the reward model: enable "
+                             "train_reward_model, or set sft.iterative to null")
+        return self
+
+    def stages(self) -> list[str]:
+        """The enabled stages, in DAG order."""
+        return [s for s in STAGES if getattr(self, s, None) is not None]
+
+    def fingerprint(self) -> str:
+        """sha256 of the resolved config, ignoring fields that do not change what is computed."""
+        data = self.model_dump(mode="json", exclude=set(_NOT_FINGERPRINTED))
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()

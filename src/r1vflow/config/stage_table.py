@@ -1,0 +1,110 @@
+"""The stage table: the one place that names every stage, the module that runs it, the artifacts
+it takes and makes (name, type, producing stage), the model it yields, its label in metrics, and
+the experiment sections it reads (its cache key: a task receives only those, see `slice_for`).
+
+`STAGES` (the true dependency order), `StageName`, the stage-module map, evaluate's model inputs,
+the DAG's wiring and the per-task config slices are all read from here. The component functions
+(components/*.py) must declare exactly these inputs and outputs; tests/test_stage_table.py checks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+ArtifactType = Literal["Model", "Dataset", "Artifact"]
+
+
+@dataclass(frozen=True)
+class Input:
+    """An input artifact: its name in the component, its type, and which stage's output feeds it
+    (`producer`, `output`); `optional` inputs are wired only when the producer is enabled."""
+
+    name: str
+    type: ArtifactType
+    producer: str
+    output: str
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class Output:
+    name: str
+    type: ArtifactType
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    module: str
+    inputs: tuple[Input, ...]
+    outputs: tuple[Output, ...]
+    model_output: str | None = None  # the output that holds the model the stage yields
+    label: str | None = None  # `<metric>/<label>` in evaluate; evaluate's input `<label>_model`
+    reads: tuple[str, ...] = ()  # experiment sections besides its own (a.b: one field of a)
+    optional: bool = True  # False: always part of the DAG
+    image: Literal["base", "trainer", "rollout"] = "trainer"
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+# The base model: bootstrap's output on tiny presets, an imported model otherwise.
+BASE = "base"
+
+_BASE_MODEL = Input("base_model", "Model", "bootstrap", "base_model")
+_DATASET = Input("dataset", "Dataset", "synthesize_data", "dataset")
+
+TABLE: tuple[Stage, ...] = (
+    Stage("bootstrap", "r1vflow.stages.bootstrap", inputs=(),
+          outputs=(Output("base_model", "Model"), Output("substitute_llm", "Model")),
+          model_output="base_model", label=BASE, reads=("model", "data")),
+    Stage("synthesize_data", "r1vflow.stages.synthesize_data", inputs=(),
+          outputs=(Output("dataset", "Dataset"),), reads=("data",), optional=False,
+          image="base"),
+    Stage("align_projector", "r1vflow.stages.align_projector",
+          inputs=(_BASE_MODEL, Input("substitute_llm", "Model", "bootstrap", "substitute_llm"),
+                  _DATASET),
+          outputs=(Output("model", "Model"),), model_output="model", label="align_projector",
+          reads=("model", "data")),
+    Stage("train_reward_model", "r1vflow.stages.train_reward_model",
+          inputs=(_BASE_MODEL, _DATASET), outputs=(Output("model", "Model"),),
+          model_output="model", reads=("model", "data")),
+    Stage("sft", "r1vflow.stages.sft",
+          inputs=(_DATASET,
+                  Input("base_model", "Model", "bootstrap", "base_model", optional=True),
+                  Input("aligned_model", "Model", "align_projector", "model", optional=True),
+                  Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
+          outputs=(Output("model", "Model"), Output("iterations", "Artifact")),
+          model_output="model", label="sft", optional=False,
+          reads=("model", "data", "train_reward_model.max_length")),
+    Stage("grpo", "r1vflow.stages.grpo",
+          inputs=(Input("sft_model", "Model", "sft", "model"), _DATASET,
+                  Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
+          outputs=(Output("model", "Model"), Output("checkpoints", "Artifact")),
+          model_output="model", label="grpo", reads=("model", "data"), image="rollout"),
+    Stage("evaluate", "r1vflow.stages.evaluate",
+          inputs=(_BASE_MODEL, _DATASET,
+                  Input("align_projector_model", "Model", "align_projector", "model", True),
+                  Input("sft_model", "Model", "sft", "model", True),
+                  Input("grpo_model", "Model", "grpo", "model", True)),
+          outputs=(), optional=False, reads=("model", "data", "tracking.promotion_metric"),
+          image="rollout"),
+)
+
+STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in TABLE}
+STAGES: tuple[str, ...] = tuple(s.name for s in TABLE)
+StageName = Literal["bootstrap", "synthesize_data", "align_projector", "train_reward_model",
+                    "sft", "grpo", "evaluate"]
+
+
+def stage(name: str) -> Stage:
+    try:
+        return STAGE_BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"unknown stage {name!r}; known: {', '.join(STAGES)}") from None
+
+
+def evaluated_models() -> dict[str, str]:
+    """evaluate's model inputs -> their label in metric names, in the order they are scored."""
+    labelled = {s.name: s.label for s in TABLE if s.label}
+    return {i.name: labelled[i.producer] for i in stage("evaluate").inputs
+            if i.type == "Model" and i.producer in labelled}
