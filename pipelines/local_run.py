@@ -66,7 +66,11 @@ def _promotion(tracking_uri: str, evaluation: dict[str, Any]) -> dict[str, Any] 
 
 
 def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = None,
-              quiet: bool = False) -> dict[str, Any]:
+              quiet: bool = False, overrides: list[str] | None = None,
+              applied: list[str] | None = None) -> dict[str, Any]:
+    """Run the DAG. `overrides` go to the pipeline's `overrides` parameter (applied and
+    validated by its configure task, as in a KFP UI run); `applied` are the `--set` values
+    already in `exp`, recorded on the parent run like the others."""
     from kfp import local
 
     started = time.time()
@@ -85,6 +89,7 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
         "r1vflow.git_commit": commit or "",
         "r1vflow.experiment_file": experiment_file or "",
         "r1vflow.output_dir": str(output_dir),
+        "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
     }
     parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name, parent_tags)
     os.environ.update({
@@ -100,7 +105,7 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     if quiet:
         logging.getLogger().setLevel(logging.WARNING)
     before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
-    task = build_pipeline(exp)(experiment_json=exp.model_dump_json())
+    task = build_pipeline(exp)(experiment_json=exp.model_dump_json(), overrides=list(overrides or []))
     seconds = time.time() - started
     new_dirs = sorted(set(pipeline_root.glob("*")) - before)
     outputs = dict(getattr(task, "outputs", None) or {})
@@ -117,6 +122,9 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
                    "parent_run_id": parent_id},
         "stages": stages,
     }
+    configure = output_dir / "stages" / "configure.json"
+    if configure.exists():  # the overrides were refused: no stage ran
+        summary["error"] = "configure: " + json.loads(configure.read_text())["error"]
     summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
     final_metrics = {k: v for s in stages.values() for k, v in s.get("metrics", {}).items()
                      if k.startswith("accuracy/")}

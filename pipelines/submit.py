@@ -7,8 +7,10 @@
 
 Names: pipeline `r1vflow-<name>`; version `r1vflow-<name>-<fingerprint[:8]>-<IR sha256[:8]>`, so
 resubmitting the same experiment with the same code reuses its version and any change makes a new
-one; the experiment's JSON travels as the compiled default of the `experiment_json` parameter
-(the run passes no parameters), so KFP's cache keys match across runs of one experiment. The
+one; the experiment's JSON travels as the compiled default of the `experiment_json` parameter,
+and `--set` values that a run can take (all but resources, cluster, name, schedule and switching
+a stage on or off, which are compiled in) go in the run's `overrides` parameter, so one pipeline
+version serves every such variant and each task's cache key is its own config slice. The
 MLflow parent run is found or created by the first task of the run (r1vflow.runtime.cluster).
 """
 
@@ -28,7 +30,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from r1vflow.config import Experiment
+from r1vflow.config import ConfigError, Experiment
+from r1vflow.config.slicing import apply_overrides
 from r1vflow.pipelines.compile import ir_text, version_name
 from r1vflow.pipelines.dag import pipeline_name
 
@@ -53,6 +56,7 @@ class SubmitPlan:
     service_account: str | None
     token_env: str | None
     ir: str = field(repr=False)
+    overrides: tuple[str, ...] = ()
     summary: dict[str, Any] = field(default_factory=dict)
 
     def describe(self) -> dict[str, Any]:
@@ -68,7 +72,7 @@ class SubmitPlan:
             "auth": (f"bearer token from ${self.token_env}" if self.token_env else "none"),
             "pipeline_package": {"format": "KFP IR YAML", "bytes": len(self.ir.encode()),
                                  "sha256": _sha(self.ir)},
-            "parameters": {"experiment_json": self.summary},
+            "parameters": {"experiment_json": self.summary, "overrides": list(self.overrides)},
         }
 
 
@@ -89,7 +93,7 @@ def _sha(text: str) -> str:
 def experiment_summary(exp: Experiment) -> dict[str, Any]:
     """The experiment JSON as the run sees it, summarized (compiled in as the default)."""
     blob = exp.model_dump_json()
-    return {"source": "compiled default (the run passes no parameters)",
+    return {"source": "compiled default (the run passes only `overrides`)",
             "name": exp.name, "fingerprint": exp.fingerprint(), "stages": exp.stages(),
             "model": exp.model.kind, "bytes": len(blob.encode()), "sha256": _sha(blob),
             "resources": {s: f"{r.nodes} node(s) x {r.procs_per_node} proc(s)"
@@ -120,10 +124,18 @@ def read_token(token_env: str | None) -> str | None:
 
 def plan_submission(exp: Experiment, host: str, namespace: str | None = None,
                     experiment: str | None = None, token_env: str | None = None,
-                    run_name: str | None = None, now: datetime | None = None) -> SubmitPlan:
-    """Compile `exp` and decide every name; checks the host and token variable, no network."""
+                    run_name: str | None = None, now: datetime | None = None,
+                    overrides: list[str] | None = None) -> SubmitPlan:
+    """Compile `exp` and decide every name; checks the host and token variable, no network.
+
+    `overrides` become the run's `overrides` parameter (applied by its configure task); they
+    are validated here first, so a bad one fails before anything is sent."""
     host = check_host(host)
     read_token(token_env)
+    try:
+        apply_overrides(exp, list(overrides or []))
+    except ConfigError as err:
+        raise SubmitError(" ".join(str(err).split())) from None
     ir = ir_text(exp)
     stamp = (now or datetime.now(UTC)).strftime("%Y%m%d-%H%M%S")
     return SubmitPlan(
@@ -132,7 +144,7 @@ def plan_submission(exp: Experiment, host: str, namespace: str | None = None,
         run_name=run_name or f"{exp.name}-{exp.fingerprint()[:8]}-{stamp}",
         description=exp.description or f"r1vflow {exp.name}",
         service_account=exp.cluster.service_account, token_env=token_env, ir=ir,
-        summary=experiment_summary(exp))
+        summary=experiment_summary(exp), overrides=tuple(overrides or ()))
 
 
 def check_reachable(host: str, timeout_s: float = CONNECT_TIMEOUT_S) -> None:
@@ -190,7 +202,8 @@ def _submit(plan: SubmitPlan, token: str | None) -> SubmitResult:
                 description=plan.description).pipeline_version_id
     experiment = client.create_experiment(plan.experiment, namespace=plan.namespace)
     run = client.run_pipeline(experiment.experiment_id, plan.run_name, pipeline_id=pipeline_id,
-                              version_id=version_id, service_account=plan.service_account)
+                              version_id=version_id, service_account=plan.service_account,
+                              params={"overrides": list(plan.overrides)} if plan.overrides else None)
     return SubmitResult(
         pipeline_id=pipeline_id, pipeline_version_id=version_id,
         experiment_id=experiment.experiment_id, run_id=run.run_id,

@@ -136,7 +136,11 @@ def _all_env_entries(node) -> list[dict]:
 def test_every_task_gets_settings_labels_and_downward_api():
     exp = load_experiment(PRESETS / "smoke.yaml")
     _, platform = ir_docs(ir_text(exp))
-    assert sorted(platform) == [f"exec-{s.replace('_', '-')}" for s in sorted(exp.stages())]
+    assert sorted(platform) == sorted(
+        ["exec-configure", *(f"exec-{s.replace('_', '-')}" for s in exp.stages())])
+    # configure tags the MLflow parent run: it gets the settings and the downward API too
+    assert platform["exec-configure"]["configMapAsEnv"][0]["configMapName"] == "r1vflow-settings"
+    assert "fieldPathAsEnv" in platform["exec-configure"]
     for stage in exp.stages():
         k8s = platform[f"exec-{stage.replace('_', '-')}"]
         assert k8s["podMetadata"]["labels"] == {

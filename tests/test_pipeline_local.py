@@ -1,6 +1,8 @@
 """Level 3: the smoke DAG through kfp.local (SubprocessRunner), driven by the real CLI."""
 
+import contextlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +14,19 @@ from conftest import PRESETS, clean_env
 
 pytestmark = pytest.mark.slow
 CLI = [sys.executable, "-m", "r1vflow.cli"]
+
+
+@contextlib.contextmanager
+def _clean_process_env():
+    """Run the driver in this process with the environment the CLI tests give their child."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(clean_env())
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def _run(*args, cwd=None):
@@ -31,12 +46,82 @@ def smoke_run(tmp_path_factory):
     return out, summary, again
 
 
+def _cached(summary: dict) -> dict[str, bool]:
+    return {stage: entry["cached"] for stage, entry in summary["stages"].items()}
+
+
+@pytest.fixture(scope="module")
+def changed_runs(smoke_run):
+    """The smoke run again with a changed evaluate.limit, then with a changed grpo.lr."""
+    out = smoke_run[0]
+    runs = {}
+    for name, override in (("limit", "evaluate.limit=8"), ("lr", "grpo.lr=3e-4")):
+        result = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out),
+                      "--set", override)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        runs[name] = json.loads((out / "summary.json").read_text())
+    return runs
+
+
+def test_changed_evaluate_limit_reruns_only_evaluate(smoke_run, changed_runs):
+    summary = changed_runs["limit"]
+    assert summary["status"] == "succeeded"
+    assert _cached(summary) == {"bootstrap": True, "synthesize_data": True,
+                                "align_projector": True, "train_reward_model": True,
+                                "sft": True, "grpo": True, "evaluate": False}
+    assert summary["stages"]["evaluate"]["metrics"]["eval_size"] == 8.0
+    assert smoke_run[1]["stages"]["evaluate"]["metrics"]["eval_size"] > 8.0
+
+
+def test_changed_grpo_lr_reruns_only_grpo_and_evaluate(smoke_run, changed_runs):
+    summary = changed_runs["lr"]
+    assert summary["status"] == "succeeded"
+    assert _cached(summary) == {"bootstrap": True, "synthesize_data": True,
+                                "align_projector": True, "train_reward_model": True,
+                                "sft": True, "grpo": False, "evaluate": False}
+    first = smoke_run[1]["stages"]
+    assert summary["stages"]["sft"]["model_uri"] == first["sft"]["model_uri"]
+    assert summary["stages"]["grpo"]["model_uri"] != first["grpo"]["model_uri"]
+
+
+def test_overrides_parameter_acts_as_set(smoke_run, changed_runs):
+    """The compiled pipeline's `overrides` parameter (what a KFP UI run edits) gives the tasks
+    the same config slices as `--set`: after the --set grpo.lr run, the same change through the
+    parameter is served wholly from cache, and the parent run records it."""
+    from r1vflow.config import load_experiment
+    from r1vflow.pipelines.local_run import run_local
+
+    out = smoke_run[0]
+    with _clean_process_env():
+        summary = run_local(load_experiment(PRESETS / "smoke.yaml"), out,
+                            overrides=["grpo.lr=3e-4"])
+    assert summary["status"] == "succeeded"
+    assert all(_cached(summary).values()), _cached(summary)
+    assert summary["stages"]["grpo"]["model_uri"] == changed_runs["lr"]["stages"]["grpo"]["model_uri"]
+    parent = mlflow.MlflowClient(summary["mlflow"]["tracking_uri"]).get_run(
+        summary["mlflow"]["parent_run_id"])
+    assert json.loads(parent.data.tags["r1vflow.overrides"]) == ["grpo.lr=3e-4"]
+
+
+def test_bad_override_fails_the_configure_task_naming_the_field(smoke_run):
+    from r1vflow.config import load_experiment
+    from r1vflow.pipelines.local_run import run_local
+
+    out = smoke_run[0]
+    with _clean_process_env():
+        summary = run_local(load_experiment(PRESETS / "smoke.yaml"), out,
+                            overrides=["grpo.lr=-1"])
+    assert summary["status"] == "failed"
+    assert all(entry["status"] == "not_run" for entry in summary["stages"].values())
+    assert "grpo.lr" in summary["error"] and "greater than 0" in summary["error"]
+
+
 def test_summary_has_every_stage_succeeded(smoke_run):
     out, summary, _ = smoke_run
     assert summary["status"] == "succeeded"
     assert len(summary["config_fingerprint"]) == 64
-    assert list(summary["stages"]) == ["bootstrap", "synthesize_data", "align_projector", "sft",
-                                       "train_reward_model", "grpo", "evaluate"]
+    assert list(summary["stages"]) == ["bootstrap", "synthesize_data", "align_projector",
+                                       "train_reward_model", "sft", "grpo", "evaluate"]
     for stage, entry in summary["stages"].items():
         assert entry["status"] == "succeeded", (stage, entry)
         assert entry["seconds"] > 0 and entry["mlflow_run_id"]

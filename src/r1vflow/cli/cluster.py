@@ -55,12 +55,14 @@ def register(app: typer.Typer) -> None:
         set_: SetOpt = None,
     ) -> None:
         """Compile, upload a pipeline version and start a run on a KFP server; print its URL."""
+        from r1vflow.config.slicing import split_overrides
         from r1vflow.pipelines.submit import SubmitError, plan_submission, submit_plan
 
-        exp = load_or_exit(config, set_)
+        compiled, runtime = split_overrides(set_ or [])
+        exp = load_or_exit(config, compiled)
         try:
             plan = plan_submission(exp, host=host, namespace=namespace, experiment=experiment,
-                                   token_env=token_env, run_name=run_name)
+                                   token_env=token_env, run_name=run_name, overrides=runtime)
         except SubmitError as err:
             console.print(f"[red]error:[/red] {err}", markup=True, highlight=False,
                           soft_wrap=True)

@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         out = output_dir or Path("runs") / exp.name
         console.print(f"[bold]r1vflow[/bold] running {exp.name} "
                       f"({' -> '.join(exp.stages())}) into {out}")
-        summary = run_local(exp, out, experiment_file=str(config), quiet=quiet)
+        summary = run_local(exp, out, experiment_file=str(config), quiet=quiet, applied=set_)
         _print_summary(summary)
         if summary["status"] != "succeeded":
             raise typer.Exit(1)

@@ -7,7 +7,7 @@ import hashlib
 import json
 import re
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from r1vflow.config.base import Strict
 from r1vflow.config.platform import ClusterConfig, ResourceSpec, StorageConfig, TrackingConfig
@@ -23,6 +23,14 @@ from r1vflow.config.recipe import (
     SynthesizeDataConfig,
 )
 from r1vflow.config.stage_table import STAGES, StageName
+
+SLICE_CONTEXT = "r1vflow_slice"
+
+
+def is_slice(info: ValidationInfo) -> bool:
+    """True while validating one task's config slice (r1vflow.config.slicing): cross-section
+    checks were made on the whole experiment before it was sliced and are skipped."""
+    return bool(info.context and info.context.get(SLICE_CONTEXT))
 
 # Fields that name or place a run but do not change what it computes.
 # Resources only place the work (node pool, GPU count, retries); the recipe is the same.
@@ -74,7 +82,9 @@ class Experiment(Strict):
         return value.strip() if value else value
 
     @model_validator(mode="after")
-    def _consistent(self) -> Experiment:
+    def _consistent(self, info: ValidationInfo) -> Experiment:
+        if is_slice(info):  # one task's share: the other sections are defaults, not the recipe
+            return self
         if self.model.kind == "tiny":
             if self.bootstrap is None:
                 raise ValueError("model.kind 'tiny' needs the bootstrap stage (it builds the tiny models)")

@@ -15,7 +15,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from r1vflow.config import Experiment, flatten
+from r1vflow.config import STAGES, Experiment, flatten
+from r1vflow.config.slicing import experiment_from_slice
 from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch_dir
 from r1vflow.runtime.launch import run_stage
 from r1vflow.stages import StageContext, StageResult
@@ -25,12 +26,10 @@ from r1vflow.tracking.runs import experiment_name, stage_run
 RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
 
 
-def _stage_params(exp: Experiment, stage: str) -> dict[str, Any]:
-    section = getattr(exp, stage)
-    params = {"model": exp.model.model_dump(mode="json"), "data": exp.data.model_dump(mode="json")}
-    if section is not None:
-        params[stage] = section.model_dump(mode="json")
-    return {**flatten(params), "experiment": exp.name, "config_fingerprint": exp.fingerprint()}
+def _stage_params(config: dict[str, Any], exp: Experiment) -> dict[str, Any]:
+    """MLflow params of a stage run: exactly the config slice the task received."""
+    sections = {k: v for k, v in config.items() if k != "name" and v is not None}
+    return {**flatten(sections), "experiment": exp.name, "config_fingerprint": exp.fingerprint()}
 
 
 def _write_kfp_outputs(result: StageResult, metrics_artifact: Any, report_artifact: Any,
@@ -96,8 +95,11 @@ def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
 
 def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             outputs: dict[str, str], metrics: Any = None, report: Any = None) -> str:
-    """Run one stage inside a component; returns the StageResult as JSON (the task's output)."""
-    exp = Experiment.model_validate_json(experiment_json)
+    """Run one stage inside a component; returns the StageResult as JSON (the task's output).
+
+    `experiment_json` is the stage's config slice (r1vflow.config.slicing), or a whole
+    experiment."""
+    exp = experiment_from_slice(experiment_json)
     started = time.time()
     run_id = None
     try:
@@ -108,7 +110,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
         with stage_run(tracking_uri, mlflow_experiment,
                        stage, exp.name, register=exp.tracking.register_models) as tracker:
             run_id = tracker.run_id
-            tracker.log_params(_stage_params(exp, stage))
+            tracker.log_params(_stage_params(json.loads(experiment_json), exp))
             store = experiment_store(exp)
             artifacts = {k: Path(v) for k, v in outputs.items()}
             # With an object store, outputs are written to scratch and published; the KFP
@@ -146,7 +148,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
         traceback.print_exc()
         raise
     report_to_parent(tracking_uri, stage, "succeeded", result.metrics,
-                     last_stage=stage == exp.stages()[-1])
+                     last_stage=stage == STAGES[-1])
     _write_kfp_outputs(result, metrics, report, outcome.report)
     _mirror(result)
     return result.model_dump_json()

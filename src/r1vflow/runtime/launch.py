@@ -31,7 +31,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Literal
 
-from r1vflow.config import Experiment, ResourceSpec
+from r1vflow.config import ResourceSpec
+from r1vflow.config.slicing import experiment_from_slice
 from r1vflow.runtime.cluster import on_cluster, scratch_root
 from r1vflow.runtime.worker import RESULT_FILE, WorkerResult, WorkerSpec
 from r1vflow.stages import StageContext, StageOutcome, stage_function
@@ -148,7 +149,7 @@ def run_worker(worker: WorkerSpec, environ: Mapping[str, str] | None = None) -> 
     """One rank: run the stage, and on rank 0 write (or upload) the result. Returns rank 0's."""
     env = os.environ if environ is None else environ
     rank, world = rank_world(env)
-    exp = Experiment.model_validate_json(worker.experiment_json)
+    exp = experiment_from_slice(worker.experiment_json)
     store = None
     if worker.staging:
         from r1vflow.storage import store_from_env

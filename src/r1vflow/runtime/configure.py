@@ -1,0 +1,60 @@
+"""The body of the `configure` task: overrides applied and validated, then one slice per task."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+from r1vflow.config import STAGES, ConfigError, Experiment
+from r1vflow.config.slicing import PROMOTION, apply_overrides, slice_json
+from r1vflow.runtime.cluster import attach_parent_run
+from r1vflow.runtime.execute import RUN_DIR_ENV
+from r1vflow.tracking.runs import PARENT_ENV, experiment_name
+
+OVERRIDES_TAG = "r1vflow.overrides"
+
+
+def configure_slices(experiment_json: str, overrides: list[str] | None) -> tuple[str, ...]:
+    """(slice of each stage in STAGES order, '' for a disabled one; then promotion's slice)."""
+    exp = Experiment.model_validate_json(experiment_json)
+    overrides = [str(o) for o in overrides or []]
+    try:
+        exp = apply_overrides(exp, overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        _mirror_failure(str(err))
+        raise SystemExit(2) from None
+    if overrides:
+        print(f"overrides: {' '.join(overrides)}")
+        _record_overrides(exp, overrides)
+    enabled = set(exp.stages())
+    slices = tuple(slice_json(exp, s) if s in enabled else "" for s in STAGES)
+    return (*slices, slice_json(exp, PROMOTION))
+
+
+def _mirror_failure(error: str) -> None:
+    """Locally, leave the reason where the driver looks for it (<run dir>/stages/configure.json)."""
+    run_dir = os.environ.get(RUN_DIR_ENV)
+    if run_dir:
+        out = Path(run_dir) / "stages"
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "configure.json").write_text(json.dumps(
+            {"stage": "configure", "status": "failed", "error": error}, indent=2))
+
+
+def _record_overrides(exp: Experiment, overrides: list[str]) -> None:
+    """Tag the pipeline's MLflow parent run (when this run has one) with the overrides."""
+    uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:  # on a cluster this first task creates the KFP run's parent run (no-op locally)
+        attach_parent_run(uri, experiment_name(exp.name, exp.tracking.experiment_name), exp.name,
+                          exp.fingerprint())
+    parent = os.environ.get(PARENT_ENV)
+    if not (uri and parent):
+        return
+    from r1vflow.tracking.client import mlflow_client
+
+    client = mlflow_client(uri)
+    if OVERRIDES_TAG not in client.get_run(parent).data.tags:  # `r1vflow run` records its own
+        client.set_tag(parent, OVERRIDES_TAG, json.dumps(overrides))
