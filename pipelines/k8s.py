@@ -25,16 +25,13 @@ from kfp import dsl, kubernetes
 from r1vflow.config import ClusterConfig, Experiment, ResourceSpec
 from r1vflow.runtime.cluster import (
     FIELD_PATH_ENV,
-    LABEL_PREFIX,
     MLFLOW_SECRET_KEYS,
     S3_SECRET_KEYS,
     SCRATCH_MOUNT,
     SETTINGS_KEYS,
-    label_value,
 )
 from r1vflow.runtime.images import IMAGE_ROLES, image_for
-
-FINGERPRINT_LABEL_CHARS = 16
+from r1vflow.runtime.podspec import accelerator_resource, container_resources, pod_labels
 
 
 def apply_task_settings(task: dsl.PipelineTask, stage: str, exp: Experiment) -> None:
@@ -56,15 +53,18 @@ def apply_task_settings(task: dsl.PipelineTask, stage: str, exp: Experiment) -> 
 
 
 def apply_resources(task: dsl.PipelineTask, spec: ResourceSpec) -> None:
-    """Requests, limits (default: the requests), accelerator, node selector, tolerations."""
-    if spec.cpu or spec.cpu_limit:
-        task.set_cpu_request(spec.cpu or spec.cpu_limit)
-        task.set_cpu_limit(spec.cpu_limit or spec.cpu)
-    if spec.memory or spec.memory_limit:
-        task.set_memory_request(spec.memory or spec.memory_limit)
-        task.set_memory_limit(spec.memory_limit or spec.memory)
-    if spec.accelerator_type:
-        task.set_accelerator_type(spec.accelerator_type)
+    """Requests, limits (default: the requests), accelerator, node selector, tolerations
+    (r1vflow.runtime.podspec, as for a TrainJob's nodes)."""
+    requests, limits = container_resources(spec)
+    if "cpu" in requests:
+        task.set_cpu_request(requests["cpu"])
+        task.set_cpu_limit(limits["cpu"])
+    if "memory" in requests:
+        task.set_memory_request(requests["memory"])
+        task.set_memory_limit(limits["memory"])
+    accelerator = accelerator_resource(spec)
+    if accelerator is not None:
+        task.set_accelerator_type(accelerator)
         task.set_accelerator_limit(spec.accelerator_count)
     for key, value in spec.node_selector.items():
         kubernetes.add_node_selector(task, label_key=key, label_value=value)
@@ -117,12 +117,3 @@ def apply_image(task: dsl.PipelineTask, cluster: ClusterConfig) -> None:
         task.set_container_image(cluster.images[role])
     if cluster.image_pull_secrets:
         kubernetes.set_image_pull_secrets(task, list(cluster.image_pull_secrets))
-
-
-def pod_labels(exp_name: str, stage: str, fingerprint: str) -> dict[str, str]:
-    """r1vflow.io/{experiment,stage,fingerprint} (fingerprint: its first 16 hex digits)."""
-    return {
-        f"{LABEL_PREFIX}experiment": label_value(exp_name),
-        f"{LABEL_PREFIX}stage": label_value(stage.replace("_", "-")),
-        f"{LABEL_PREFIX}fingerprint": fingerprint[:FINGERPRINT_LABEL_CHARS],
-    }

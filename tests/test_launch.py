@@ -25,10 +25,10 @@ from r1vflow.runtime.launch import (
     outcome_from_result,
     torchrun_command,
 )
+from r1vflow.runtime.podspec import container_resources
 from r1vflow.runtime.trainjob import (
     TrainJobFailed,
     build_trainjob,
-    node_resources,
     run_trainjob,
     trainjob_for_stage,
     trainjob_name,
@@ -118,7 +118,8 @@ def test_two_process_launch_runs_both_ranks_and_rank0_writes_output(tmp_path):
     tracking_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri)
     run_id = client.create_run(client.create_experiment("launch")).info.run_id
-    exp = load_experiment(PRESETS / "smoke.yaml", ["resources.sft.procs_per_node=2"])
+    exp = load_experiment(PRESETS / "smoke.yaml", ["resources.sft.procs_per_node=2",
+                                                   "sft.backend=deepspeed", "sft.zero_stage=2"])
     worker = WorkerSpec(stage="sft", experiment_json=exp.model_dump_json(),
                         inputs={"markers": str(markers)}, outputs={"model": str(out)},
                         mlflow_run_id=run_id, tracking_uri=tracking_uri,
@@ -252,12 +253,12 @@ def test_trainjob_name_is_a_short_dns_label():
     assert trainjob_name("9lives", "sft", "deadbeef").startswith("r-9lives")
 
 
-def test_node_resources_requests_and_limits():
+def test_container_resources_requests_and_limits():
     spec = ResourceSpec(cpu="8", cpu_limit="16", memory="64Gi", accelerator_type="nvidia-h100-80gb",
                         accelerator_count=4)
-    assert node_resources(spec) == ({"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
+    assert container_resources(spec) == ({"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": "4"},
                                      {"cpu": "16", "memory": "64Gi", "nvidia.com/gpu": "4"})
-    assert node_resources(ResourceSpec()) == ({}, {})
+    assert container_resources(ResourceSpec()) == ({}, {})
 
 
 def test_minimal_trainjob_validates():

@@ -5,7 +5,6 @@ import json
 
 import pytest
 
-from conftest import PRESETS
 from r1vflow.config import STAGES, StageName, load_experiment
 from r1vflow.config.slicing import (
     PROMOTION,
@@ -16,6 +15,8 @@ from r1vflow.config.slicing import (
     split_overrides,
 )
 from r1vflow.config.stage_table import TABLE, evaluated_models, stage
+
+from conftest import PRESETS
 
 
 def _component(name):
@@ -105,7 +106,8 @@ def test_a_slice_validates_back_to_the_same_sections(smoke):
     ("data.seed=5", STAGES),  # every stage reads the data section
     ("tracking.promotion_min_delta=0.1", []),  # read only by the uncached promotion tasks
     ("resources.sft.retries=3", []),  # compiled into the task's retry policy, not read by it
-    ("resources.sft.procs_per_node=2", ["sft"]),
+    # a stage's process layout is in its slice (sft would need backend deepspeed for 2 ranks)
+    ("resources.synthesize_data.procs_per_node=2", ["synthesize_data"]),
 ])
 def test_an_override_changes_only_the_slices_that_read_it(smoke, override, changed):
     from r1vflow.config import experiment_from_dict

@@ -42,10 +42,11 @@ from pathlib import Path
 
 import torch
 
+from r1vflow.config import GRPOConfig, SSBConfig
 from r1vflow.data.synth import text_corpus, tokenizer_corpus
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import build_tiny_llm
-from r1vflow.rl.grpo import GRPOPrompt, train_grpo
+from r1vflow.rl.grpo import GRPOPrompt, grpo_settings, train_grpo
 from r1vflow.rl.rewards import accuracy_reward, format_reward, hybrid_reward
 from r1vflow.rl.rollout import TransformersRollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
@@ -96,15 +97,16 @@ def greedy_accuracy(model, tokenizer, tasks: list[TextTask], max_new_tokens: int
     return sum(accuracy_reward(texts, [a for _, a in tasks])) / len(tasks)
 
 
-def run_ours(model, tokenizer, tasks, *, steps, prompts_per_step, group_size, max_new_tokens,
-             lr, seed, temperature: float = 1.0, ssb: SelectiveSampleBuffer | None = None) -> dict:
-    rollout = TransformersRollout(model, tokenizer, max_new_tokens, temperature=temperature,
-                                  batch_size=prompts_per_step,
+def run_ours(model, tokenizer, tasks, grpo: GRPOConfig,
+             ssb: SelectiveSampleBuffer | None = None) -> dict:
+    """Our trainer with the settings of a `grpo` config section (as the grpo stage runs it)."""
+    steps, prompts_per_step = grpo.steps, grpo.prompts_per_step
+    rollout = TransformersRollout(model, tokenizer, grpo.max_new_tokens,
+                                  temperature=grpo.temperature, batch_size=prompts_per_step,
                                   suppress_ids=[tokenizer.pad_token_id])
     start = time.perf_counter()
     result = train_grpo(model, tokenizer, _prompts(tokenizer, tasks), _reward(), rollout,
-                        steps=steps, prompts_per_step=prompts_per_step, group_size=group_size,
-                        lr=lr, ssb=ssb, seed=seed, progress=False)
+                        **grpo_settings(grpo), ssb=ssb, progress=False)
     seconds = time.perf_counter() - start
     tokens = sum(h["completion_tokens"] for h in result.history)
     s = result.summary
@@ -128,9 +130,16 @@ _HISTORY_KEYS = ("accuracy", "format_rate", "effective_ratio_before", "effective
                  "replay_fraction", "buffer_size", "loss", "completion_tokens_mean", "step_s")
 
 
-def run_trl(model, tokenizer, tasks, *, steps, prompts_per_step, group_size, max_new_tokens,
-            lr, seed, workdir: Path, temperature: float = 1.0) -> dict:
+_TRL_LOSS = {"seq-mean-token-mean": "grpo", "token-mean": "dapo"}
+
+
+def run_trl(model, tokenizer, tasks, grpo: GRPOConfig, workdir: Path) -> dict:
     """TRL GRPOTrainer on CPU with the settings matching `run_ours` (see module docstring)."""
+    if (grpo.ppo_epochs, grpo.warmup_ratio, grpo.clip_low) != (1, 0.0, grpo.clip_high):
+        raise ValueError("run_trl maps one optimizer step per rollout batch, no warmup and a "
+                         "symmetric clip range only")
+    steps, prompts_per_step, group_size = grpo.steps, grpo.prompts_per_step, grpo.group_size
+    seed = grpo.seed
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -152,9 +161,11 @@ def run_trl(model, tokenizer, tasks, *, steps, prompts_per_step, group_size, max
         output_dir=str(workdir), use_cpu=True, seed=seed, data_seed=seed, max_steps=steps,
         per_device_train_batch_size=prompts_per_step * group_size, num_generations=group_size,
         gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1,
-        max_completion_length=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
-        learning_rate=lr, lr_scheduler_type="cosine", warmup_steps=0, weight_decay=0.0,
-        max_grad_norm=1.0, beta=0.0, epsilon=0.2, loss_type="grpo", scale_rewards="group",
+        max_completion_length=grpo.max_new_tokens, temperature=grpo.temperature, top_k=0,
+        top_p=1.0, learning_rate=grpo.lr, lr_scheduler_type="cosine", warmup_steps=0,
+        weight_decay=grpo.weight_decay, max_grad_norm=1.0, beta=grpo.kl_coef,
+        epsilon=grpo.clip_low, loss_type=_TRL_LOSS[grpo.aggregation],
+        scale_rewards="group" if grpo.scale_by_std else "none",
         logging_steps=1, report_to="none", save_strategy="no", disable_tqdm=True, bf16=False,
         dataloader_num_workers=0, log_completions=False, gradient_checkpointing=False,
     )
@@ -180,26 +191,33 @@ def run_trl(model, tokenizer, tasks, *, steps, prompts_per_step, group_size, max
     }
 
 
+_GRPO_DEFAULTS = GRPOConfig()
+
+
 @dataclass(frozen=True)
 class BenchSettings:
-    """One bench configuration (both trainers, both SSB arms)."""
+    """One bench configuration (both trainers, both SSB arms). GRPO settings not named here
+    (clip range, KL, loss aggregation, std scaling, ...) and the SSB's are the config defaults
+    (GRPOConfig, SSBConfig), as in the grpo stage."""
 
     pretrain_steps: int = 1000
     tasks_per_family: int = 10  # small pool: the policy masters it, groups saturate
     heldout_per_family: int = 40
     steps: int = 40
-    prompts_per_step: int = 8
-    group_size: int = 8
-    max_new_tokens: int = 64
+    prompts_per_step: int = _GRPO_DEFAULTS.prompts_per_step
+    group_size: int = _GRPO_DEFAULTS.group_size
+    max_new_tokens: int = _GRPO_DEFAULTS.max_new_tokens
     temperature: float = 0.7
     lr: float = 3e-4
     rounds: int = 3  # interleaved timing rounds (ours, trl, ours, trl, ...); medians reported
     threads: int = 1
     seed: int = 0
-    ssb_capacity: int = 512
-    ssb_max_age_steps: int = 8
-    ssb_target_effective_ratio: float = 0.7
-    ssb_max_replay_fraction: float = 0.5
+
+    def grpo(self) -> GRPOConfig:
+        """The `grpo` section both trainers run (config defaults for the rest)."""
+        return GRPOConfig(steps=self.steps, prompts_per_step=self.prompts_per_step,
+                          group_size=self.group_size, max_new_tokens=self.max_new_tokens,
+                          temperature=self.temperature, lr=self.lr, seed=self.seed)
 
 
 FULL = BenchSettings()
@@ -232,27 +250,26 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
     tokenizer, base, pretrain_s = build_text_policy(cfg.seed, cfg.pretrain_steps)
     tasks = text_tasks(cfg.tasks_per_family, cfg.seed + 101)
     heldout = text_tasks(cfg.heldout_per_family, cfg.seed + 202)
-    common = {"steps": cfg.steps, "prompts_per_step": cfg.prompts_per_step,
-              "group_size": cfg.group_size, "max_new_tokens": cfg.max_new_tokens,
-              "lr": cfg.lr, "seed": cfg.seed, "temperature": cfg.temperature}
+    grpo = cfg.grpo()
     ours_runs, trl_runs, off_model = [], [], None
     for _ in range(cfg.rounds):
         model = copy.deepcopy(base)
-        ours_runs.append(run_ours(model, tokenizer, tasks, **common))
+        ours_runs.append(run_ours(model, tokenizer, tasks, grpo))
         off_model = off_model or model
         with tempfile.TemporaryDirectory() as tmp:
-            trl_runs.append(run_trl(copy.deepcopy(base), tokenizer, tasks, workdir=Path(tmp),
-                                    **common))
-    ssb = SelectiveSampleBuffer(cfg.ssb_capacity, cfg.ssb_max_age_steps,
-                                cfg.ssb_target_effective_ratio, cfg.ssb_max_replay_fraction,
-                                seed=cfg.seed)
+            trl_runs.append(run_trl(copy.deepcopy(base), tokenizer, tasks, grpo,
+                                    workdir=Path(tmp)))
+    ssb_cfg = SSBConfig()
+    ssb = SelectiveSampleBuffer.from_config(ssb_cfg, seed=grpo.seed)
     on_model = copy.deepcopy(base)
-    on = run_ours(on_model, tokenizer, tasks, ssb=ssb, **common)
+    on = run_ours(on_model, tokenizer, tasks, grpo, ssb=ssb)
     ours, theirs = _median_run(ours_runs), _median_run(trl_runs)
     arms = {"off": (ours_runs[0], off_model), "on": (on, on_model)}
     result = {
         "setup": {
             **asdict(cfg), "quick": quick, "policy": POLICY_NOTE,
+            **{f"ssb_{k}": v for k, v in ssb_cfg.model_dump().items()
+               if k not in ("enabled", "prefilter")},
             "train_prompts": len(tasks), "heldout_prompts": len(heldout),
             "pretrain_seconds": pretrain_s,
             "base_heldout_accuracy": greedy_accuracy(base, tokenizer, heldout,

@@ -45,7 +45,14 @@ _CRON = re.compile(r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
 
 
 class Experiment(Strict):
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$", description="Run name (lowercase, dashes).")
+    name: str = Field(
+        pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length=1, max_length=37,
+        description="Run name: a DNS-1123 label (lowercase letters, digits, inner dashes) of at "
+                    "most 37 characters. Kubernetes names are derived from it; the longest, the "
+                    "PipelineVersion `r1vflow-<name>-<fingerprint:8>-<IR digest:8>`, adds 26 "
+                    "characters and must stay a 63-character label (KFP run names "
+                    "`<name>-<fp:8>-<YYYYmmdd-HHMMSS>` add 25; TrainJob names are cut to 40 and "
+                    "pod label values to 63 separately).")
     description: str = ""
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -100,6 +107,23 @@ class Experiment(Strict):
         if self.sft.iterative is not None and self.train_reward_model is None:
             raise ValueError("sft.iterative filters D with the reward model: enable "
                              "train_reward_model, or set sft.iterative to null")
+        return self
+
+    @model_validator(mode="after")
+    def _torch_backend_single_process(self) -> Experiment:
+        """backend torch has no process group: several ranks would train separate replicas."""
+        for name in ("align_projector", "sft", "train_reward_model", "grpo"):
+            section, spec = getattr(self, name), self.resources.get(name)
+            if section is None or spec is None or section.backend != "torch":
+                continue
+            world = spec.nodes * spec.procs_per_node
+            if world > 1:
+                raise ValueError(
+                    f"{name}: resources.{name} runs {world} processes (nodes {spec.nodes} x "
+                    f"procs_per_node {spec.procs_per_node}) but {name}.backend is 'torch', "
+                    "which trains one independent replica per process (no gradient sync): set "
+                    f"{name}.backend: deepspeed (any zero_stage) for several processes, or run "
+                    "one process")
         return self
 
     def stages(self) -> list[str]:

@@ -11,25 +11,26 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from safetensors import safe_open
-from transformers import (
-    AutoModel,
-    AutoModelForCausalLM,
-    LlavaForConditionalGeneration,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+# transformers (and torch) are imported where models are saved or loaded, so that the metadata
+# functions below stay light for callers that only read lineage (r1vflow.stages.common).
 METADATA_FILE = "r1vflow_model.json"
 ModelKind = Literal["vlm", "causal_lm", "vision"]
-_LOADERS = {
-    "vlm": LlavaForConditionalGeneration,
-    "causal_lm": AutoModelForCausalLM,
-    "vision": AutoModel,
-}
+MODEL_KINDS: tuple[ModelKind, ...] = ("vlm", "causal_lm", "vision")
+
+
+def _loader(kind: ModelKind):
+    import transformers
+
+    return {"vlm": transformers.LlavaForConditionalGeneration,
+            "causal_lm": transformers.AutoModelForCausalLM,
+            "vision": transformers.AutoModel}[kind]
 
 
 class ModelMetadata(BaseModel):
@@ -56,6 +57,8 @@ class ModelMetadata(BaseModel):
 
 
 def _kind_of(model: PreTrainedModel) -> ModelKind:
+    from transformers import LlavaForConditionalGeneration
+
     if isinstance(model, LlavaForConditionalGeneration):
         return "vlm"
     if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
@@ -101,7 +104,27 @@ def read_model_metadata(model_dir: str | Path) -> ModelMetadata:
         raise ValueError(f"corrupt model metadata in {path}: {err}") from err
 
 
+def read_metadata(model_dir: str | Path) -> dict[str, Any]:
+    """`r1vflow_model.json` as a dict, validated by ModelMetadata (one schema)."""
+    return read_model_metadata(model_dir).model_dump()
+
+
+def write_metadata(model_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Validate and atomically rewrite `r1vflow_model.json`."""
+    path = Path(model_dir) / METADATA_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(ModelMetadata(**meta).model_dump_json(indent=2) + "\n")
+    tmp.replace(path)
+
+
+def parent_version(model_dir: str | Path) -> str | None:
+    """The registered version ('name/version') of an input model, for `r1vflow.parent`."""
+    return read_model_metadata(model_dir).model_version
+
+
 def _check_weights(directory: Path) -> None:
+    from safetensors import safe_open
+
     config = directory / "config.json"
     if not config.is_file():
         raise FileNotFoundError(f"model config missing: {config}")
@@ -127,14 +150,14 @@ def load_model(model_dir: str | Path, kind: ModelKind = "vlm") -> PreTrainedMode
     "vision" (AutoModel, e.g. SiglipVisionModel). The tokenizer loads with
     `r1vflow.models.tokenizer.load_tokenizer(model_dir)`.
     """
-    if kind not in _LOADERS:
-        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(_LOADERS)}")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(MODEL_KINDS)}")
     directory = Path(model_dir)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     _check_weights(directory)
     try:
-        model = _LOADERS[kind].from_pretrained(
+        model = _loader(kind).from_pretrained(
             directory, use_safetensors=True, local_files_only=True
         )
     except (OSError, ValueError, RuntimeError) as err:

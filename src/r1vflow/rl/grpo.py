@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -43,7 +44,11 @@ from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
 from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
-__all__ = ["GRPOPrompt", "GRPOResult", "prefilter_pool", "summarize", "train_grpo"]
+if TYPE_CHECKING:  # the config section is only read (duck-typed): no pydantic import at run time
+    from r1vflow.config import GRPOConfig
+
+__all__ = ["GRPO_SETTINGS", "GRPOPrompt", "GRPOResult", "grpo_settings", "prefilter_pool",
+           "summarize", "train_grpo"]
 
 StepCallback = Callable[[int, dict[str, float]], None]
 _EPS = 1e-6
@@ -340,6 +345,20 @@ def _check_args(n_prompts: int, steps: int, prompts_per_step: int, group_size: i
         problems.append("zero_stage 3 is not supported: rollouts need full weights on each rank")
     if problems:
         raise ValueError("train_grpo: " + "; ".join(problems))
+
+
+# The `train_grpo` keywords that a `grpo` config section (GRPOConfig) sets, under the same names.
+GRPO_SETTINGS = ("steps", "prompts_per_step", "group_size", "lr", "ppo_epochs", "weight_decay",
+                 "warmup_ratio", "clip_low", "clip_high", "kl_coef", "scale_by_std",
+                 "aggregation", "backend", "zero_stage", "seed", "checkpoint_every")
+
+
+def grpo_settings(cfg: GRPOConfig) -> dict[str, Any]:
+    """`train_grpo`'s run settings from a `grpo` config section: `train_grpo(..., **grpo_settings(
+    cfg), ssb=..., monitor=...)`. The objects (SSB, monitor, rollout, reward) and the
+    checkpoint directory come separately: `SelectiveSampleBuffer.from_config(cfg.ssb)`,
+    `RewardMonitor.from_config(cfg.monitor)`."""
+    return {name: getattr(cfg, name) for name in GRPO_SETTINGS}
 
 
 def train_grpo(

@@ -19,6 +19,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the config section is only read (duck-typed): no pydantic import at run time
+    from r1vflow.config import MonitorConfig
 
 __all__ = ["MonitorStatus", "RewardMonitor", "window_rise"]
 
@@ -83,6 +87,13 @@ class RewardMonitor:
         self._rm: deque[float] = deque(maxlen=window)
         self._best_format: float | None = None
         self._streak = {"reward_hacking": 0, "format_collapse": 0}
+
+    @classmethod
+    def from_config(cls, cfg: MonitorConfig) -> RewardMonitor:
+        """The monitor a `grpo.monitor` config section describes."""
+        t = cfg.thresholds
+        return cls(cfg.window, t.rm_rise, t.format_drop, t.accuracy_min_rise, cfg.stop_on_flag,
+                   cfg.patience)
 
     def update(
         self, step: int, accuracy: float, format_rate: float, rm_score: float | None = None

@@ -25,10 +25,13 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # the config section is only read (duck-typed): no pydantic import at run time
+    from r1vflow.config import SSBConfig
 
 __all__ = ["Candidate", "Entry", "FillResult", "SelectiveSampleBuffer", "prefilter_prompts"]
 
@@ -111,6 +114,13 @@ class SelectiveSampleBuffer:
         self.remove_on_replay = remove_on_replay
         self._rng = np.random.default_rng(seed)
         self._entries: list[Entry] = []
+
+    @classmethod
+    def from_config(cls, cfg: SSBConfig, seed: int = 0) -> SelectiveSampleBuffer:
+        """The buffer a `grpo.ssb` config section describes (`enabled` and `prefilter` are
+        the trainer's business, not the buffer's)."""
+        return cls(cfg.capacity, cfg.max_age_steps, cfg.target_effective_ratio,
+                   cfg.max_replay_fraction, seed=seed)
 
     def __len__(self) -> int:
         return len(self._entries)

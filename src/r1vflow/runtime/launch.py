@@ -36,6 +36,7 @@ from r1vflow.config.slicing import experiment_from_slice
 from r1vflow.runtime.cluster import on_cluster, scratch_root
 from r1vflow.runtime.worker import RESULT_FILE, WorkerResult, WorkerSpec
 from r1vflow.stages import StageContext, StageOutcome, stage_function
+from r1vflow.stages.common import locate_output
 from r1vflow.tracking.runs import StageTracker
 from r1vflow.train.distributed import rank_world
 
@@ -135,12 +136,13 @@ def _entry(worker: WorkerSpec) -> Callable[[StageContext], StageOutcome]:
 
 
 def _locate(model_dir: Path | None, outputs: Mapping[str, Path]) -> tuple[str | None, str | None]:
-    """(output name, relative path) of `model_dir` inside one of `outputs`."""
+    """(output name, relative path) of `model_dir` inside one of `outputs` (locate_output);
+    (None, None) without a model; a model saved outside the outputs is an error here."""
     if model_dir is None:
         return None, None
-    for name, root in outputs.items():
-        if Path(model_dir).resolve().is_relative_to(Path(root).resolve()):
-            return name, Path(model_dir).resolve().relative_to(Path(root).resolve()).as_posix()
+    found = locate_output(model_dir, outputs)
+    if found is not None:
+        return found
     raise RuntimeError(f"the stage saved its model at {model_dir}, outside its outputs "
                        f"({', '.join(map(str, outputs.values()))})")
 

@@ -30,6 +30,7 @@ from typing import Any
 from r1vflow.config import Experiment, ResourceSpec
 from r1vflow.runtime.cluster import LABEL_PREFIX, MLFLOW_SECRET_KEYS, S3_SECRET_KEYS, label_value
 from r1vflow.runtime.images import image_for
+from r1vflow.runtime.podspec import container_resources, pod_labels
 from r1vflow.runtime.worker import RESULT_FILE, WorkerResult, WorkerSpec, staging_prefix
 
 GROUP, VERSION, PLURAL, KIND = "trainer.kubeflow.org", "v1alpha1", "trainjobs", "TrainJob"
@@ -97,21 +98,6 @@ def build_trainjob(*, name: str, namespace: str, runtime: str, image: str, nodes
             "spec": spec}
 
 
-def node_resources(spec: ResourceSpec) -> tuple[dict[str, str], dict[str, str]]:
-    """(requests, limits) of one TrainJob node. An accelerator type without a '/' (a GKE
-    accelerator name) is a node label, so the resource counted is nvidia.com/gpu."""
-    requests: dict[str, str] = {}
-    limits: dict[str, str] = {}
-    for key, request, limit in (("cpu", spec.cpu, spec.cpu_limit),
-                                ("memory", spec.memory, spec.memory_limit)):
-        if request or limit:
-            requests[key], limits[key] = request or limit, limit or request
-    if spec.accelerator_type:
-        gpu = spec.accelerator_type if "/" in spec.accelerator_type else "nvidia.com/gpu"
-        requests[gpu] = limits[gpu] = str(spec.accelerator_count)
-    return requests, limits
-
-
 def trainjob_for_stage(worker_json: str, exp: Experiment, stage: str, spec: ResourceSpec,
                        token: str, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The TrainJob that runs `stage` of `exp` per `spec`, every node executing `worker_json`."""
@@ -120,10 +106,8 @@ def trainjob_for_stage(worker_json: str, exp: Experiment, stage: str, spec: Reso
     secrets = secret_env(cluster.s3_secret, S3_SECRET_KEYS)
     if cluster.mlflow_secret:
         secrets += secret_env(cluster.mlflow_secret, MLFLOW_SECRET_KEYS)
-    requests, limits = node_resources(spec)
-    labels = {f"{LABEL_PREFIX}experiment": label_value(exp.name),
-              f"{LABEL_PREFIX}stage": label_value(stage.replace("_", "-")),
-              f"{LABEL_PREFIX}fingerprint": exp.fingerprint()[:16]}
+    requests, limits = container_resources(spec)  # of each node, as for a KFP task's pod
+    labels = pod_labels(exp.name, stage, exp.fingerprint())
     if env.get("R1VFLOW_KFP_RUN_ID"):
         labels[f"{LABEL_PREFIX}kfp-run-id"] = label_value(env["R1VFLOW_KFP_RUN_ID"])
     return build_trainjob(

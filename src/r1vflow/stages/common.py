@@ -6,6 +6,7 @@ Stage functions are plain Python: a test calls them on temporary directories wit
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from r1vflow.config import Experiment
+from r1vflow.models.io import parent_version, read_metadata, write_metadata
 from r1vflow.tracking.runs import StageTracker
+
+__all__ = ["StageContext", "StageOutcome", "StageResult", "locate_output", "parent_version",
+           "read_metadata", "write_metadata"]
 
 
 class StageResult(BaseModel):
@@ -68,7 +73,10 @@ class StageContext:
 
         model_dir = Path(model_dir).resolve()
         meta = read_metadata(model_dir)
-        prefix = object_prefix(self.exp, self.stage, self._output_relpath(model_dir) + suffix)
+        found = locate_output(model_dir, self.outputs)  # else: a model outside the outputs
+        relpath = model_dir.name if found is None else (
+            found[0] if found[1] == "." else f"{found[0]}/{found[1]}")
+        prefix = object_prefix(self.exp, self.stage, relpath + suffix)
         storage_uri = self.store.uri_for(prefix) if self.store is not None else str(model_dir)
         tags = {
             "r1vflow.parent": parent or "",
@@ -89,32 +97,14 @@ class StageContext:
             self.tracker.set_version_tag(version, "r1vflow.manifest_sha256", digest)
         return version
 
-    def _output_relpath(self, model_dir: Path) -> str:
-        for name, root in self.outputs.items():
-            root = Path(root).resolve()
-            if model_dir == root or model_dir.is_relative_to(root):
-                rel = model_dir.relative_to(root).as_posix()
-                return name if rel == "." else f"{name}/{rel}"
-        return model_dir.name
 
-
-def read_metadata(model_dir: Path) -> dict:
-    """`r1vflow_model.json` as a dict, validated by models.io.ModelMetadata (one schema)."""
-    from r1vflow.models.io import read_model_metadata
-
-    return read_model_metadata(model_dir).model_dump()
-
-
-def write_metadata(model_dir: Path, meta: dict) -> None:
-    """Validate and atomically rewrite `r1vflow_model.json`."""
-    from r1vflow.models.io import METADATA_FILE, ModelMetadata
-
-    path = Path(model_dir) / METADATA_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(ModelMetadata(**meta).model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
-
-
-def parent_version(model_dir: Path) -> str | None:
-    """The registered version ('name/version') of an input model, for `r1vflow.parent`."""
-    return read_metadata(model_dir).get("model_version")
+def locate_output(model_dir: str | Path,
+                  outputs: Mapping[str, str | Path]) -> tuple[str, str] | None:
+    """(output name, path relative to it: '.' for the output itself) of the first of `outputs`
+    that holds `model_dir`; None when none does. Paths are compared resolved."""
+    model_dir = Path(model_dir).resolve()
+    for name, root in outputs.items():
+        root = Path(root).resolve()
+        if model_dir.is_relative_to(root):
+            return name, model_dir.relative_to(root).as_posix()
+    return None

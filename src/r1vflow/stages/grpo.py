@@ -32,7 +32,7 @@ from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import num_image_tokens, set_trainable
 from r1vflow.rl.batch import encode_vlm_prompts
-from r1vflow.rl.grpo import GRPOPrompt, GRPOResult, prefilter_pool, train_grpo
+from r1vflow.rl.grpo import GRPOPrompt, GRPOResult, grpo_settings, prefilter_pool, train_grpo
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.rewards import (
     HybridReward,
@@ -122,11 +122,8 @@ def run(ctx: StageContext) -> StageOutcome:
                                         cfg.batch_size, cfg.seed)
         if not prompts:
             raise ValueError("grpo.ssb.prefilter kept no prompt: every group had equal rewards")
-    s, m = cfg.ssb, cfg.monitor
-    ssb = (SelectiveSampleBuffer(s.capacity, s.max_age_steps, s.target_effective_ratio,
-                                 s.max_replay_fraction, seed=cfg.seed) if s.enabled else None)
-    monitor = RewardMonitor(m.window, m.thresholds.rm_rise, m.thresholds.format_drop,
-                            m.thresholds.accuracy_min_rise, m.stop_on_flag, m.patience)
+    ssb = SelectiveSampleBuffer.from_config(cfg.ssb, seed=cfg.seed) if cfg.ssb.enabled else None
+    monitor = RewardMonitor.from_config(cfg.monitor)
 
     def on_step(step: int, values: dict) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
@@ -134,13 +131,8 @@ def run(ctx: StageContext) -> StageOutcome:
     meta = {"stage": "grpo", "parent": str(sft_dir), "config_fingerprint": exp.fingerprint(),
             "data_digests": {"dataset": info.digest}}
     result = train_grpo(
-        model, tokenizer, prompts, reward, rollout, steps=cfg.steps,
-        prompts_per_step=cfg.prompts_per_step, group_size=cfg.group_size, lr=cfg.lr,
-        ppo_epochs=cfg.ppo_epochs, weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-        clip_low=cfg.clip_low, clip_high=cfg.clip_high, kl_coef=cfg.kl_coef,
-        scale_by_std=cfg.scale_by_std, aggregation=cfg.aggregation, ssb=ssb, monitor=monitor,
-        backend=cfg.backend, zero_stage=cfg.zero_stage, seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every,
+        model, tokenizer, prompts, reward, rollout, **grpo_settings(cfg), ssb=ssb,
+        monitor=monitor,
         checkpoint_dir=ctx.outputs.get("checkpoints") if cfg.checkpoint_every else None,
         checkpoint_metadata=meta, on_step=on_step, progress=True)
     scored, _ = score_model(model, tokenizer, val[:cfg.val_limit], dataset,
