@@ -4,9 +4,10 @@ them changes what is computed, so none is fingerprinted."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from r1vflow.config.base import Strict
 
@@ -14,6 +15,59 @@ from r1vflow.config.base import Strict
 
 
 _QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$"
+_REDACTED = "***"
+
+# Where each URI's credentials belong instead (the message of a refused URI names them).
+MLFLOW_CREDENTIALS_HINT = (
+    "put the user name and password in the Secret named by cluster.mlflow_secret (keys "
+    "username/password -> MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD), or locally in "
+    "the environment variables MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD")
+S3_CREDENTIALS_HINT = (
+    "put the keys in the Secret named by cluster.s3_secret (keys access_key/secret_key -> "
+    "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY), or locally in the environment variables "
+    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or R1VFLOW_S3_CREDENTIALS_FILE)")
+
+
+def uri_userinfo(uri: str) -> bool:
+    """True when `uri` (scheme://... or a bare host:port) carries `user[:password]@` before its
+    host. Only the authority is looked at, so a path holding '@' (sqlite:////a@b/m.db) is fine."""
+    text = uri.strip()
+    if "://" not in text:
+        text = "//" + text
+    try:
+        netloc = urlsplit(text).netloc
+    except ValueError:
+        return "@" in text.split("/", 3)[2] if text.startswith("//") else False
+    return "@" in netloc
+
+
+def redact_userinfo(uri: str) -> str:
+    """`uri` with its user[:password] replaced by ***, for messages (nothing else removed)."""
+    scheme, sep, rest = uri.strip().rpartition("://")
+    authority, slash, path = rest.partition("/")
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}{_REDACTED}@{host}{slash}{path}"
+
+
+def refuse_userinfo(what: str, uri: str, hint: str) -> None:
+    """ValueError when `uri` carries credentials: names `what` and where they go (`hint`), and
+    shows the URI only with the credentials replaced by ***."""
+    if uri_userinfo(uri):
+        raise ValueError(f"{what} must not contain credentials ({redact_userinfo(uri)}): "
+                         f"they would be compiled into the pipeline and shown in logs; {hint}")
+
+
+def _redacted_fields(data: Any, fields: tuple[str, ...]) -> Any:
+    """A copy of raw section data whose URIs with credentials have them replaced by ***, so
+    that the validation error (which quotes the input) never shows a password."""
+    if not isinstance(data, dict):
+        return data
+    out = dict(data)
+    for name in fields:
+        value = out.get(name)
+        if isinstance(value, str) and uri_userinfo(value):
+            out[name] = redact_userinfo(value)
+    return out
 
 
 class Toleration(Strict):
@@ -76,22 +130,53 @@ class ResourceSpec(Strict):
 
 
 class StorageConfig(Strict):
+    # A refused URI's password must not reach a message: inputs are redacted before validation
+    # (_redact) and pydantic's own text of an assignment error omits the input.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
     backend: Literal["file", "s3"] = Field("file", description="Where model checkpoints are kept.")
-    endpoint: str | None = Field(None, description="S3 endpoint host:port (credentials come from env).")
+    endpoint: str | None = Field(
+        None, description="S3 endpoint host:port or http(s)://host[:port]; never user:password@ "
+                          "(credentials come from the cluster.s3_secret Secret or env).")
     bucket: str = "r1vflow"
     prefix: str = "artifacts"
-    secure: bool = False
+    secure: bool = Field(
+        False, description="TLS to the S3 endpoint (an https:// endpoint implies it); "
+                           "$R1VFLOW_S3_SECURE overrides it.")
+
+    _redact = model_validator(mode="before")(
+        lambda data: _redacted_fields(data, ("endpoint",)))
+
+    @field_validator("endpoint")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None:
+            refuse_userinfo("storage.endpoint", value, S3_CREDENTIALS_HINT)
+        return value
 
 
 class TrackingConfig(Strict):
+    # A refused URI's password must not reach a message: inputs are redacted before validation
+    # (_redact) and pydantic's own text of an assignment error omits the input.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
     tracking_uri: str | None = Field(
-        None, description="MLflow URI; default: $MLFLOW_TRACKING_URI, else sqlite in the output dir.")
+        None, description="MLflow URI; default: $MLFLOW_TRACKING_URI, else sqlite in the output dir. "
+                          "Never user:password@ (use cluster.mlflow_secret).")
     experiment_name: str | None = Field(None, description="MLflow experiment; default: r1vflow-<name>.")
     register_models: bool = Field(True, description="Register every produced model as a version.")
     promotion_metric: str = Field(
         "accuracy", description="evaluate metric (of the final model) that decides promotion.")
     promotion_min_delta: float = Field(
         0.0, ge=0, description="How much the candidate must beat the champion by.")
+
+    _redact = model_validator(mode="before")(
+        lambda data: _redacted_fields(data, ("tracking_uri",)))
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None:
+            refuse_userinfo("tracking.tracking_uri", value, MLFLOW_CREDENTIALS_HINT)
+        return value
 
 
 ImageRoleName = Literal["base", "trainer", "rollout"]

@@ -14,6 +14,7 @@ the tracking URI computes the same plan.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,6 +28,20 @@ Action = Literal["run", "skip", "invalid"]
 # KFP v2 run states after which a submitted run will never report success.
 KFP_DEAD_STATES = ("FAILED", "CANCELED", "CANCELING", "SKIPPED")
 EXPERIMENT_SUFFIXES = (".yaml", ".yml")
+# What an experiment file's path (relative to the repository) may contain. The path is written
+# into rendered manifests, claims, tags and logs: a newline there injected a document into
+# `gitops render` output, so anything else is refused.
+SAFE_PATH_CHARS = "[A-Za-z0-9._/-]"
+_SAFE_PATH = re.compile(rf"^{SAFE_PATH_CHARS}+$")
+
+
+def unsafe_path_error(rel: str) -> str | None:
+    """The refusal of an experiment file path with characters outside SAFE_PATH_CHARS, or None."""
+    if _SAFE_PATH.match(rel):
+        return None
+    bad = sorted({c for c in rel if not re.match(SAFE_PATH_CHARS, c)})
+    return (f"experiment file name {ascii(rel)} contains {', '.join(ascii(c) for c in bad)}: "
+            f"only {SAFE_PATH_CHARS} is allowed (rename the file)")
 
 
 @dataclass(frozen=True)
@@ -56,7 +71,8 @@ def discover(repo: Path, experiments_dir: str = "experiments") -> list[Experimen
     """Load every *.yaml / *.yml below `repo/experiments_dir`, sorted by path.
 
     A file that does not load becomes an entry with its ConfigError text (paths shown relative
-    to the repository); it never stops the others."""
+    to the repository); it never stops the others. So does a file whose path has characters
+    outside SAFE_PATH_CHARS: it is refused without being read (`unsafe_path_error`)."""
     repo = repo.resolve()
     root = repo / experiments_dir
     if not root.is_dir():
@@ -65,6 +81,10 @@ def discover(repo: Path, experiments_dir: str = "experiments") -> list[Experimen
     files = []
     for path in paths:
         rel = path.relative_to(repo).as_posix()
+        unsafe = unsafe_path_error(rel)
+        if unsafe:  # never loaded; shown under an escaped name that holds no newline
+            files.append(ExperimentFile(ascii(rel)[1:-1], error=unsafe))
+            continue
         try:
             files.append(ExperimentFile(rel, exp=load_experiment(path)))
         except ConfigError as err:

@@ -13,13 +13,58 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MANIFEST_NAME = "_r1vflow_manifest.json"
 CHUNK_BYTES = 1024 * 1024
+_DRIVE = re.compile(r"^[A-Za-z]:")
+
+
+def unsafe_path_reason(rel: str) -> str | None:
+    """Why `rel` may not be a manifest key (None when it is a safe relative POSIX path).
+
+    A key is joined to the download directory: an absolute path, a `..` part, a backslash or a
+    drive letter would let a manifest write outside it, so all of them are refused, and so are
+    empty, `.` and NUL-containing parts (never produced by `build_manifest`)."""
+    if not rel:
+        return "it is empty"
+    if "\x00" in rel:
+        return "it contains a NUL character"
+    if "\\" in rel:
+        return "it contains a backslash"
+    if rel.startswith("/"):
+        return "it is absolute"
+    if _DRIVE.match(rel):
+        return "it starts with a drive letter"
+    parts = rel.split("/")
+    if ".." in parts:
+        return "it has a '..' part"
+    if any(p in ("", ".") for p in parts):
+        return "it has an empty or '.' part"
+    return None
+
+
+def check_relative_path(rel: str) -> str:
+    """`rel` when it is a safe manifest key; ValueError naming the key and the reason otherwise."""
+    reason = unsafe_path_reason(rel)
+    if reason:
+        raise ValueError(f"unsafe manifest path {rel!r}: {reason}; keys must be relative POSIX "
+                         "paths inside the artifact")
+    return rel
+
+
+def safe_join(directory: Path, rel: str) -> Path:
+    """`directory / rel`, refusing a key that is unsafe or resolves outside `directory`."""
+    check_relative_path(rel)
+    base = Path(directory).resolve()
+    target = (base / PurePosixPath(rel)).resolve()
+    if target == base or base not in target.parents:
+        raise ValueError(f"unsafe manifest path {rel!r}: it resolves outside {base}")
+    return target
 
 
 class FileEntry(BaseModel):
@@ -41,6 +86,13 @@ class Manifest(BaseModel):
     )
     created_at: str = Field(description="UTC ISO-8601 time the manifest was built.")
     total_size: int = Field(ge=0, description="Sum of the file sizes in bytes.")
+
+    @field_validator("files")
+    @classmethod
+    def _safe_keys(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
+        for rel in files:
+            check_relative_path(rel)
+        return files
 
     @classmethod
     def from_files(cls, files: dict[str, FileEntry]) -> Manifest:

@@ -7,8 +7,9 @@ pointer is fetched into a local cache keyed by the manifest digest and verified,
 checkpoint never travels through KFP's own artifact upload, and a machine that already has it
 does no network I/O. With `storage.backend: file` the bytes are the KFP artifact, as before.
 
-Endpoint and bucket come from the experiment's storage section or the environment
-(`R1VFLOW_S3_ENDPOINT`, `R1VFLOW_S3_BUCKET`); credentials only from the environment or a
+Endpoint, bucket and TLS come from the experiment's storage section or the environment
+(`R1VFLOW_S3_ENDPOINT`, `R1VFLOW_S3_BUCKET`, `R1VFLOW_S3_SECURE`, the latter two overriding the
+config); credentials only from the environment or a
 credentials file (Kubernetes Secrets on clusters), never from the compiled pipeline.
 """
 
@@ -46,6 +47,7 @@ def experiment_store(exp: Experiment):
     if exp.storage.endpoint:
         env["R1VFLOW_S3_ENDPOINT"] = exp.storage.endpoint
     env.setdefault("R1VFLOW_S3_BUCKET", exp.storage.bucket)
+    env.setdefault("R1VFLOW_S3_SECURE", "true" if exp.storage.secure else "false")
     store = store_from_env(env, show_progress=False)
     if store is None:
         raise StoreConfigError(

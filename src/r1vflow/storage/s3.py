@@ -21,6 +21,7 @@ import urllib3
 from minio import Minio
 from minio.error import InvalidResponseError, S3Error, ServerError
 
+from r1vflow.config.platform import uri_userinfo
 from r1vflow.storage.manifest import CHUNK_BYTES, FileEntry
 from r1vflow.storage.store import (
     BaseStore,
@@ -69,6 +70,10 @@ def mask(secret: str) -> str:
 def split_endpoint(endpoint: str) -> tuple[str, bool]:
     """('host:port', secure) from 'http://host:port', 'https://host' or 'host:port'."""
     endpoint = endpoint.strip().rstrip("/")
+    if uri_userinfo(endpoint):
+        raise StoreConfigError(
+            "S3 endpoint must not contain credentials (user:password@); give them as "
+            "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (the cluster.s3_secret Secret)")
     if endpoint.startswith("https://"):
         return endpoint[len("https://") :], True
     if endpoint.startswith("http://"):

@@ -11,6 +11,11 @@ Environment variables (all optional; `store_from_env` returns None when no store
   R1VFLOW_S3_CREDENTIALS_FILE  JSON {"access_key": ..., "secret_key": ...}
   R1VFLOW_S3_ACCESS_KEY / R1VFLOW_S3_SECRET_KEY, else AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY
   R1VFLOW_S3_REGION            region, when the server needs one
+  R1VFLOW_S3_SECURE            true/false (1/0, yes/no, on/off): TLS to a host:port endpoint
+                               (an https:// endpoint implies it); overrides `storage.secure`
+
+Neither R1VFLOW_S3_ENDPOINT nor MLFLOW_TRACKING_URI may carry `user:password@`: credentials come
+from the Secrets (or the variables) the refusal names, and the refusal never shows the password.
 """
 
 from __future__ import annotations
@@ -20,6 +25,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from r1vflow.config.platform import (
+    MLFLOW_CREDENTIALS_HINT,
+    S3_CREDENTIALS_HINT,
+    redact_userinfo,
+    uri_userinfo,
+)
 from r1vflow.storage.filestore import FileStore
 from r1vflow.storage.s3 import DEFAULT_PART_SIZE, DEFAULT_WORKERS, S3Store
 from r1vflow.storage.store import (
@@ -30,6 +41,38 @@ from r1vflow.storage.store import (
 )
 
 DEFAULT_BUCKET = "r1vflow"
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("", "0", "false", "no", "off")
+
+
+def refuse_env_userinfo(var: str, uri: str, hint: str) -> None:
+    """StoreConfigError when the URI read from `var` carries credentials (password not shown)."""
+    if uri_userinfo(uri):
+        raise StoreConfigError(
+            f"{var} must not contain credentials ({redact_userinfo(uri)}): they would be shown "
+            f"in logs and on command lines; {hint}")
+
+
+def env_flag(var: str, environ: Mapping[str, str] | None = None) -> bool | None:
+    """A boolean environment variable; None when unset, StoreConfigError when unreadable."""
+    env = os.environ if environ is None else environ
+    if var not in env:
+        return None
+    value = env[var].strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise StoreConfigError(f"{var}={env[var]!r} is not a boolean: use true or false")
+
+
+def tracking_uri_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """$MLFLOW_TRACKING_URI (None when unset or empty), refused when it carries credentials."""
+    env = os.environ if environ is None else environ
+    uri = env.get("MLFLOW_TRACKING_URI", "").strip()
+    if not uri:
+        return None
+    refuse_env_userinfo("MLFLOW_TRACKING_URI", uri, MLFLOW_CREDENTIALS_HINT)
+    return uri
 
 
 def load_credentials(
@@ -68,24 +111,34 @@ def store_from_settings(
     credentials_file: Path | None = None,
     *,
     region: str | None = None,
+    secure: bool = False,
     workers: int = DEFAULT_WORKERS,
     part_size: int = DEFAULT_PART_SIZE,
     max_attempts: int = 5,
     show_progress: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> BaseStore:
-    """An S3Store for an http(s) endpoint, or a FileStore for `file:///dir` (prefix appended)."""
+    """An S3Store for an http(s) endpoint, or a FileStore for `file:///dir` (prefix appended).
+
+    `secure` turns TLS on for a bare host:port endpoint (https:// implies it; http:// with
+    `secure` is a contradiction and refused)."""
     if endpoint.startswith("file://"):
         root = Path(endpoint[len("file://") :])
         return FileStore(
             root / prefix if prefix else root, workers=workers, show_progress=show_progress
         )
+    refuse_env_userinfo("the S3 endpoint", endpoint, S3_CREDENTIALS_HINT)
+    if secure and endpoint.strip().startswith("http://"):
+        raise StoreConfigError(
+            f"S3 endpoint {endpoint} says http:// but TLS is on (storage.secure / "
+            "R1VFLOW_S3_SECURE): use https://host or a bare host:port")
     access_key, secret_key = load_credentials(credentials_file, environ)
     return S3Store(
         endpoint,
         bucket,
         access_key,
         secret_key,
+        secure=secure,
         region=region,
         base_prefix=prefix,
         workers=workers,
@@ -102,6 +155,7 @@ def store_from_env(
     env = os.environ if environ is None else environ
     endpoint = env.get("R1VFLOW_S3_ENDPOINT", "").strip()
     if endpoint:
+        refuse_env_userinfo("R1VFLOW_S3_ENDPOINT", endpoint, S3_CREDENTIALS_HINT)
         creds = env.get("R1VFLOW_S3_CREDENTIALS_FILE") or None
         return store_from_settings(
             endpoint,
@@ -109,6 +163,7 @@ def store_from_env(
             prefix=env.get("R1VFLOW_S3_PREFIX", ""),
             credentials_file=Path(creds) if creds else None,
             region=env.get("R1VFLOW_S3_REGION") or None,
+            secure=bool(env_flag("R1VFLOW_S3_SECURE", env)),
             show_progress=show_progress,
             environ=env,
         )

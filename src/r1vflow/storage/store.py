@@ -41,6 +41,7 @@ from r1vflow.storage.manifest import (
     manifest_bytes,
     manifest_digest,
     parse_manifest,
+    safe_join,
 )
 
 T = TypeVar("T")
@@ -358,6 +359,8 @@ class BaseStore(ABC, Generic[L]):
         """Download and verify the artifact at `uri` into `local_dir` (manifest included).
 
         Files are written under temporary names and renamed only once their digest matches.
+        A manifest key that is absolute, has a `..` part or would land outside `local_dir`
+        raises ValueError before anything is written.
         `expected_sha256` pins the manifest digest (as recorded in a pointer).
         """
         loc = self._loc_from_uri(uri)
@@ -369,12 +372,15 @@ class BaseStore(ABC, Generic[L]):
                 [f"{MANIFEST_NAME}: digest {digest[:12]}... != expected {expected_sha256[:12]}..."],
             )
         local_dir = Path(local_dir)
+        # Every key is checked before the first write (the manifest parser refuses unsafe keys
+        # already; this guards the join itself, symlinked sub-directories included).
+        targets = {rel: safe_join(local_dir, rel) for rel in manifest.files}
         local_dir.mkdir(parents=True, exist_ok=True)
 
         with ProgressBar(self.show_progress, f"download {uri}", manifest.total_size) as bar:
 
             def one(rel: str) -> str | None:
-                target = local_dir / rel
+                target = targets[rel]
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(target.name + PART_SUFFIX)
                 found = self._hash_stored(loc, rel, tmp, bar)

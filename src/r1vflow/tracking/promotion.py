@@ -5,16 +5,37 @@ evaluate gives the final model (the last training stage's) the alias `candidate`
 its score (`r1vflow.eval.<metric>`). The pipeline's gate (`decide_promotion`, then `promote` under
 `dsl.If`) moves `champion` to the candidate only if it beats the current champion's score, or if
 there is no champion yet.
+
+The gate fails closed: "no champion" only when the registry says so (the model or its
+`champion` alias does not exist). Any other error reading the champion (registry unreachable,
+broken store, a tag that is not a number) and a champion without a score tag block promotion.
+`gate` returns the decision with its reason; `decide` (the pipeline's task) prints the reason and
+records it on the candidate version as the tag `r1vflow.promotion.decision`, so the run's
+report shows why the champion did or did not move.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from r1vflow.tracking.client import mlflow_client
 
 CANDIDATE, CHAMPION = "candidate", "champion"
 SCORE_TAG = "r1vflow.eval.{metric}"
+DECISION_TAG = "r1vflow.promotion.decision"
+
+
+class ChampionUnreadable(RuntimeError):
+    """The registry could not say whether there is a champion, or what it scored."""
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    promote: bool
+    reason: str
+    champion_version: str | None = None
+    champion_score: float | None = None
 
 
 def beats(candidate: float, champion: float | None, min_delta: float = 0.0) -> bool:
@@ -30,16 +51,40 @@ def mark_candidate(name_version: str, metric: str, score: float) -> None:
     client.set_registered_model_alias(name, CANDIDATE, version)
 
 
+def _no_such_alias(exc: Exception) -> bool:
+    """True when the registry answered that the model or its alias does not exist (the file and
+    SQL stores say INVALID_PARAMETER_VALUE "... alias champion not found" for a missing alias,
+    RESOURCE_DOES_NOT_EXIST for a missing model); anything else is an error."""
+    code = getattr(exc, "error_code", "")
+    if code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    text = str(exc).lower()
+    return code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
+
+
 def champion_score(name: str, metric: str) -> tuple[str | None, float | None]:
-    """The current champion's version and score, or (None, None) when there is none."""
+    """The current champion's version and score: (None, None) when the registry says there is no
+    champion, (version, None) for a champion without a score tag. ChampionUnreadable on any
+    other failure (never read as "no champion")."""
     from mlflow.exceptions import MlflowException
 
     try:
         mv = mlflow_client().get_model_version_by_alias(name, CHAMPION)
-    except MlflowException:
-        return None, None
+    except MlflowException as exc:
+        if _no_such_alias(exc):
+            return None, None
+        raise ChampionUnreadable(f"{exc.error_code}: {exc.message}") from exc
+    except Exception as exc:  # connection errors, broken stores: the answer is unknown
+        raise ChampionUnreadable(f"{type(exc).__name__}: {exc}") from exc
     raw = mv.tags.get(SCORE_TAG.format(metric=metric))
-    return str(mv.version), (float(raw) if raw is not None else None)
+    if raw is None:
+        return str(mv.version), None
+    try:
+        return str(mv.version), float(raw)
+    except ValueError as exc:
+        raise ChampionUnreadable(
+            f"champion version {mv.version} has {SCORE_TAG.format(metric=metric)}={raw!r}, "
+            "not a number") from exc
 
 
 def evaluation_candidate(evaluation_json: str) -> tuple[str | None, float | None, str]:
@@ -51,12 +96,56 @@ def evaluation_candidate(evaluation_json: str) -> tuple[str | None, float | None
     return result.get("model_version"), metrics.get("promotion_score"), metric
 
 
-def decide(evaluation_json: str, min_delta: float) -> bool:
+def gate(evaluation_json: str, min_delta: float) -> PromotionDecision:
+    """Whether the evaluated candidate should become champion, and why (fails closed)."""
     candidate, score, metric = evaluation_candidate(evaluation_json)
     if candidate is None or score is None:
+        return PromotionDecision(False, "the evaluation names no candidate model or no score")
+    name = candidate.rsplit("/", 1)[0]
+    tag = SCORE_TAG.format(metric=metric)
+    try:
+        version, current = champion_score(name, metric)
+    except ChampionUnreadable as err:
+        return PromotionDecision(False, f"could not read the champion of {name}: {err}; "
+                                        "promotion needs a definite answer")
+    if version is None:
+        return PromotionDecision(True, f"no champion for {name} yet: {candidate} "
+                                       f"({metric} {score}) becomes the first")
+    if current is None:
+        return PromotionDecision(False, f"the champion of {name} (version {version}) has no {tag} "
+                                        "tag, so the candidate cannot be compared with it: "
+                                        f"tag it, or move the alias by hand", version)
+    if beats(score, current, min_delta):
+        return PromotionDecision(True, f"{candidate} ({metric} {score}) beats the champion "
+                                       f"version {version} ({current}) by more than {min_delta}",
+                                 version, current)
+    return PromotionDecision(False, f"{candidate} ({metric} {score}) does not beat the champion "
+                                    f"version {version} ({current}) by more than {min_delta}",
+                             version, current)
+
+
+def decide(evaluation_json: str, min_delta: float) -> bool:
+    """The pipeline's gate: `gate`, its reason printed and recorded on the candidate version."""
+    decision = gate(evaluation_json, min_delta)
+    print(f"promotion {'approved' if decision.promote else 'blocked'}: {decision.reason}")
+    record_decision(evaluation_json, decision)
+    return decision.promote
+
+
+def record_decision(evaluation_json: str, decision: PromotionDecision) -> bool:
+    """Tag the candidate version with the decision's reason; False (with a warning printed)
+    when that is not possible, which never changes the decision."""
+    candidate, _, _ = evaluation_candidate(evaluation_json)
+    if candidate is None:
         return False
-    _, current = champion_score(candidate.rsplit("/", 1)[0], metric)
-    return beats(score, current, min_delta)
+    name, version = candidate.rsplit("/", 1)
+    try:
+        mlflow_client().set_model_version_tag(name, version, DECISION_TAG, decision.reason)
+    except Exception as err:  # noqa: BLE001 (the registry may be what failed)
+        print(f"warning: could not record the promotion decision on {candidate}: "
+              f"{type(err).__name__}: {err}")
+        return False
+    return True
 
 
 def promote(evaluation_json: str) -> str:
