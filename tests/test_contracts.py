@@ -156,3 +156,15 @@ def test_model_metadata_io_lives_in_models_io():
 
     for name in ("read_metadata", "write_metadata", "parent_version"):
         assert getattr(common, name) is getattr(io, name)
+
+
+def test_grpo_reward_model_weight_needs_the_reward_model_stage():
+    from conftest import PRESETS
+
+    from r1vflow.config import ConfigError, load_experiment
+
+    with pytest.raises(ConfigError, match="enable train_reward_model"):
+        load_experiment(PRESETS / "smoke.yaml",
+                        ["train_reward_model=null", "sft.iterative=null",
+                         "grpo.reward_weights.reward_model=0.5"])
+    assert load_experiment(PRESETS / "smoke.yaml", ["grpo.reward_weights.reward_model=0.5"])

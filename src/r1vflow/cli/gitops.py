@@ -45,8 +45,13 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 
 def _tracking_uri(option: str | None) -> str:
     from r1vflow.gitops.state import check_store
+    from r1vflow.storage.settings import tracking_uri_from_env
+    from r1vflow.storage.store import StoreConfigError
 
-    uri = option or os.environ.get("MLFLOW_TRACKING_URI")
+    try:
+        uri = option or tracking_uri_from_env()
+    except StoreConfigError as err:
+        raise _fail(str(err)) from None
     if not uri:
         raise _fail("gitops keeps its state in MLflow: give --tracking-uri or set "
                     "MLFLOW_TRACKING_URI (the same store for every machine that applies)")

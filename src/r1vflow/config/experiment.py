@@ -107,6 +107,10 @@ class Experiment(Strict):
         if self.sft.iterative is not None and self.train_reward_model is None:
             raise ValueError("sft.iterative filters D with the reward model: enable "
                              "train_reward_model, or set sft.iterative to null")
+        if (self.grpo is not None and self.grpo.reward_weights.reward_model > 0
+                and self.train_reward_model is None):
+            raise ValueError("grpo.reward_weights.reward_model > 0 scores rollouts with the "
+                             "reward model: enable train_reward_model, or set the weight to 0")
         return self
 
     @model_validator(mode="after")

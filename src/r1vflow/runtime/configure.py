@@ -11,6 +11,7 @@ from r1vflow.config import STAGES, ConfigError, Experiment
 from r1vflow.config.slicing import PROMOTION, apply_overrides, slice_json
 from r1vflow.runtime.cluster import attach_parent_run
 from r1vflow.runtime.execute import RUN_DIR_ENV
+from r1vflow.storage.settings import tracking_uri_from_env
 from r1vflow.tracking.runs import PARENT_ENV, experiment_name
 
 OVERRIDES_TAG = "r1vflow.overrides"
@@ -46,7 +47,7 @@ def _mirror_failure(error: str) -> None:
 
 def _record_overrides(exp: Experiment, overrides: list[str]) -> None:
     """Tag the pipeline's MLflow parent run (when this run has one) with the overrides."""
-    uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = exp.tracking.tracking_uri or tracking_uri_from_env()
     if uri:  # on a cluster this first task creates the KFP run's parent run (no-op locally)
         attach_parent_run(uri, experiment_name(exp.name, exp.tracking.experiment_name), exp.name,
                           exp.fingerprint())

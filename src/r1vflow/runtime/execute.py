@@ -21,6 +21,7 @@ from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch
 from r1vflow.runtime.launch import run_stage
 from r1vflow.stages import StageContext, StageResult
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
+from r1vflow.storage.settings import tracking_uri_from_env
 from r1vflow.tracking.runs import experiment_name, stage_run
 
 RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
@@ -56,7 +57,7 @@ def _mirror(result: StageResult) -> None:
 
 def tracking_env(exp: Experiment) -> str | None:
     """Point MLflow at the experiment's tracking URI (config, else the environment)."""
-    uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    uri = exp.tracking.tracking_uri or tracking_uri_from_env()
     if uri:
         import mlflow
 
@@ -103,7 +104,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
     started = time.time()
     run_id = None
     try:
-        tracking_uri = exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+        tracking_uri = exp.tracking.tracking_uri or tracking_uri_from_env()
         mlflow_experiment = experiment_name(exp.name, exp.tracking.experiment_name)
         # On a cluster: find/create the KFP run's MLflow parent run (no-op locally).
         attach_parent_run(tracking_uri, mlflow_experiment, exp.name, exp.fingerprint())

@@ -1,6 +1,6 @@
 """Run one stage on several processes: torchrun on this machine, or a Kubeflow Trainer TrainJob.
 
-`components/runtime.execute` calls `run_stage`, which picks by `resources.<stage>`:
+`r1vflow.runtime.execute` calls `run_stage`, which picks by `resources.<stage>`:
 
     nodes x procs_per_node == 1     the stage function, in the component's process
     nodes == 1, or not on a cluster torchrun --nproc_per_node=nodes*procs_per_node here (CPU: gloo;

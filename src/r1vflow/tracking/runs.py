@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from r1vflow.storage.settings import tracking_uri_from_env
+
 PARENT_ENV = "R1VFLOW_MLFLOW_PARENT_RUN_ID"
 TAG_PREFIX = "r1vflow."
 _MAX_PARAM_LEN = 6000
@@ -27,8 +29,9 @@ def default_tracking_uri(output_dir: Path, configured: str | None) -> str:
     """Config first, then $MLFLOW_TRACKING_URI, else a SQLite file in the output dir."""
     if configured:
         return configured
-    if os.environ.get("MLFLOW_TRACKING_URI"):
-        return os.environ["MLFLOW_TRACKING_URI"]
+    from_env = tracking_uri_from_env()  # refused when it carries credentials
+    if from_env:
+        return from_env
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
 
 
