@@ -4,21 +4,195 @@ Every task is a subprocess of this Python (SubprocessRunner, no container), cach
 pipeline root and cache live in the output dir, so running the same experiment into the same
 directory again is served from cache. The driver opens the MLflow parent run, hands its id to the
 tasks through the environment, and writes `<output-dir>/summary.json`.
+
+Each task's whole log (what the KFP executor and the stage print) goes to
+`<output-dir>/logs/<stage>.log`, the driver's own KFP lines to `logs/pipeline.log`; the console
+gets one line as each stage starts and ends (a spinner when it is a terminal), or with
+`verbose` the full stream as well.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from r1vflow.config import Experiment
 from r1vflow.pipelines.dag import build_pipeline, pipeline_name
 from r1vflow.runtime.execute import RUN_DIR_ENV
 from r1vflow.tracking import runs as tracking
+
+_HEADLINE = ("accuracy/", "val_accuracy", "train_loss", "num_", "format_rate/")
+
+
+def _headline(metrics: dict[str, Any]) -> str:
+    """The one metric a stage's end line shows: the last accuracy/<label> (the latest model),
+    else the last val_accuracy (the last step's), else the first train_loss, num_, ..., else
+    the first loss, else the first metric."""
+    for prefix in _HEADLINE:
+        keys = [k for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, int | float)]
+        if keys:
+            key = keys[-1] if "accuracy" in prefix else keys[0]
+            return f"{key}={metrics[key]:.3g}"
+    numeric = [k for k, v in metrics.items() if isinstance(v, int | float)]
+    key = next((k for k in numeric if "loss" in k), numeric[0] if numeric else None)
+    return f"{key}={metrics[key]:.3g}" if key else ""
+
+
+@contextlib.contextmanager
+def _quiet_mlflow(enabled: bool = True):
+    """Only warnings and errors from MLflow's loggers while inside (imported first: importing
+    mlflow sets its logger's level)."""
+    import mlflow  # noqa: F401
+
+    logger = logging.getLogger("mlflow")
+    level = logger.level
+    if enabled:
+        logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+class _Tee:
+    """A text stream writing to several (the log file, and the console when verbose)."""
+
+    def __init__(self, *streams: IO[str]):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class StageLogs:
+    """Route kfp.local's output per task into `<log_dir>/<stage>.log` and report each stage.
+
+    kfp.local runs a task in `task_executor.execute_single_task` (cache lookup included); its
+    dispatcher streams the task subprocess's stdout+stderr through `print` and logs through a
+    handler on `sys.stdout` made per task, so swapping `sys.stdout`/`sys.stderr` around that call
+    captures all of a task. The pipeline's own lines (start, end, failure stack) go to
+    `pipeline.log`. `install` patches both entry points until `uninstall`."""
+
+    def __init__(self, log_dir: Path, run_dir: Path, verbose: bool = False,
+                 console: IO[str] | None = None):
+        self.log_dir, self.run_dir, self.verbose = log_dir, run_dir, verbose
+        self.console = console or sys.stdout
+        self.live = not verbose and self.console.isatty()
+        self._saved: list[tuple[Any, str, Any]] = []
+
+    def install(self) -> StageLogs:
+        from kfp.local import pipeline_orchestrator
+        from kfp.local.orchestrator import task_executor
+
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        for stale in self.log_dir.glob("*.log"):
+            stale.unlink()
+        self.uninstall()
+        for module, name, wrap in ((task_executor, "execute_single_task", self._task),
+                                   (pipeline_orchestrator, "_run_local_pipeline_implementation",
+                                    self._pipeline)):
+            original = getattr(module, name)
+            original = getattr(original, "_r1vflow_original", original)  # a leftover patch
+            wrapped = wrap(original)
+            wrapped._r1vflow_original = original
+            self._saved.append((module, name, original))
+            setattr(module, name, wrapped)
+        return self
+
+    def uninstall(self) -> None:
+        while self._saved:
+            module, name, original = self._saved.pop()
+            setattr(module, name, original)
+
+    @contextlib.contextmanager
+    def _into(self, path: Path, mode: str = "w"):
+        with path.open(mode, buffering=1) as log:
+            stream = _Tee(log, self.console) if self.verbose else log
+            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
+                yield log
+
+    def _pipeline(self, original):
+        def run(*args, **kwargs):
+            with self._into(self.log_dir / "pipeline.log", "a"):
+                return original(*args, **kwargs)
+        return run
+
+    def _task(self, original):
+        def run(*args, **kwargs):
+            task_name = kwargs.get("task_name", args[0] if args else "task")
+            task_spec = kwargs.get("task_spec", args[1] if len(args) > 1 else None)
+            stage = (task_spec.task_info.name if task_spec is not None else "") or task_name
+            path = self.log_dir / f"{stage}.log"
+            mirrored = self.run_dir / "stages" / f"{stage}.json"
+            before = mirrored.stat().st_mtime if mirrored.exists() else None
+            started = time.time()
+            quiet = stage == "configure"  # not a stage: shown only when it refuses the overrides
+            if not quiet:
+                self._say(f"{stage:<20} started")
+            spinner = self._spinner(stage) if self.live else contextlib.nullcontext()
+            with spinner, self._into(path) as log:
+                outputs, task_status = original(*args, **kwargs)
+                log.flush()
+                ran = "Executing task" in path.read_text(errors="replace")  # the dispatcher's
+                if not ran:
+                    log.write(f"{stage}: served from the KFP cache (no task ran)\n")
+            seconds = time.time() - started
+            result = self._result(outputs, mirrored, before)
+            ok = getattr(task_status, "name", str(task_status)) == "SUCCESS"
+            if ok:
+                cached = " (cached)" if not ran else ""
+                took = result.get("seconds", seconds) if ran else seconds
+                line = (f"{stage:<20} succeeded{cached} {took:7.1f} s  "
+                        f"{_headline(result.get('metrics') or {})}")
+            else:
+                error = str(result.get("error") or "the task failed").splitlines()[0][:100]
+                line = f"{stage:<20} FAILED {seconds:7.1f} s  {error}  (log: {path})"
+            if ok and quiet:
+                return outputs, task_status
+            self._say(line.rstrip())
+            return outputs, task_status
+        return run
+
+    @staticmethod
+    def _result(outputs: dict, mirrored: Path, before: float | None) -> dict[str, Any]:
+        """The stage's StageResult: its output (cached tasks too), else a fresh mirror."""
+        raw = (outputs or {}).get("Output")
+        if isinstance(raw, str):
+            with contextlib.suppress(ValueError):
+                result = json.loads(raw)
+                if isinstance(result, dict):
+                    return result
+        if mirrored.exists() and mirrored.stat().st_mtime != before:
+            with contextlib.suppress(ValueError, OSError):
+                return json.loads(mirrored.read_text())
+        return {}
+
+    def _spinner(self, stage: str):
+        from rich.console import Console
+
+        return Console(file=self.console).status(f"{stage} running ...")
+
+    def _say(self, line: str) -> None:
+        if self.live and line.endswith("started"):
+            return  # the spinner shows it
+        stamp = time.strftime("%H:%M:%S")
+        self.console.write(f"[{stamp}] {line}\n")
+        self.console.flush()
 
 
 def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
@@ -67,10 +241,12 @@ def _promotion(tracking_uri: str, evaluation: dict[str, Any]) -> dict[str, Any] 
 
 def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = None,
               quiet: bool = False, overrides: list[str] | None = None,
-              applied: list[str] | None = None) -> dict[str, Any]:
+              applied: list[str] | None = None, verbose: bool = False) -> dict[str, Any]:
     """Run the DAG. `overrides` go to the pipeline's `overrides` parameter (applied and
     validated by its configure task, as in a KFP UI run); `applied` are the `--set` values
-    already in `exp`, recorded on the parent run like the others."""
+    already in `exp`, recorded on the parent run like the others. Task logs go to
+    `<output-dir>/logs/`; the console gets a line per stage, or with `verbose` everything
+    (`quiet` is the old name of the default and does nothing)."""
     from kfp import local
 
     started = time.time()
@@ -91,7 +267,9 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
         "r1vflow.output_dir": str(output_dir),
         "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
     }
-    parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name, parent_tags)
+    with _quiet_mlflow(enabled=not verbose):  # "Creating initial MLflow database tables", ...
+        parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
+                                              parent_tags)
     os.environ.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
         tracking.PARENT_ENV: parent_id,
@@ -102,10 +280,10 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     pipeline_root = output_dir / "pipeline_root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
                cache_root=str(output_dir / "kfp_cache"), enable_caching=True, raise_on_error=False)
-    if quiet:
-        logging.getLogger().setLevel(logging.WARNING)
+    logs = StageLogs(output_dir / "logs", output_dir, verbose=verbose).install()
     before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
     task = build_pipeline(exp)(experiment_json=exp.model_dump_json(), overrides=list(overrides or []))
+    logs.uninstall()
     seconds = time.time() - started
     new_dirs = sorted(set(pipeline_root.glob("*")) - before)
     outputs = dict(getattr(task, "outputs", None) or {})

@@ -40,8 +40,15 @@ def register(app: typer.Typer) -> None:
             stack: Annotated[Path | None, typer.Option(
                 "--stack", help="Use the servers of `r1vflow stack up --dir DIR`: models go to its "
                                 "S3 bucket, tracking to its MLflow.")] = None,
-            quiet: Annotated[bool, typer.Option(help="Less KFP logging.")] = False) -> None:
-        """Run the experiment's DAG locally through kfp.local (caching on)."""
+            verbose: Annotated[bool, typer.Option(
+                "--verbose", "-v", help="Stream every task's full KFP log to the console too.")
+            ] = False,
+            quiet: Annotated[bool, typer.Option(
+                "--quiet", hidden=True, help="No-op: the default is quiet now.")] = False) -> None:
+        """Run the experiment's DAG locally through kfp.local (caching on).
+
+        The console gets a line per stage and a summary; each task's whole log goes to
+        <output-dir>/logs/<stage>.log (--verbose streams it here as well)."""
         import os
 
         from r1vflow.pipelines.local_run import run_local
@@ -59,8 +66,15 @@ def register(app: typer.Typer) -> None:
         exp = load_or_exit(config, set_)
         out = output_dir or Path("runs") / exp.name
         console.print(f"[bold]r1vflow[/bold] running {exp.name} "
-                      f"({' -> '.join(exp.stages())}) into {out}")
-        summary = run_local(exp, out, experiment_file=str(config), quiet=quiet, applied=set_)
+                      f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
+        from r1vflow.storage.store import StoreConfigError
+
+        try:
+            summary = run_local(exp, out, experiment_file=str(config), applied=set_,
+                                verbose=verbose)
+        except StoreConfigError as err:  # e.g. credentials in MLFLOW_TRACKING_URI
+            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
         _print_summary(summary)
         if summary["status"] != "succeeded":
             raise typer.Exit(1)
@@ -74,13 +88,16 @@ def _print_summary(summary: dict) -> None:
     for stage, entry in summary["stages"].items():
         metrics = entry.get("metrics", {})
         keys = [k for k in metrics if k.startswith(("accuracy/", "val_accuracy", "train_loss",
-                                                    "num_", "format_rate/"))][:6]
+                                                    "num_", "format_rate/"))][:3]
         shown = ", ".join(f"{k}={metrics[k]:.3g}" for k in keys)
         status = entry["status"] + (" (cached)" if entry.get("cached") else "")
         if entry.get("error"):
-            shown = entry["error"][:120]
+            shown = entry["error"].splitlines()[0][:120]
         table.add_row(stage, status, f"{entry.get('seconds', 0):.1f}", shown)
-    Console().print(table)
+    out_console = Console()
+    if not out_console.is_terminal:  # a pipe or file: wide rows rather than wrapped ones
+        out_console = Console(width=max(out_console.width, 160))
+    out_console.print(table)
     out = Path(summary["output_dir"])
     typer.echo(f"summary: {out / 'summary.json'}")
     typer.echo(f"MLflow:  {summary['mlflow']['tracking_uri']} "
