@@ -100,5 +100,8 @@ def _print_summary(summary: dict) -> None:
     out_console.print(table)
     out = Path(summary["output_dir"])
     typer.echo(f"summary: {out / 'summary.json'}")
-    typer.echo(f"MLflow:  {summary['mlflow']['tracking_uri']} "
-               f"(mlflow ui --backend-store-uri {summary['mlflow']['tracking_uri']})")
+    uri = summary["mlflow"]["tracking_uri"]
+    if uri.startswith(("http://", "https://")):  # a running server: its UI is at that address
+        typer.echo(f"MLflow UI: {uri}")
+    else:  # a store without a server: the command that opens a UI on it
+        typer.echo(f"MLflow:  {uri} (open a UI: mlflow ui --backend-store-uri {uri})")
