@@ -159,9 +159,9 @@ def test_model_metadata_io_lives_in_models_io():
 
 
 def test_grpo_reward_model_weight_needs_the_reward_model_stage():
-    from conftest import PRESETS
-
     from r1vflow.config import ConfigError, load_experiment
+
+    from conftest import PRESETS
 
     with pytest.raises(ConfigError, match="enable train_reward_model"):
         load_experiment(PRESETS / "smoke.yaml",
