@@ -282,8 +282,11 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
                cache_root=str(output_dir / "kfp_cache"), enable_caching=True, raise_on_error=False)
     logs = StageLogs(output_dir / "logs", output_dir, verbose=verbose).install()
     before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
-    task = build_pipeline(exp)(experiment_json=exp.model_dump_json(), overrides=list(overrides or []))
-    logs.uninstall()
+    try:
+        task = build_pipeline(exp)(experiment_json=exp.model_dump_json(),
+                                   overrides=list(overrides or []))
+    finally:  # kfp.local's entry points are ours only for this run
+        logs.uninstall()
     seconds = time.time() - started
     new_dirs = sorted(set(pipeline_root.glob("*")) - before)
     outputs = dict(getattr(task, "outputs", None) or {})
