@@ -15,7 +15,6 @@ import hashlib
 import json
 import shutil
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import mlflow
@@ -203,23 +202,13 @@ def test_dns_labels_within_the_limit_validate(name):
 EVIL = "x\n---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: injected\n#.yaml"
 
 
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
-
-
 def _repo(tmp_path: Path, names: dict[str, str]) -> Path:
-    repo = tmp_path / "repo"
-    (repo / "experiments").mkdir(parents=True)
-    _git(repo, "init", "-q", "-b", "main")
-    _git(repo, "config", "user.email", "t@example.com")
-    _git(repo, "config", "user.name", "t")
-    for name, exp_name in names.items():
-        text = (ROOT / "experiments" / "smoke-a.yaml").read_text()
-        (repo / "experiments" / name).write_text(text.replace("name: smoke-a",
-                                                              f"name: {exp_name}"))
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-q", "-m", "experiments")
-    return repo
+    """A git repo whose experiments/ holds smoke-a.yaml under each file name, renamed."""
+    from test_gitops import make_repo
+
+    text = (ROOT / "experiments" / "smoke-a.yaml").read_text()
+    return make_repo(tmp_path, {name: text.replace("name: smoke-a", f"name: {exp_name}")
+                                for name, exp_name in names.items()})
 
 
 def test_an_experiment_file_name_with_a_newline_is_refused(tmp_path):

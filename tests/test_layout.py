@@ -17,6 +17,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+from servers import write_tree
+
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 600
 MAX_LOOSE_MODULES = 6
@@ -241,11 +243,7 @@ def test_components_import_only_images_at_module_level():
 
 
 def _tree(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
+    return write_tree(root, {rel: text.encode() for rel, text in files.items()})
 
 
 def test_checker_finds_a_cycle_through_a_function_and_relative_imports(tmp_path):

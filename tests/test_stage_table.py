@@ -49,6 +49,10 @@ def test_component_signature_matches_the_table(spec):
     assert declared == {i.name for i in spec.inputs} | {o.name for o in spec.outputs}
     for inp in spec.inputs:
         assert (params[inp.name].default is None) == inp.optional, inp.name
+    from r1vflow.runtime.images import image_for
+
+    image = _component(spec.name).component_spec.implementation.container.image
+    assert image == image_for(spec.image)
 
 
 def test_configure_outputs_one_slice_per_stage_and_promotion():

@@ -9,7 +9,7 @@ the DAG's wiring and the per-task config slices are all read from here. The comp
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 ArtifactType = Literal["Model", "Dataset", "Artifact"]
@@ -43,8 +43,7 @@ class Stage:
     label: str | None = None  # `<metric>/<label>` in evaluate; evaluate's input `<label>_model`
     reads: tuple[str, ...] = ()  # experiment sections besides its own (a.b: one field of a)
     optional: bool = True  # False: always part of the DAG
-    image: Literal["base", "trainer", "rollout"] = "trainer"
-    extra: dict[str, str] = field(default_factory=dict)
+    image: Literal["base", "trainer", "rollout"] = "trainer"  # the component's image role
 
 
 # The base model: bootstrap's output on tiny presets, an imported model otherwise.
@@ -80,7 +79,7 @@ TABLE: tuple[Stage, ...] = (
           inputs=(Input("sft_model", "Model", "sft", "model"), _DATASET,
                   Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
           outputs=(Output("model", "Model"), Output("checkpoints", "Artifact")),
-          model_output="model", label="grpo", reads=("data",), image="rollout"),
+          model_output="model", label="grpo", reads=("data",)),
     Stage("evaluate", "r1vflow.stages.evaluate",
           inputs=(_BASE_MODEL, _DATASET,
                   Input("align_projector_model", "Model", "align_projector", "model", True),
