@@ -25,3 +25,23 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Experiment:
     except ConfigError as err:
         console.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
         raise typer.Exit(2) from None
+
+
+def check_data_or_exit(exp: Experiment) -> Experiment:
+    """For a `files` data source: make its path absolute (tasks may run elsewhere) and check
+    that the files have the columns the enabled stages need; one error line each, exit 2."""
+    source = exp.data.source
+    if source.kind != "files":
+        return exp
+    from r1vflow.data.needs import check
+
+    source.path = str(Path(source.path).resolve())
+    try:
+        found = check(exp)
+    except (OSError, ValueError) as err:
+        found = [str(err)]
+    for line in found:
+        console.print(f"[red]error:[/red] {line}", markup=True, highlight=False, soft_wrap=True)
+    if found:
+        raise typer.Exit(2)
+    return exp

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from r1vflow.cli.common import ConfigArg, SetOpt, console, load_or_exit
+from r1vflow.cli.common import ConfigArg, SetOpt, check_data_or_exit, console, load_or_exit
 from r1vflow.config import json_schema
 
 
@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def validate(config: ConfigArg, set_: SetOpt = None) -> None:
         """Check an experiment file; print its stages and fingerprint."""
-        exp = load_or_exit(config, set_)
+        exp = check_data_or_exit(load_or_exit(config, set_))
         typer.echo(f"ok: {exp.name}  fingerprint {exp.fingerprint()[:16]}  "
                    f"stages: {' -> '.join(exp.stages())}")
 
@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]error:[/red] {err}", highlight=False)
                 raise typer.Exit(2) from None
             set_ = ["storage.backend=s3", *(set_ or [])]
-        exp = load_or_exit(config, set_)
+        exp = check_data_or_exit(load_or_exit(config, set_))
         out = output_dir or Path("runs") / exp.name
         console.print(f"[bold]r1vflow[/bold] running {exp.name} "
                       f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)

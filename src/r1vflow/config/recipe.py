@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from r1vflow.config.base import Part, Strict
+from r1vflow.config.data_source import ContaminationConfig, DataSourceConfig
 
 # --------------------------------------------------------------------------- model & data
 
@@ -75,6 +76,15 @@ class DataConfig(Strict):
     image_size: int = Field(32, ge=16, description="Square image side in pixels.")
     max_objects: int = Field(4, ge=1, le=12, description="Most objects in a counting/comparison scene.")
     seed: int = Field(0, description="Seed of the data synthesis.")
+    source: DataSourceConfig = Field(
+        default_factory=DataSourceConfig,
+        description="synthetic (the families above), files or hub (docs/data.md).")
+    on_bad_row: Literal["fail", "skip"] = Field(
+        "fail", description="files/hub: a row that fails validation stops the import (fail) or "
+                            "is left out, counted as rows_skipped and listed in the report (skip).")
+    contamination: ContaminationConfig = Field(
+        default_factory=ContaminationConfig,
+        description="files/hub: training samples shared with evaluation sets (docs/data.md).")
 
 
 # --------------------------------------------------------------------------- stages

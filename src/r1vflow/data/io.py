@@ -56,6 +56,31 @@ def write_jsonl(path: str | os.PathLike[str], records: Iterable[BaseModel]) -> i
     return len(lines)
 
 
+class JsonlWriter:
+    """Append records one at a time to a temporary dot-file; `close()` renames it into place
+    (an import that fails leaves no file under the final name). Use as a context manager."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path, self.rows = Path(path), 0
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
+                                         dir=self.path.parent)
+        self._handle = os.fdopen(fd, "w", encoding="utf-8")
+
+    def write(self, record: BaseModel) -> None:
+        self._handle.write(record.model_dump_json() + "\n")
+        self.rows += 1
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._handle.close()
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            Path(self._tmp).unlink(missing_ok=True)
+
+
 def write_info(dataset_dir: str | os.PathLike[str], info: DatasetInfo) -> None:
     """Atomically write ``dataset.json`` (call it last: its presence marks a complete set)."""
     text = json.dumps(info.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
@@ -165,7 +190,9 @@ def dataset_digest(dataset_dir: str | os.PathLike[str]) -> str:
     for rel in files:
         if rel == INFO_FILE:
             continue
-        data = (root / rel).read_bytes()
-        digest.update(f"{rel}\0{len(data)}\0".encode())
-        digest.update(data)
+        path = root / rel
+        digest.update(f"{rel}\0{path.stat().st_size}\0".encode())
+        with path.open("rb") as handle:  # in chunks: a large split never sits in memory
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()

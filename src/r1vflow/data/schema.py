@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Split = Literal["train", "val", "test"]
-PreferenceKind = Literal["wrong_answer", "miscount", "broken_format", "contradiction"]
+# "imported": a pair given by the user's data (chosen/rejected columns), not synthesized.
+PreferenceKind = Literal["wrong_answer", "miscount", "broken_format", "contradiction", "imported"]
 
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 PREFERENCE_KINDS: tuple[PreferenceKind, ...] = (
@@ -67,13 +68,25 @@ class Sample(_Record):
     )
     meta: dict[str, Any] = Field(
         default_factory=dict,
-        description="Family-specific ground truth (the scene's objects, digits, question type).",
+        description="Family-specific ground truth (the scene's objects, digits, question type); "
+        "for imported rows: source location, answer kind, options.",
+    )
+    images: list[str] = Field(
+        default_factory=list,
+        exclude_if=lambda value: not value,  # absent from synthetic rows: their bytes are unchanged
+        description="A sample with several images: each of them (relative paths); `image` is "
+        "then their side-by-side montage, for models that take one image per prompt.",
     )
 
     @field_validator("image")
     @classmethod
     def _image_ok(cls, value: str) -> str:
         return _check_relative_image(value)
+
+    @field_validator("images")
+    @classmethod
+    def _images_ok(cls, value: list[str]) -> list[str]:
+        return [_check_relative_image(v) for v in value]
 
     @field_validator("reasoning", "answer")
     @classmethod
@@ -140,7 +153,11 @@ class DatasetInfo(_Record):
         description="Rows per file: train, val, test, captions, preferences; and images."
     )
     families: list[str] = Field(description="Task families in the round-robin mix.")
-    image_size: int = Field(gt=0, description="Side of every square image, in pixels.")
+    image_size: int = Field(
+        gt=0,
+        description="Side of every square image, in pixels (imported data: the side the stages "
+        "resize images to, data.image_size).",
+    )
     seed: int = Field(description="Seed the data set was synthesized from.")
     max_objects: int | None = Field(
         default=None, description="Largest object count per scene (per side for 'comparison')."
@@ -148,6 +165,12 @@ class DatasetInfo(_Record):
     files: dict[str, str] = Field(
         default_factory=dict,
         description="Role -> path relative to the data set directory (train, val, test, ...).",
+    )
+    source: str | None = Field(
+        default=None,
+        exclude_if=lambda value: value is None,
+        description="Imported data: where it came from (a path, or hub id@revision); "
+        "absent for synthetic data.",
     )
     root: Path | None = Field(
         default=None,

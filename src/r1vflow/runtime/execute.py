@@ -71,7 +71,8 @@ def _log_dataset_input(ctx: StageContext) -> None:
     info = dataset / "dataset.json" if dataset else None
     if info is not None and info.is_file():
         digest = json.loads(info.read_text())["digest"]
-        ctx.tracker.log_dataset(f"{ctx.exp.name}-synthetic", digest, str(dataset), "training")
+        kind = ctx.exp.data.source.kind  # synthetic, files or hub
+        ctx.tracker.log_dataset(f"{ctx.exp.name}-{kind}", digest, str(dataset), "training")
 
 
 def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],

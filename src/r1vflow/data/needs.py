@@ -1,0 +1,89 @@
+"""What the enabled stages need from an imported data set, checked before anything trains.
+
+Every stage needs question, answer and image(s). Beyond that:
+- sft trains on reasoning chains: the `solution` column, unless `data.source.answer_only_sft`
+  (targets are then ``<think></think><answer>A</answer>``; align_projector's ``cot`` data too);
+- train_reward_model trains on preference pairs: the `chosen` and `rejected` columns, with pairs
+  in train and in val (its calibration is fitted on the val pairs);
+- align_projector with a (sub)step whose data is ``captions`` needs the `caption` column (a step
+  with ``all`` uses captions where there are some, the responses otherwise).
+
+`problems` checks column names (from a file's schema, before the run: `r1vflow validate` and
+`run`); `problems_after_import` checks what the rows actually held.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from r1vflow.config import Experiment
+
+REQUIRED = ("question", "answer")
+
+
+def _needs(exp: Experiment) -> dict[str, str]:
+    """role -> why, for the optional roles the enabled stages need."""
+    needs: dict[str, str] = {}
+    if not exp.data.source.answer_only_sft:
+        needs["solution"] = ("sft trains on reasoning chains; or set "
+                             "data.source.answer_only_sft=true to train on the answer alone")
+    if exp.train_reward_model is not None:
+        needs["chosen"] = needs["rejected"] = (
+            "train_reward_model trains on preference pairs; or set train_reward_model: null "
+            "(and sft.iterative: null, grpo.reward_weights.reward_model: 0)")
+    align = exp.align_projector
+    if align is not None and any(s.data == "captions" for s in [*align.substages, align.align]):
+        needs["caption"] = ("an align_projector step has data: captions; or give those steps "
+                            "data: cot")
+    return needs
+
+
+def problems(exp: Experiment, columns: set[str]) -> list[str]:
+    """One message per missing column, given the column names the data has."""
+    cols = exp.data.source.columns
+    out = [f"data.source: no {role} column {getattr(cols, role)!r} (map another one with "
+           f"--set data.source.columns.{role}=NAME)" for role in REQUIRED
+           if getattr(cols, role) not in columns]
+    if cols.image not in columns and cols.images not in columns:
+        out.append(f"data.source: no image column {cols.image!r} or {cols.images!r} (map one "
+                   "with --set data.source.columns.image=NAME)")
+    for role, why in _needs(exp).items():
+        if getattr(cols, role) not in columns:
+            out.append(f"data.source: no {role} column {getattr(cols, role)!r}: {why}; or map "
+                       f"the column with --set data.source.columns.{role}=NAME")
+    return out
+
+
+def problems_after_import(exp: Experiment, with_solution: int, captions: int,
+                          pairs_by_split: dict[str, int]) -> list[str]:
+    """Like `problems`, on what the imported rows held (a column can exist and be empty)."""
+    needs, out = _needs(exp), []
+    if "solution" in needs and not with_solution:
+        out.append(f"data.source: no row has a solution: {needs['solution']}")
+    if "chosen" in needs and not (pairs_by_split.get("train") and pairs_by_split.get("val")):
+        out.append(f"data.source: preference pairs per split {pairs_by_split or {}}; "
+                   f"train_reward_model needs pairs in train and val: {needs['chosen']}")
+    if "caption" in needs and not captions:
+        out.append(f"data.source: no row has a caption: {needs['caption']}")
+    return out
+
+
+def source_columns(exp: Experiment) -> set[str] | None:
+    """Column names of a `files` source (every file's), or None for other kinds (a hub data
+    set is checked when the data stage imports it)."""
+    from r1vflow.data.readers import discover, file_columns
+
+    source = exp.data.source
+    if source.kind != "files":
+        return None
+    columns: set[str] = set()
+    for files in discover(Path(source.path), source.splits).values():
+        for file in files:
+            columns |= file_columns(file)
+    return columns
+
+
+def check(exp: Experiment) -> list[str]:
+    """Problems of a `files` source for the enabled stages (empty: fine, or not files)."""
+    columns = source_columns(exp)
+    return [] if columns is None else problems(exp, columns)

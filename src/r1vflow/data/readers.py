@@ -1,0 +1,166 @@
+"""Streaming readers of a user's data files: JSONL line by line, Parquet batch by batch
+(pyarrow ``iter_batches``), a hub data set through `datasets` in streaming mode. Each yields
+``RawRow``s (location, columns, the folder relative image paths resolve against); no reader
+holds more than one batch of rows.
+
+`discover` names the published splits of a file or folder: files are grouped by the split name
+that opens their file name or names a folder on their path (``train.jsonl``,
+``data/validation-00000-of-00001.parquet``, ``test/part-0.parquet``); a single file, or a folder
+where no file names a split, is all train (val and test are then carved from it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from r1vflow.data.rows import RowError
+from r1vflow.data.schema import Split
+from r1vflow.data.splits import PUBLISHED_NAMES
+
+SUFFIXES = (".jsonl", ".json", ".parquet")
+PARQUET_BATCH_ROWS = 64
+
+
+@dataclass(frozen=True)
+class RawRow:
+    """One row before validation: ``location`` is ``file:row`` (1-based), ``error`` a reason
+    when the row could not even be parsed (bad JSON)."""
+
+    location: str
+    columns: dict[str, Any]
+    base_dir: Path | None
+    error: str | None = None
+
+
+def split_names(extra: dict[str, str]) -> dict[str, Split]:
+    """Published split name -> split: the usual names plus `data.source.splits` ({val: dev})."""
+    return {**PUBLISHED_NAMES, **{name: split for split, name in extra.items()}}
+
+
+def _split_of(rel: Path, names: dict[str, Split]) -> Split | None:
+    first = re.split(r"[-_.]", rel.name, maxsplit=1)[0].lower()
+    for token in (first, *(p.lower() for p in rel.parts[:-1])):
+        if token in names:
+            return names[token]
+    return None
+
+
+def discover(path: Path, extra_names: dict[str, str]) -> dict[Split | None, list[Path]]:
+    """Data files by published split; key None: one unsplit group (treated as train)."""
+    if not path.exists():
+        raise FileNotFoundError(f"data.source.path {path} does not exist")
+    if path.is_file():
+        if path.suffix not in SUFFIXES:
+            raise ValueError(f"{path}: not a data file; expected one of {', '.join(SUFFIXES)}")
+        return {None: [path]}
+    files = sorted(p for p in path.rglob("*") if p.suffix in SUFFIXES and p.is_file()
+                   and not any(part.startswith(".") for part in p.relative_to(path).parts))
+    if not files:
+        raise ValueError(f"{path}: no {'/'.join(SUFFIXES)} files in this folder")
+    names = split_names(extra_names)
+    groups: dict[Split | None, list[Path]] = {}
+    for file in files:
+        groups.setdefault(_split_of(file.relative_to(path), names), []).append(file)
+    if None in groups and len(groups) > 1:
+        unnamed = ", ".join(str(p.relative_to(path)) for p in groups[None][:5])
+        raise ValueError(f"{path}: some files name a split ({', '.join(sorted(map(str, groups.keys() - {None})))}) "
+                         f"and some do not ({unnamed}); name every file train/val/test (or map "
+                         "names with data.source.splits), or point data.source.path at one file")
+    return groups
+
+
+def iter_jsonl(path: Path) -> Iterator[RawRow]:
+    """Rows of a JSON-lines file, one line at a time; blank lines are skipped."""
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            location = f"{path}:{number}"
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as err:
+                yield RawRow(location, {}, path.parent, f"not valid JSON ({err.msg})")
+                continue
+            if not isinstance(value, dict):
+                yield RawRow(location, {}, path.parent,
+                             f"a row must be a JSON object, got {type(value).__name__}")
+                continue
+            yield RawRow(location, value, path.parent)
+
+
+def iter_parquet(path: Path, wanted: set[str]) -> Iterator[RawRow]:
+    """Rows of a Parquet file, `PARQUET_BATCH_ROWS` at a time, only the `wanted` columns that
+    exist (Hugging Face image columns arrive as {bytes, path} dicts)."""
+    import pyarrow.parquet as pq
+
+    try:
+        reader = pq.ParquetFile(path)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
+    columns = [c for c in reader.schema_arrow.names if c in wanted]
+    number = 0
+    for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
+        for row in batch.to_pylist():
+            number += 1
+            yield RawRow(f"{path}:{number}", row, path.parent)
+
+
+def iter_file(path: Path, wanted: set[str]) -> Iterator[RawRow]:
+    return iter_parquet(path, wanted) if path.suffix == ".parquet" else iter_jsonl(path)
+
+
+def file_columns(path: Path, probe_rows: int = 100) -> set[str]:
+    """Column names of a data file: the Parquet schema, or the keys of its first JSONL rows."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return set(pq.ParquetFile(path).schema_arrow.names)
+    keys: set[str] = set()
+    for k, row in enumerate(iter_jsonl(path)):
+        if k >= probe_rows:
+            break
+        keys |= set(row.columns)
+    return keys
+
+
+# ----------------------------------------------------------------------------- hub
+def hub_splits(hub, extra_names: dict[str, str]) -> dict[Split, str]:
+    """Our split -> the hub data set's split name, for the splits it publishes."""
+    import datasets
+
+    published = datasets.get_dataset_split_names(hub.id, hub.name, revision=hub.revision)
+    names = split_names(extra_names)
+    found: dict[Split, str] = {}
+    for name in published:
+        split = names.get(name.lower())
+        if split is not None and split not in found:
+            found[split] = name
+    if "train" not in found:
+        raise ValueError(f"hub data set {hub.id}@{hub.revision[:12]} publishes splits "
+                         f"{published} but none is train; map one with data.source.splits")
+    return found
+
+
+def iter_hub(hub, split_name: str) -> Iterator[RawRow]:
+    """Rows of one split of a hub data set, streamed (images as {bytes, path}: not decoded)."""
+    import datasets
+
+    ds = datasets.load_dataset(hub.id, hub.name, revision=hub.revision, split=split_name,
+                               streaming=True).decode(False)
+    for number, row in enumerate(ds, start=1):
+        yield RawRow(f"{hub.id}@{hub.revision[:12]}/{split_name}:{number}", row, None)
+
+
+def hub_columns(hub) -> set[str]:
+    """Column names of the hub data set (its features)."""
+    import datasets
+
+    builder = datasets.load_dataset_builder(hub.id, hub.name, revision=hub.revision)
+    if builder.info.features is None:
+        raise RowError(f"hub data set {hub.id} declares no features; cannot check its columns")
+    return set(builder.info.features)
