@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pyarrow as pa
@@ -297,3 +298,65 @@ def test_question_match_drops_only_long_enough_questions(tmp_path):
     assert "s12" not in {s.id for s in load_split(tmp_path / "a", "train")}
     lax = run_stage(experiment(*files_source(src), *reference(bench, "drop")), tmp_path / "b")
     assert lax.metrics["contaminated_dropped"] == 0.0  # "how many dots 12" is under 20 chars
+
+
+# ----------------------------------------------------------------------------- hub
+def test_hub_loader_on_a_local_folder_in_the_hub_layout(tmp_path, monkeypatch):
+    """kind hub runs datasets.load_dataset(id, revision=..., streaming=True); a local folder in
+    the hub layout stands in for the hub (the download itself cannot be tested here)."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    features = datasets.Features({"id": datasets.Value("string"), "image": datasets.Image(),
+                                  "question": datasets.Value("string"),
+                                  "answer": datasets.Value("int64"),
+                                  "solution": datasets.Value("string")})
+    repo = tmp_path / "repo"
+    for split, ids in (("train", range(30)), ("validation", range(30, 36)),
+                       ("test", range(36, 40))):
+        table = {"id": [f"h{i}" for i in ids],
+                 "image": [{"bytes": png_bytes(i), "path": None} for i in ids],
+                 "question": [f"Question {i}?" for i in ids], "answer": [i for i in ids],
+                 "solution": [f"It is {i}." for i in ids]}
+        datasets.Dataset.from_dict(table, features=features).to_parquet(
+            str(repo / "data" / f"{split}-00000-of-00001.parquet"))
+    exp = experiment("data.source.kind=hub", f"data.source.hub.id={repo}",
+                     f"data.source.hub.revision={'a' * 40}")
+    out = tmp_path / "ds"
+    outcome = run_stage(exp, out)
+    assert [s.id for s in load_split(out, "val")] == [f"h{i}" for i in range(30, 36)]
+    assert [s.id for s in load_split(out, "test")] == [f"h{i}" for i in range(36, 40)]
+    train = load_split(out, "train")
+    assert len(train) == 30 and train[4].answer == "4" and train[4].reasoning == "It is 4."
+    assert Image.open(out / train[4].image).getpixel((0, 0)) == colour(4)
+    assert read_info(out).source == f"hub:{repo}@{'a' * 40}"
+    assert outcome.metrics["rows_read"] == 40
+
+
+# ----------------------------------------------------------------------------- config
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["data.source.kind=files"], "data.source.kind 'files' needs data.source.path"),
+    (["data.source.kind=hub"], "data.source.kind 'hub' needs data.source.hub.id and .revision"),
+    (["data.source.path=x.jsonl"], "data.source.path is only read by kind 'files'"),
+    (["data.source.kind=hub", "data.source.hub={id: a/b, revision: main}"],
+     "data.source.hub.revision must be a commit sha (40 hex digits)"),
+    (["data.source.kind=files", "data.source.path=x", "data.source.val_fraction=0.6",
+      "data.source.test_fraction=0.4"], "val_fraction + test_fraction must leave some train"),
+    (["data.on_bad_row=ignore"], "data.on_bad_row"),
+    (["data.contamination.references=[{name: a, path: x}, {name: a, path: y}]"],
+     "names must be unique"),
+])
+def test_source_config_errors_say_what_to_do(overrides, message):
+    from r1vflow.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_experiment(SMOKE, overrides)
+
+
+def test_synthetic_rows_and_info_carry_no_import_fields(tmp_path):
+    out = tmp_path / "ds"
+    run_stage(load_experiment(SMOKE, ["synthesize_data.num_train=12", "synthesize_data.num_val=4",
+                                      "synthesize_data.num_test=4"]), out)
+    assert '"images"' not in (out / "train.jsonl").read_text()
+    assert "source" not in json.loads((out / "dataset.json").read_text())

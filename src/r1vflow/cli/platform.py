@@ -110,6 +110,15 @@ def register(app: typer.Typer) -> None:
 
         typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2))
 
+    @bench.command("data-import")
+    def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
+                          rows: Annotated[int, typer.Option(help="N: measured at N and 2N.")] = 2000,
+                          side: Annotated[int, typer.Option(help="Image side, px.")] = 128) -> None:
+        """Peak RSS of importing a Parquet and a JSONL data set at N and 2N rows."""
+        from r1vflow.bench.data_import import run_bench
+
+        typer.echo(json.dumps(run_bench(json_out, rows=rows, side=side), indent=2))
+
     @app.command()
     def lineage(name: str, version: str,
                 as_json: Annotated[bool, typer.Option("--json")] = False,

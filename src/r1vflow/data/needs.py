@@ -68,12 +68,14 @@ def problems_after_import(exp: Experiment, with_solution: int, captions: int,
     return out
 
 
-def source_columns(exp: Experiment) -> set[str] | None:
-    """Column names of a `files` source (every file's), or None for other kinds (a hub data
-    set is checked when the data stage imports it)."""
-    from r1vflow.data.readers import discover, file_columns
+def source_columns(exp: Experiment, hub: bool = False) -> set[str] | None:
+    """Column names of a `files` source (every file's) or, with `hub`, of a hub source (its
+    first rows: needs the hub); None for synthetic data or a hub source without `hub`."""
+    from r1vflow.data.readers import discover, file_columns, hub_columns
 
     source = exp.data.source
+    if source.kind == "hub" and hub:
+        return hub_columns(source.hub, source.splits)
     if source.kind != "files":
         return None
     columns: set[str] = set()
@@ -83,7 +85,7 @@ def source_columns(exp: Experiment) -> set[str] | None:
     return columns
 
 
-def check(exp: Experiment) -> list[str]:
-    """Problems of a `files` source for the enabled stages (empty: fine, or not files)."""
-    columns = source_columns(exp)
+def check(exp: Experiment, hub: bool = False) -> list[str]:
+    """Problems of a `files` (or, with `hub`, a hub) source for the enabled stages."""
+    columns = source_columns(exp, hub)
     return [] if columns is None else problems(exp, columns)

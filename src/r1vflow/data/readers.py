@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from r1vflow.data.rows import RowError
 from r1vflow.data.schema import Split
 from r1vflow.data.splits import PUBLISHED_NAMES
 
@@ -156,11 +155,12 @@ def iter_hub(hub, split_name: str) -> Iterator[RawRow]:
         yield RawRow(f"{hub.id}@{hub.revision[:12]}/{split_name}:{number}", row, None)
 
 
-def hub_columns(hub) -> set[str]:
-    """Column names of the hub data set (its features)."""
-    import datasets
-
-    builder = datasets.load_dataset_builder(hub.id, hub.name, revision=hub.revision)
-    if builder.info.features is None:
-        raise RowError(f"hub data set {hub.id} declares no features; cannot check its columns")
-    return set(builder.info.features)
+def hub_columns(hub, extra_names: dict[str, str]) -> set[str]:
+    """Column names of the hub data set: the keys of the first row of each split it publishes
+    (streamed; its declared features are not always known before reading)."""
+    columns: set[str] = set()
+    for name in hub_splits(hub, extra_names).values():
+        for row in iter_hub(hub, name):
+            columns |= set(row.columns)
+            break
+    return columns

@@ -49,7 +49,7 @@ def _import(ctx: StageContext) -> StageOutcome:
     from r1vflow.data.importer import import_dataset
 
     exp, data = ctx.exp, ctx.exp.data
-    found = needs.check(exp)  # column names first: fail before reading a single image
+    found = needs.check(exp, hub=True)  # column names first: fail before reading a single image
     if found:
         raise ValueError("; ".join(found))
     result = import_dataset(ctx.outputs["dataset"], data.source, on_bad_row=data.on_bad_row,

@@ -1,0 +1,118 @@
+"""`r1vflow bench data-import`: peak memory of importing a data set at N and 2N rows.
+
+Builds data sets of random-noise PNG images (noise does not compress, so each image is about
+3 x side^2 bytes encoded and decoded) in the Hugging Face Parquet layout and as JSONL with image
+files, imports each in a fresh process (r1vflow.data.importer, the data stage's code) and reads
+that process's peak resident set size (``ru_maxrss``) before and after the import. If the import
+held rows or images, the 2N figure would exceed the N one by about N images' bytes; streaming
+keeps the two close.
+
+    r1vflow bench data-import --rows 2000 --json data-import.json
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+_CHILD = """
+import json, resource, sys, time
+from r1vflow.config.data_source import ContaminationConfig, DataSourceConfig
+from r1vflow.data.importer import import_dataset
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+result = import_dataset(sys.argv[2], DataSourceConfig(kind="files", path=sys.argv[1]),
+                        on_bad_row="fail", contamination=ContaminationConfig(), image_size=32)
+print(json.dumps({"seconds": time.perf_counter() - start, "rows_read": result.rows_read,
+                  "rss_before_mib": before / 1024,
+                  "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def _png(rng: np.random.Generator, side: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (side, side, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _row(i: int, image) -> dict:
+    return {"id": f"r{i}", "image": image, "question": f"What is shown in picture {i}?",
+            "answer": str(i % 10), "solution": f"The picture shows {i % 10}."}
+
+
+def make_parquet(folder: Path, rows: int, side: int, seed: int = 0) -> Path:
+    """A Hugging Face style Parquet file (image as {bytes, path}), written 256 rows at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rng = np.random.default_rng(seed)
+    path = folder / "train-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = pa.schema([("id", pa.string()),
+                        ("image", pa.struct([("bytes", pa.binary()), ("path", pa.string())])),
+                        ("question", pa.string()), ("answer", pa.string()),
+                        ("solution", pa.string())])
+    with pq.ParquetWriter(path, schema) as writer:
+        for start in range(0, rows, 256):
+            batch = [_row(i, {"bytes": _png(rng, side), "path": f"{i}.png"})
+                     for i in range(start, min(rows, start + 256))]
+            writer.write_table(pa.Table.from_pylist(batch, schema=schema))
+    return path
+
+
+def make_jsonl(folder: Path, rows: int, side: int, seed: int = 0) -> Path:
+    """A JSONL file with one PNG file per row under img/."""
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    path = folder / "train.jsonl"
+    with path.open("w") as handle:
+        for i in range(rows):
+            (folder / "img" / f"{i}.png").write_bytes(_png(rng, side))
+            handle.write(json.dumps(_row(i, f"img/{i}.png")) + "\n")
+    return path
+
+
+def _measure(source: Path, out: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(source), str(out)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode:
+        raise RuntimeError(f"import of {source} failed: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_bench(json_out: Path | None, rows: int = 2000, side: int = 128) -> dict:
+    """Peak RSS of importing `rows` and 2 x `rows` rows, Parquet and JSONL."""
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="r1vflow-bench-data-") as tmp:
+        for fmt, make in (("parquet", make_parquet), ("jsonl", make_jsonl)):
+            for n in (rows, 2 * rows):
+                work = Path(tmp) / f"{fmt}-{n}"
+                source = make(work / "src", n, side)
+                started = time.perf_counter()
+                measured = _measure(source, work / "out")
+                measured["rows_per_s"] = n / measured["seconds"]
+                measured["wall_seconds"] = time.perf_counter() - started
+                results[f"{fmt}/{n}"] = measured
+                shutil.rmtree(work)
+    image_mib = 3 * side * side / 2**20
+    summary = {
+        "rows": [rows, 2 * rows], "image_side": side,
+        "image_mib_each": round(image_mib, 4),
+        "images_mib_added_by_doubling": round(rows * image_mib, 1),
+        "results": results,
+        "peak_growth_mib": {fmt: round(results[f"{fmt}/{2 * rows}"]["peak_rss_mib"]
+                                       - results[f"{fmt}/{rows}"]["peak_rss_mib"], 1)
+                            for fmt in ("parquet", "jsonl")},
+    }
+    if json_out is not None:
+        Path(json_out).write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
