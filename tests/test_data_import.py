@@ -344,8 +344,11 @@ def test_hub_loader_on_a_local_folder_in_the_hub_layout(tmp_path, monkeypatch):
     (["data.source.kind=files", "data.source.path=x", "data.source.val_fraction=0.6",
       "data.source.test_fraction=0.4"], "val_fraction + test_fraction must leave some train"),
     (["data.on_bad_row=ignore"], "data.on_bad_row"),
-    (["data.contamination.references=[{name: a, path: x}, {name: a, path: y}]"],
+    (["data.source.kind=files", "data.source.path=x",
+      "data.contamination.references=[{name: a, path: x}, {name: a, path: y}]"],
      "names must be unique"),
+    (["data.contamination.references=[{name: a, path: x}]"],
+     "data.contamination checks imported data (data.source.kind files or hub)"),
 ])
 def test_source_config_errors_say_what_to_do(overrides, message):
     from r1vflow.config import ConfigError
@@ -360,3 +363,14 @@ def test_synthetic_rows_and_info_carry_no_import_fields(tmp_path):
                                       "synthesize_data.num_test=4"]), out)
     assert '"images"' not in (out / "train.jsonl").read_text()
     assert "source" not in json.loads((out / "dataset.json").read_text())
+
+
+def test_max_rows_reads_only_the_first_rows_of_each_file(tmp_path):
+    src = write_jsonl_set(tmp_path / "src", 50, extra=BAD)  # the bad rows lie past the limit
+    outcome = run_stage(experiment(*files_source(src, "data.source.max_rows=30",
+                                                 "data.source.val_fraction=0.3",
+                                                 "data.source.test_fraction=0.3")),
+                        tmp_path / "ds")
+    assert outcome.metrics["rows_read"] == 30 and outcome.metrics["rows_skipped"] == 0
+    ids = {s.id for split in ("train", "val", "test") for s in load_split(tmp_path / "ds", split)}
+    assert ids == {f"s{i}" for i in range(30)}

@@ -77,8 +77,9 @@ class DataSourceConfig(Strict):
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of train carved out as test "
                                                              "when no test split is published.")
     seed: int = Field(0, description="Seed of the carving (a hash of seed and row id).")
-    max_rows: int | None = Field(None, gt=0, description="Read at most this many rows per "
-                                                         "published split (quick runs).")
+    max_rows: int | None = Field(None, gt=0, description="Read at most this many rows of each "
+                                                         "file (each split of a hub data set): "
+                                                         "quick runs.")
     answer_only_sft: bool = Field(
         False, description="Without a solution column, train SFT on '<think></think><answer>"
                            "A</answer>' (no reasoning to imitate); off: validation refuses.")

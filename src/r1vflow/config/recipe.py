@@ -86,6 +86,14 @@ class DataConfig(Strict):
         default_factory=ContaminationConfig,
         description="files/hub: training samples shared with evaluation sets (docs/data.md).")
 
+    @model_validator(mode="after")
+    def _import_settings_need_import(self) -> DataConfig:
+        if self.source.kind == "synthetic" and self.contamination.references:
+            raise ValueError("data.contamination checks imported data (data.source.kind files "
+                             "or hub); synthetic tasks share nothing with public benchmarks: "
+                             "remove data.contamination.references or import your data")
+        return self
+
 
 # --------------------------------------------------------------------------- stages
 

@@ -1,7 +1,7 @@
-"""Streaming readers of a user's data files: JSONL line by line, Parquet batch by batch
-(pyarrow ``iter_batches``), a hub data set through `datasets` in streaming mode. Each yields
+"""Streaming readers of a user's data files: JSONL line by line, Parquet row group by row
+group, a hub data set through `datasets` in streaming mode. Each yields
 ``RawRow``s (location, columns, the folder relative image paths resolve against); no reader
-holds more than one batch of rows.
+holds more than one row group (Parquet) or one line (JSONL).
 
 `discover` names the published splits of a file or folder: files are grouped by the split name
 that opens their file name or names a folder on their path (``train.jsonl``,
@@ -93,8 +93,10 @@ def iter_jsonl(path: Path) -> Iterator[RawRow]:
 
 
 def iter_parquet(path: Path, wanted: set[str]) -> Iterator[RawRow]:
-    """Rows of a Parquet file, `PARQUET_BATCH_ROWS` at a time, only the `wanted` columns that
-    exist (Hugging Face image columns arrive as {bytes, path} dicts)."""
+    """Rows of a Parquet file, one row group at a time (then `PARQUET_BATCH_ROWS` rows at a
+    time), only the `wanted` columns that exist; Hugging Face image columns arrive as
+    {bytes, path} dicts. Not `iter_batches`: it reads ahead, and its peak memory grew with the
+    file (measured: 2,000 vs 4,000 rows of 48 KB images, +108 MiB; row groups: +0)."""
     import pyarrow.parquet as pq
 
     try:
@@ -103,10 +105,13 @@ def iter_parquet(path: Path, wanted: set[str]) -> Iterator[RawRow]:
         raise ValueError(f"{path}: not a readable Parquet file ({err})") from err
     columns = [c for c in reader.schema_arrow.names if c in wanted]
     number = 0
-    for batch in reader.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=columns):
-        for row in batch.to_pylist():
-            number += 1
-            yield RawRow(f"{path}:{number}", row, path.parent)
+    for group in range(reader.num_row_groups):
+        table = reader.read_row_group(group, columns=columns)
+        for batch in table.to_batches(max_chunksize=PARQUET_BATCH_ROWS):
+            for row in batch.to_pylist():
+                number += 1
+                yield RawRow(f"{path}:{number}", row, path.parent)
+        del table
 
 
 def iter_file(path: Path, wanted: set[str]) -> Iterator[RawRow]:
