@@ -374,3 +374,56 @@ def test_max_rows_reads_only_the_first_rows_of_each_file(tmp_path):
     assert outcome.metrics["rows_read"] == 30 and outcome.metrics["rows_skipped"] == 0
     ids = {s.id for split in ("train", "val", "test") for s in load_split(tmp_path / "ds", split)}
     assert ids == {f"s{i}" for i in range(30)}
+
+
+# ----------------------------------------------------------------------------- discovery
+def touch(root: Path, *names: str) -> None:
+    for name in names:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text("")
+
+
+def test_published_splits_come_from_file_and_folder_names(tmp_path):
+    from r1vflow.data.readers import discover
+
+    touch(tmp_path, "data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet",
+          "data/validation-00000-of-00001.parquet", "test/part-0.jsonl", "data/README.md",
+          ".cache/train.jsonl")
+    groups = discover(tmp_path, {})
+    assert {k: [p.relative_to(tmp_path).as_posix() for p in v] for k, v in groups.items()} == {
+        "train": ["data/train-00000-of-00002.parquet", "data/train-00001-of-00002.parquet"],
+        "val": ["data/validation-00000-of-00001.parquet"], "test": ["test/part-0.jsonl"]}
+    touch(tmp_path / "b", "train.jsonl", "minival.jsonl")
+    with pytest.raises(ValueError, match="some files name a split \\(train\\) and some do not "
+                                         "\\(minival.jsonl\\)"):
+        discover(tmp_path / "b", {})
+    assert set(discover(tmp_path / "b", {"val": "minival"})) == {"train", "val"}
+    touch(tmp_path / "c", "part-a.jsonl", "part-b.jsonl")
+    touch(tmp_path, "README.md")
+    assert list(discover(tmp_path / "c", {})) == [None]
+    with pytest.raises(ValueError, match="not a data file"):
+        discover(tmp_path / "README.md", {})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        discover(tmp_path / "nope", {})
+
+
+@pytest.mark.slow
+def test_bench_data_import_reads_every_row_at_both_sizes(tmp_path):
+    from r1vflow.bench.data_import import run_bench
+
+    summary = run_bench(tmp_path / "bench.json", rows=12, side=16)
+    assert {k: v["rows_read"] for k, v in summary["results"].items()} == {
+        "parquet/12": 12, "parquet/24": 24, "jsonl/12": 12, "jsonl/24": 24}
+    assert json.loads((tmp_path / "bench.json").read_text())["rows"] == [12, 24]
+    assert summary["images_mib_added_by_doubling"] == round(12 * 3 * 16 * 16 / 2**20, 1)
+
+
+def test_files_signature_changes_with_a_data_file(tmp_path):
+    from r1vflow.data.needs import files_signature
+
+    src = write_jsonl_set(tmp_path / "src", 3)
+    exp = experiment(*files_source(src.parent))
+    first = files_signature(exp)
+    assert files_signature(exp) == first
+    src.write_text(src.read_text() + "\n")  # one byte more
+    assert files_signature(exp) != first

@@ -27,17 +27,20 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Experiment:
         raise typer.Exit(2) from None
 
 
-def check_data_or_exit(exp: Experiment) -> Experiment:
-    """For a `files` data source: make its path absolute (tasks may run elsewhere) and check
-    that the files have the columns the enabled stages need; one error line each, exit 2."""
+def check_data_or_exit(exp: Experiment, sign: bool = False) -> Experiment:
+    """For a `files` data source: make its path absolute (tasks may run elsewhere), check that
+    the files have the columns the enabled stages need (one error line each, exit 2), and with
+    `sign` record the files' signature (a changed file is then a new cache key)."""
     source = exp.data.source
     if source.kind != "files":
         return exp
-    from r1vflow.data.needs import check
+    from r1vflow.data.needs import check, files_signature
 
     source.path = str(Path(source.path).resolve())
     try:
         found = check(exp)
+        if sign and not found:
+            source.files_signature = files_signature(exp)
     except (OSError, ValueError) as err:
         found = [str(err)]
     for line in found:

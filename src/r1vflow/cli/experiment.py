@@ -63,7 +63,7 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]error:[/red] {err}", highlight=False)
                 raise typer.Exit(2) from None
             set_ = ["storage.backend=s3", *(set_ or [])]
-        exp = check_data_or_exit(load_or_exit(config, set_))
+        exp = check_data_or_exit(load_or_exit(config, set_), sign=True)
         out = output_dir or Path("runs") / exp.name
         console.print(f"[bold]r1vflow[/bold] running {exp.name} "
                       f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)

@@ -80,6 +80,10 @@ class DataSourceConfig(Strict):
     max_rows: int | None = Field(None, gt=0, description="Read at most this many rows of each "
                                                          "file (each split of a hub data set): "
                                                          "quick runs.")
+    files_signature: str | None = Field(
+        None, description="Set by `r1vflow run`: sha256 of the data files' names, sizes and "
+                          "modification times, so a changed file changes the fingerprint and "
+                          "KFP's cache key (images referenced by path are not covered).")
     answer_only_sft: bool = Field(
         False, description="Without a solution column, train SFT on '<think></think><answer>"
                            "A</answer>' (no reasoning to imitate); off: validation refuses.")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,17 +237,13 @@ def import_dataset(out_dir: str | Path, source: DataSourceConfig, *, on_bad_row:
     fractions = (0.0 if "val" in published else source.val_fraction,
                  0.0 if "test" in published else source.test_fraction)
     carved = frozenset(s for s, f in zip(("val", "test"), fractions, strict=True) if f > 0)
-    writer = _Writer(out)
-    run = _Run(source, on_bad_row, contamination, build_index(contamination),
-               SplitGuard(carved), writer, fractions)
-    try:
-        run.consume(groups)
-    except BaseException as err:
+    with ExitStack() as stack:  # on an error every split file's temporary is removed
+        writer = _Writer(out)
         for handle in writer.files():
-            handle.__exit__(type(err), err, None)
-        raise
-    for handle in writer.files():
-        handle.__exit__(None, None, None)
+            stack.enter_context(handle)
+        run = _Run(source, on_bad_row, contamination, build_index(contamination),
+                   SplitGuard(carved), writer, fractions)
+        run.consume(groups)
     counts = {s: writer.splits[s].rows for s in SPLITS}
     empty = [s for s in SPLITS if not counts[s]]
     if empty:

@@ -89,3 +89,20 @@ def check(exp: Experiment, hub: bool = False) -> list[str]:
     """Problems of a `files` (or, with `hub`, a hub) source for the enabled stages."""
     columns = source_columns(exp, hub)
     return [] if columns is None else problems(exp, columns)
+
+
+def files_signature(exp: Experiment) -> str:
+    """sha256 over the relative name, size and modification time of every data file of a
+    `files` source (not of images they reference by path)."""
+    import hashlib
+
+    from r1vflow.data.readers import discover
+
+    root = Path(exp.data.source.path)
+    digest = hashlib.sha256()
+    for files in discover(root, exp.data.source.splits).values():
+        for file in files:
+            stat = file.stat()
+            rel = file.name if root.is_file() else file.relative_to(root).as_posix()
+            digest.update(f"{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
