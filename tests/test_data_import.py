@@ -206,11 +206,14 @@ def test_validation_names_what_the_stages_lack():
     assert any("no solution column 'solution': sft trains on reasoning chains; or set "
                "data.source.answer_only_sft=true" in p for p in found)
     assert any("no chosen column 'chosen': train_reward_model trains on preference pairs; or "
-               "set train_reward_model: null" in p for p in found)
+               "set data.source.derive_pairs=true" in p for p in found)
     assert any("no caption column 'caption': an align_projector step has data: captions" in p
                for p in found)
     assert problems(exp, {"image", "question", "answer", "solution", "chosen", "rejected",
                           "caption"}) == []
+    derived = load_experiment(SMOKE, ["data.source.kind=files", "data.source.path=x.jsonl",
+                                      "data.source.derive_pairs=true"])
+    assert not any("chosen" in p for p in problems(derived, {"image", "question", "answer"}))
     lax = load_experiment(SMOKE, [*PLAIN, "data.source.kind=files", "data.source.path=x.jsonl",
                                   "data.source.answer_only_sft=true"])
     assert problems(lax, {"images", "question", "answer"}) == []
@@ -427,3 +430,24 @@ def test_files_signature_changes_with_a_data_file(tmp_path):
     assert files_signature(exp) == first
     src.write_text(src.read_text() + "\n")  # one byte more
     assert files_signature(exp) != first
+
+
+def test_derived_pairs_let_the_reward_model_train_on_plain_question_answer_data(tmp_path):
+    src = write_jsonl_set(tmp_path / "src", 40)
+    exp = load_experiment(SMOKE, ["name=imp", "align_projector=null",
+                                  *files_source(src, "data.source.derive_pairs=true",
+                                                "data.source.val_fraction=0.25")])
+    run_stage(exp, tmp_path / "ds")
+    pairs = {p.id: p for p in load_preferences(tmp_path / "ds")}
+    samples = {s.id: s for split in ("train", "val", "test")
+               for s in load_split(tmp_path / "ds", split)}
+    assert set(pairs) == {f"pair-{i}" for i in samples}
+    assert {p.kind for p in pairs.values()} == {"wrong_answer", "broken_format"}
+    for pair in pairs.values():
+        sample = samples[pair.id.removeprefix("pair-")]
+        assert pair.chosen == sample.response()
+        if pair.kind == "wrong_answer":
+            assert pair.rejected == sample.response().replace(
+                f"<answer>{sample.answer}</answer>", f"<answer>{int(sample.answer) + 1}</answer>")
+        else:
+            assert pair.rejected == f"{sample.reasoning} {sample.answer}"

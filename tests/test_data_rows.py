@@ -18,6 +18,7 @@ from r1vflow.data.rows import (
     answer_kind,
     answer_text,
     decode_image,
+    derived_pair,
     montage,
     normalise_question,
     parse_choices,
@@ -228,3 +229,16 @@ def test_contamination_index_reports_item_and_reason():
     assert [(m.reference, m.reason, m.item_id) for m in matches] == \
         [("mmmu", "image", "v1"), ("mmmu", "question", "v1")]
     assert index.matches(EvalItem.of("t", "unrelated but long question text", ["g"])) == []
+
+
+def test_derived_pairs_alternate_wrong_answer_and_broken_format():
+    choice = parse_row(row(choices=["x", "y", "z"], answer="C", solution="z it is"), COLUMNS, None)
+    assert derived_pair(choice, 0) == ("<think>z it is</think><answer>C</answer>",
+                                       "<think>z it is</think><answer>A</answer>", "wrong_answer")
+    assert derived_pair(choice, 1) == ("<think>z it is</think><answer>C</answer>",
+                                       "z it is C", "broken_format")
+    number = parse_row(row(answer=-2), COLUMNS, None)  # no solution: empty reasoning
+    assert derived_pair(number, 4) == ("<think></think><answer>-2</answer>",
+                                       "<think></think><answer>-1</answer>", "wrong_answer")
+    text = parse_row(row(answer="Paris", solution="the capital"), COLUMNS, None)
+    assert derived_pair(text, 0)[1:] == ("the capital Paris", "broken_format")

@@ -84,6 +84,10 @@ class DataSourceConfig(Strict):
         None, description="Set by `r1vflow run`: sha256 of the data files' names, sizes and "
                           "modification times, so a changed file changes the fingerprint and "
                           "KFP's cache key (images referenced by path are not covered).")
+    derive_pairs: bool = Field(
+        False, description="Without chosen/rejected columns, derive one preference pair per row "
+                           "for train_reward_model: the reference response against a wrong "
+                           "answer or a broken format (docs/data.md).")
     answer_only_sft: bool = Field(
         False, description="Without a solution column, train SFT on '<think></think><answer>"
                            "A</answer>' (no reasoning to imitate); off: validation refuses.")

@@ -35,7 +35,15 @@ from r1vflow.data.io import (
     write_info,
 )
 from r1vflow.data.references import reference_items
-from r1vflow.data.rows import ParsedRow, RowError, decode_image, montage, parse_row, pixel_hash
+from r1vflow.data.rows import (
+    ParsedRow,
+    RowError,
+    decode_image,
+    derived_pair,
+    montage,
+    parse_row,
+    pixel_hash,
+)
 from r1vflow.data.schema import (
     SPLITS,
     CaptionSample,
@@ -113,8 +121,8 @@ def _groups(source: DataSourceConfig) -> list[_Group]:
 class _Writer:
     """The open output files of an import, and the next sample number."""
 
-    def __init__(self, out: Path) -> None:
-        self.out, self.n = out, 0
+    def __init__(self, out: Path, derive_pairs: bool) -> None:
+        self.out, self.n, self.derive_pairs = out, 0, derive_pairs
         self.splits = {s: JsonlWriter(out / split_file(s)) for s in SPLITS}
         self.captions = JsonlWriter(out / CAPTIONS_FILE)
         self.pairs = JsonlWriter(out / PREFERENCES_FILE)
@@ -154,10 +162,13 @@ class _Writer:
         if row.caption:
             self.captions.write(CaptionSample(id=f"cap-{row_id}", split=split, image=image,
                                               caption=row.caption))
-        if row.chosen:
+        pair = (row.chosen, row.rejected, "imported") if row.chosen else None
+        if pair is None and self.derive_pairs:
+            pair = derived_pair(row, self.n)
+        if pair is not None:
             self.pairs.write(PreferencePair(
                 id=f"pair-{row_id}", split=split, image=image, question=row.question,
-                chosen=row.chosen, rejected=row.rejected, kind="imported", answer=row.answer))
+                chosen=pair[0], rejected=pair[1], kind=pair[2], answer=row.answer))
             self.pair_splits[split] += 1
         self.kinds[row.answer_kind] += 1
         self.n += 1
@@ -238,7 +249,7 @@ def import_dataset(out_dir: str | Path, source: DataSourceConfig, *, on_bad_row:
                  0.0 if "test" in published else source.test_fraction)
     carved = frozenset(s for s, f in zip(("val", "test"), fractions, strict=True) if f > 0)
     with ExitStack() as stack:  # on an error every split file's temporary is removed
-        writer = _Writer(out)
+        writer = _Writer(out, source.derive_pairs)
         for handle in writer.files():
             stack.enter_context(handle)
         run = _Run(source, on_bad_row, contamination, build_index(contamination),

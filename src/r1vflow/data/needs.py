@@ -3,8 +3,9 @@
 Every stage needs question, answer and image(s). Beyond that:
 - sft trains on reasoning chains: the `solution` column, unless `data.source.answer_only_sft`
   (targets are then ``<think></think><answer>A</answer>``; align_projector's ``cot`` data too);
-- train_reward_model trains on preference pairs: the `chosen` and `rejected` columns, with pairs
-  in train and in val (its calibration is fitted on the val pairs);
+- train_reward_model trains on preference pairs: the `chosen` and `rejected` columns, or
+  `data.source.derive_pairs`, with pairs in train and in val (its calibration is fitted on the
+  val pairs);
 - align_projector with a (sub)step whose data is ``captions`` needs the `caption` column (a step
   with ``all`` uses captions where there are some, the responses otherwise).
 
@@ -27,10 +28,12 @@ def _needs(exp: Experiment) -> dict[str, str]:
     if not exp.data.source.answer_only_sft:
         needs["solution"] = ("sft trains on reasoning chains; or set "
                              "data.source.answer_only_sft=true to train on the answer alone")
-    if exp.train_reward_model is not None:
+    if exp.train_reward_model is not None and not exp.data.source.derive_pairs:
         needs["chosen"] = needs["rejected"] = (
-            "train_reward_model trains on preference pairs; or set train_reward_model: null "
-            "(and sft.iterative: null, grpo.reward_weights.reward_model: 0)")
+            "train_reward_model trains on preference pairs; or set "
+            "data.source.derive_pairs=true (wrong-answer and broken-format pairs), or "
+            "train_reward_model: null (and sft.iterative: null, "
+            "grpo.reward_weights.reward_model: 0)")
     align = exp.align_projector
     if align is not None and any(s.data == "captions" for s in [*align.substages, align.align]):
         needs["caption"] = ("an align_projector step has data: captions; or give those steps "
@@ -60,9 +63,11 @@ def problems_after_import(exp: Experiment, with_solution: int, captions: int,
     needs, out = _needs(exp), []
     if "solution" in needs and not with_solution:
         out.append(f"data.source: no row has a solution: {needs['solution']}")
-    if "chosen" in needs and not (pairs_by_split.get("train") and pairs_by_split.get("val")):
+    if exp.train_reward_model is not None and not (pairs_by_split.get("train")
+                                                   and pairs_by_split.get("val")):
         out.append(f"data.source: preference pairs per split {pairs_by_split or {}}; "
-                   f"train_reward_model needs pairs in train and val: {needs['chosen']}")
+                   "train_reward_model needs pairs in train and val: give chosen/rejected in "
+                   "more rows, set data.source.derive_pairs=true, or train_reward_model: null")
     if "caption" in needs and not captions:
         out.append(f"data.source: no row has a caption: {needs['caption']}")
     return out

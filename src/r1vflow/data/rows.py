@@ -27,7 +27,14 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from r1vflow.data.schema import ANSWER_CLOSE, ANSWER_OPEN, RESPONSE_TAGS, THINK_CLOSE, THINK_OPEN
+from r1vflow.data.schema import (
+    ANSWER_CLOSE,
+    ANSWER_OPEN,
+    RESPONSE_TAGS,
+    THINK_CLOSE,
+    THINK_OPEN,
+    format_response,
+)
 
 AnswerKind = Literal["choice", "number", "latex", "text"]
 LETTERS = string.ascii_uppercase
@@ -242,6 +249,23 @@ def parse_row(raw: Mapping[str, Any], columns, base_dir: Path | None) -> ParsedR
         images=tuple(_images(raw, columns, base_dir)), choices=choices,
         caption=None if caption is None else _no_tags(caption, "caption"),
         chosen=chosen, rejected=rejected)
+
+
+def derived_pair(row: ParsedRow, index: int) -> tuple[str, str, str]:
+    """(chosen, rejected, kind) for a row without a given pair: the reference response against
+    the same reasoning with a wrong answer (integers +1, choices the next option) on even
+    `index`es, or against a broken format (the answer without tags) otherwise and for answers
+    with no obvious wrong value (text, LaTeX, decimals)."""
+    reasoning = row.reasoning or ""
+    chosen = format_response(reasoning, row.answer)
+    wrong = None
+    if row.answer_kind == "choice" and row.choices and len(row.choices) > 1:
+        wrong = LETTERS[(LETTERS.index(row.answer) + 1) % len(row.choices)]
+    elif row.answer_kind == "number" and re.fullmatch(r"[+-]?\d+", row.answer):
+        wrong = str(int(row.answer) + 1)
+    if wrong is not None and index % 2 == 0:
+        return chosen, format_response(reasoning, wrong), "wrong_answer"
+    return chosen, f"{reasoning} {row.answer}".strip(), "broken_format"
 
 
 # ----------------------------------------------------------------------------- images
