@@ -59,6 +59,15 @@ def test_validate_names_the_missing_solution_column_and_exits_2(tmp_path):
     assert "chosen" not in result.stderr  # the reward model is off
 
 
+def test_run_with_a_missing_data_path_is_one_error_line_and_runs_nothing(tmp_path):
+    out = tmp_path / "out"
+    result = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out), "--set",
+                  "data.source.kind=files", "--set", f"data.source.path={tmp_path / 'nope'}")
+    assert result.returncode == 2
+    assert f"error: data.source.path {tmp_path / 'nope'} does not exist" in result.stderr
+    assert "Traceback" not in result.stderr and not out.exists()
+
+
 @pytest.mark.slow
 def test_whole_dag_runs_on_a_users_jsonl(tmp_path):
     data = write_user_data(tmp_path / "user", 160)
