@@ -451,3 +451,40 @@ def test_derived_pairs_let_the_reward_model_train_on_plain_question_answer_data(
                 f"<answer>{sample.answer}</answer>", f"<answer>{int(sample.answer) + 1}</answer>")
         else:
             assert pair.rejected == f"{sample.reasoning} {sample.answer}"
+
+
+def test_import_is_an_mlflow_dataset_input_with_its_digest(tmp_path):
+    import mlflow
+
+    from r1vflow.tracking.runs import stage_run
+
+    src = write_jsonl_set(tmp_path / "src", 30)
+    exp = experiment(*files_source(src, "data.source.val_fraction=0.2",
+                                   "data.source.test_fraction=0.2"))
+    out = tmp_path / "ds"
+    out.mkdir()
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    with stage_run(uri, "r1vflow-test", "synthesize_data", exp.name) as tracker:
+        stage_function("synthesize_data")(StageContext(
+            exp=exp, stage="synthesize_data", inputs={}, outputs={"dataset": out},
+            tracker=tracker))
+        run_id = tracker.run_id
+    inputs = mlflow.MlflowClient(uri).get_run(run_id).inputs.dataset_inputs
+    assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [
+        ("imp-files", read_info(out).digest[:36])]
+    assert json.loads(inputs[0].dataset.source)["uri"] == str(out)
+
+
+def test_parquet_reference_in_hugging_face_layout(tmp_path):
+    src, _ = contaminated_setup(tmp_path)
+    bench = tmp_path / "pq-bench"
+    rows = [{"id": "m1", "images": [{"bytes": png_bytes(900), "path": "a.png"},
+                                    {"bytes": png_bytes(3), "path": "b.png"}],  # s3's image
+             "question": "Unrelated question text here", "options": None, "gold": "A"}]
+    hf_parquet(bench / "data" / "validation-00000-of-00001.parquet", rows)
+    ref = {"name": "mmmu-like", "path": str(bench), "split": "validation"}
+    outcome = run_stage(experiment(*files_source(src),
+                                   f"data.contamination.references=[{json.dumps(ref)}]",
+                                   "data.contamination.action=drop"), tmp_path / "ds")
+    assert outcome.metrics["contaminated_dropped/mmmu-like"] == 1.0
+    assert "s3" not in {s.id for s in load_split(tmp_path / "ds", "train")}
