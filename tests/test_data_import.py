@@ -488,3 +488,13 @@ def test_parquet_reference_in_hugging_face_layout(tmp_path):
                                    "data.contamination.action=drop"), tmp_path / "ds")
     assert outcome.metrics["contaminated_dropped/mmmu-like"] == 1.0
     assert "s3" not in {s.id for s in load_split(tmp_path / "ds", "train")}
+
+
+def test_bootstrap_cache_key_ignores_the_data_source():
+    from r1vflow.config.slicing import slice_for
+
+    synthetic = load_experiment(SMOKE)
+    files = load_experiment(SMOKE, ["data.source.kind=files", "data.source.path=/d/x.jsonl"])
+    assert slice_for(files, "bootstrap") == slice_for(synthetic, "bootstrap")
+    assert slice_for(files, "bootstrap")["data"] == {"image_size": 32, "seed": 0}
+    assert slice_for(files, "synthesize_data") != slice_for(synthetic, "synthesize_data")

@@ -55,7 +55,9 @@ _DATASET = Input("dataset", "Dataset", "synthesize_data", "dataset")
 TABLE: tuple[Stage, ...] = (
     Stage("bootstrap", "r1vflow.stages.bootstrap", inputs=(),
           outputs=(Output("base_model", "Model"), Output("substitute_llm", "Model")),
-          model_output="base_model", label=BASE, reads=("model", "data")),
+          model_output="base_model", label=BASE,
+          reads=("model", "data.image_size", "data.seed")),  # not data.source: a new data
+          # file must not retrain the base models, which never read it
     Stage("synthesize_data", "r1vflow.stages.synthesize_data", inputs=(),
           outputs=(Output("dataset", "Dataset"),), reads=("data",), optional=False,
           image="base"),
