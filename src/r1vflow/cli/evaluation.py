@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             report = score_predictions(benchmark, bench, items, read_predictions(predictions))
         except BenchmarkDataError as err:
             _fail(str(err))
-        json_out.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        _write_json(json_out, report)
         typer.echo(_summary(report))
 
     @group.command("run")
@@ -102,10 +102,16 @@ def register(app: typer.Typer) -> None:
                                    batch_size, temperature)
         except BenchmarkDataError as err:
             _fail(str(err))
-        write_jsonl(predictions or Path(f"{benchmark}.predictions.jsonl"), report["items"])
-        (json_out or Path(f"{benchmark}.json")).write_text(
-            json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+        predictions = predictions or Path(f"{benchmark}.predictions.jsonl")
+        predictions.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(predictions, report["items"])
+        _write_json(json_out or Path(f"{benchmark}.json"), report)
         typer.echo(_summary(report))
+
+
+def _write_json(path: Path, report: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
 
 
 def _load(model_dir: Path):

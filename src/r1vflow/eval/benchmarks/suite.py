@@ -79,7 +79,7 @@ def benchmark_table(loaded: list[LoadedBenchmark], metrics: dict[str, float],
     def cell(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
 
-    lines = ["## Published benchmarks", "",
+    lines = ["", "## Published benchmarks", "",
              "pass@1 in %, averaged over the samples; the last two columns are the reports' "
              "numbers for the released 38B models (Skywork R1V / R1V2).", "",
              "| benchmark | split | n | samples | " + " | ".join(labels)
