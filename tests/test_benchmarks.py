@@ -8,6 +8,7 @@ grader) outside this repository: docs/evaluation.md gives the item-by-item agree
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -120,8 +121,13 @@ def test_mathvista_judge_needs_openai_package_and_key(monkeypatch):
     q = item("12", question_type="free_form", answer_type="integer", choices=None,
              precision=None, query="q")
     assert bench.grade(q, "<answer>12</answer>").correct  # quick rules: no judge call
-    with pytest.raises(RuntimeError, match="openai"):
+    monkeypatch.delenv("R1VFLOW_TEST_JUDGE_KEY", raising=False)
+    with pytest.raises(RuntimeError, match=r"\$R1VFLOW_TEST_JUDGE_KEY, which is not set"):
         bench.grade(q, "<answer>twelve</answer>")
+    monkeypatch.setenv("R1VFLOW_TEST_JUDGE_KEY", "k")
+    if importlib.util.find_spec("openai") is None:  # not among r1vflow's dependencies
+        with pytest.raises(RuntimeError, match="pip install openai"):
+            bench.grade(q, "<answer>twelve</answer>")
     with pytest.raises(ValueError, match="mathvista only"):
         get_benchmark("mmmu", judge)
 

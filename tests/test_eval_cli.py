@@ -189,6 +189,17 @@ def test_score_errors_are_one_line(tmp_path, pred_id, data, message):
     assert len(result.output.strip().splitlines()) == 1
 
 
+def test_score_names_a_bad_predictions_line(tmp_path):
+    write_mathvista(tmp_path / "MathVista", MATHVISTA_ROWS)
+    pred, out = tmp_path / "p.jsonl", tmp_path / "o.json"
+    pred.write_text('{"id": "7", "response": "3"}\n{"id": "8", "response": \n')
+    result = CliRunner().invoke(app, ["eval", "score", "--benchmark", "mathvista", "--data",
+                                      str(tmp_path / "MathVista"), "--predictions", str(pred),
+                                      "--json", str(out)])
+    assert result.exit_code == 2 and f"{pred}:2: not JSON" in result.output
+    assert not out.exists()
+
+
 def test_eval_run_generates_and_scores_with_a_tiny_model(tmp_path, micro_inputs):
     data = tmp_path / "MathVista"
     write_mathvista(data, [dict(r, question="How many?", query="How many?")

@@ -31,15 +31,15 @@ class JudgeConfig:
 
 def judge_extract(judge: JudgeConfig, query: str, response: str) -> str:
     """The judge's extraction of the answer in ``response`` to ``query`` (greedy, one call)."""
+    key = os.environ.get(judge.api_key_env)
+    if not key:
+        raise RuntimeError(f"the MathVista judge reads its key from ${judge.api_key_env}, "
+                           "which is not set")
     try:
         import openai
     except ImportError:
         raise RuntimeError("the MathVista judge needs the 'openai' package, which r1vflow does "
                            "not install: pip install openai, or drop the judge") from None
-    key = os.environ.get(judge.api_key_env)
-    if not key:
-        raise RuntimeError(f"the MathVista judge reads its key from ${judge.api_key_env}, "
-                           "which is not set")
     client = openai.OpenAI(base_url=judge.base_url, api_key=key)
     reply = client.chat.completions.create(
         model=judge.model, temperature=0,
