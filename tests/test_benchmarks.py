@@ -150,6 +150,7 @@ def test_latex_to_text_matches_the_official_latex_step():
     assert latex_to_text("\\left( 3, \\frac{\\pi}{2} \\right)") == "( 3,  pi/2 )"
     assert latex_to_text("3\\sqrt{3}") == "3sqrt(3)"
     assert latex_to_text("\\text{east}") == "east"
+    assert latex_to_text("\\begin{pmatrix} 1 & 2 \\\\ 3 & 4 \\end{pmatrix}") == "[ 1 2; 3 4 ]"
 
 
 def test_math500_reports_math_verify_next_to_prm800k():

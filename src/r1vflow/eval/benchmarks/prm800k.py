@@ -140,7 +140,9 @@ class _Latex:
             return f"sqrt({self.arg()})"
         if name in _KEEP_ARG:
             return self.arg()
-        if name in ("mbox", "begin", "end"):
+        if name == "begin":
+            return self.environment(self.arg())
+        if name in ("mbox", "end"):
             self.arg()
             return ""
         if name in _WORDS or name in _NAMES:
@@ -150,6 +152,20 @@ class _Latex:
             return unicodedata.lookup(f"GREEK {case} LETTER {name.upper()}")
         except KeyError:
             return ""  # left, right, quad, displaystyle, unknown macros: nothing
+
+    def environment(self, env: str) -> str:
+        """A matrix as ``[ a b; c d ]`` (rows ``;``, cells by spaces), as pylatexenc writes it;
+        other environments as their content."""
+        end = self.s.find(f"\\end{{{env}}}", self.i)
+        end = len(self.s) if end == -1 else end
+        if env == "array":
+            self.arg()  # the column spec
+        body, self.i = self.s[self.i:end], end + len(f"\\end{{{env}}}")
+        if not env.endswith("matrix") and env != "array":
+            return _Latex(body).seq()
+        rows = [" ".join(_Latex(cell).seq().strip() for cell in row.split("&"))
+                for row in body.split("\\\\")]
+        return "[ " + "; ".join(rows) + " ]"
 
     def seq(self, until: str | None = None) -> str:
         out = []
@@ -174,7 +190,8 @@ class _Latex:
 def latex_to_text(expr: str) -> str:
     """Plain text of a LaTeX answer, as the official grader feeds it to sympy: ``\\frac{a}{b}``
     -> ``a/b``, ``\\sqrt{x}`` -> ``sqrt(x)``, ``\\pi`` -> ``pi``, ``\\cdot``/``\\times`` -> ``*``,
-    ``\\infty`` -> ``inf``, ``\\cup`` -> ``U``, ``\\text{x}`` -> ``x``, braces dropped."""
+    ``\\infty`` -> ``inf``, ``\\cup`` -> ``U``, ``\\text{x}`` -> ``x``, a matrix -> ``[ 1; 2 ]``,
+    braces dropped."""
     expr = expr.replace("\\tfrac", "\\frac").replace("\\dfrac", "\\frac")
     return _Latex(expr.replace("\\frac", " \\frac")).seq().strip()
 
