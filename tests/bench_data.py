@@ -1,7 +1,8 @@
 """Small benchmark files in each benchmark's published layout, built from our own rows and real
 (tiny) PNG images: parquet written with pyarrow, image columns as ``{bytes, path}`` structs as
-Hugging Face publishes them. Used by tests/test_benchmarks*.py; `write_mathvista_tiny` also made
-the committed smoke-preset file (``python tests/bench_data.py``)."""
+Hugging Face publishes them. Used by tests/test_eval_cli.py and tests/test_evaluate_benchmarks.py;
+`write_mathvista_tiny` also made the smoke preset's sample, shipped with the package as
+``package:r1vflow.eval.benchmarks/samples/mathvista_tiny`` (``python tests/bench_data.py``)."""
 
 from __future__ import annotations
 
@@ -169,7 +170,8 @@ TINY_MATHVISTA = [
      "question_type": "multi_choice", "answer_type": "text", "task": "math word problem",
      "skills": ["arithmetic"], "color": (20, 220, 20)},
 ]
-TINY_MATHVISTA_DIR = Path(__file__).parent / "data" / "mathvista_tiny"
+TINY_MATHVISTA_DIR = (Path(__file__).parents[1] / "src" / "r1vflow" / "eval" / "benchmarks"
+                      / "samples" / "mathvista_tiny")
 
 
 def write_mathvista_tiny(root: Path = TINY_MATHVISTA_DIR) -> Path:

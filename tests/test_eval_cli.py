@@ -226,3 +226,25 @@ def test_eval_run_refuses_greedy_samples(tmp_path):
 
 def test_png_helper_makes_real_pngs():
     assert png(RED)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_run_refuses_a_missing_benchmark_path_before_training(tmp_path):
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, [
+        "run", str(Path(__file__).parents[1] / "pipelines" / "configs" / "smoke.yaml"),
+        "--output-dir", str(out), "--set",
+        f"evaluate.benchmarks=[{{name: mmmu, path: {tmp_path / 'MMMU'}}}]"])
+    assert result.exit_code == 2
+    assert f"evaluate.benchmarks: no such file or directory: {tmp_path / 'MMMU'}" in result.output
+    assert not out.exists()  # nothing ran
+
+
+def test_package_paths_find_the_shipped_sample():
+    from bench_data import TINY_MATHVISTA
+
+    items = list(iter_items("mathvista", "package:r1vflow.eval.benchmarks/samples/mathvista_tiny"))
+    assert [(i.id, i.answer) for i in items] == [(r["pid"], r["answer"]) for r in TINY_MATHVISTA]
+    first = Image.open(io.BytesIO(items[0].images[0])).convert("RGB")
+    assert first.getpixel((0, 0)) == TINY_MATHVISTA[0]["color"]
+    with pytest.raises(BenchmarkDataError, match="no installed package 'r1vflow_nope'"):
+        list(iter_items("mathvista", "package:r1vflow_nope/x"))

@@ -20,11 +20,11 @@ from itertools import islice
 from pathlib import Path
 
 from r1vflow.eval.benchmarks import aime2024, math500, mathvision, mathvista, mmmu, olympiadbench
-from r1vflow.eval.benchmarks.common import BenchmarkDataError, Item, Verdict
+from r1vflow.eval.benchmarks.common import BenchmarkDataError, Item, Verdict, resolve_path
 from r1vflow.eval.benchmarks.judge import JudgeConfig
 
 __all__ = ["BENCHMARKS", "Benchmark", "BenchmarkDataError", "Item", "JudgeConfig", "Verdict",
-           "get_benchmark", "iter_items"]
+           "get_benchmark", "iter_items", "resolve_path"]
 
 
 @dataclass(frozen=True)
@@ -60,8 +60,8 @@ def get_benchmark(name: str, judge: JudgeConfig | None = None) -> Benchmark:
 def iter_items(name: str, path: str | Path, split: str | None = None, limit: int | None = None,
                subsets: list[str] | None = None) -> Iterator[Item]:
     """The first ``limit`` items of benchmark ``name`` read from ``path`` (its published
-    layout), one at a time. Each has at least ``id``, ``question`` (str) and ``images`` (a
-    list of encoded image bytes). Raises BenchmarkDataError for an unknown name or a path
-    that is missing or not in the layout."""
+    layout, or ``package:<module>/<path>``), one at a time. Each has at least ``id``,
+    ``question`` (str) and ``images`` (a list of encoded image bytes). Raises
+    BenchmarkDataError for an unknown name or a path that is missing or not in the layout."""
     bench = get_benchmark(name)
-    return islice(bench.load(Path(path), split, subsets), limit)
+    return islice(bench.load(resolve_path(path), split, subsets), limit)

@@ -28,6 +28,7 @@ __all__ = [
     "last_boxed",
     "parquet_files",
     "python_list",
+    "resolve_path",
 ]
 
 
@@ -118,6 +119,25 @@ def math_verify_equal(gold: str, text: str) -> bool:
                     and verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
     except Exception:  # sympy inside math-verify fails in many ways on junk: not equal
         return False
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A benchmark path: a file or folder, or ``package:<module>/<relative path>`` for files
+    installed with a Python package (the smoke preset's sample: the same path inside a
+    container as on a laptop)."""
+    text = str(path)
+    if not text.startswith(PACKAGE_PREFIX):
+        return Path(path)
+    module, _, rel = text[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        from importlib.resources import files
+
+        return Path(str(files(module))) / rel
+    except (ModuleNotFoundError, TypeError, ValueError):
+        raise BenchmarkDataError(f"{text}: no installed package {module!r}") from None
 
 
 def python_list(text: str | list | None) -> list[str]:
