@@ -373,7 +373,8 @@ class BenchmarkConfig(Strict):
     path: str = Field(description="The benchmark's file or folder in its published layout. "
                                   "Locally a path on disk (relative: to the directory the run "
                                   "starts in); on a cluster a path inside the evaluate task's "
-                                  "container (a mounted volume or a file baked into the image).")
+                                  "container (a mounted volume or a file baked into the image); "
+                                  "package:<module>/<path> for files installed with a package.")
     split: str | None = Field(None, description="Split; None: the benchmark's usual one "
                                                 "(MMMU validation, MathVista testmini, ...).")
     subsets: list[str] | None = Field(None, description="Keep only these MMMU subjects, "
