@@ -64,15 +64,9 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2) from None
             set_ = ["storage.backend=s3", *(set_ or [])]
         exp = load_or_exit(config, set_)
-        from r1vflow.eval.benchmarks.common import BenchmarkDataError, resolve_path
+        from r1vflow.eval.benchmarks.suite import missing_paths
 
-        def _exists(path: str) -> bool:
-            try:
-                return resolve_path(path).exists()
-            except BenchmarkDataError:
-                return False
-
-        missing = [b.path for b in exp.evaluate.benchmarks if not _exists(b.path)]
+        missing = missing_paths(exp.evaluate.benchmarks)
         if missing:  # kfp.local tasks read them from this machine: fail before any training
             console.print(f"[red]error:[/red] evaluate.benchmarks: no such file or directory: "
                           f"{', '.join(missing)} (relative paths start at {Path.cwd()})",

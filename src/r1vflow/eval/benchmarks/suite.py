@@ -14,7 +14,15 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from r1vflow.eval.benchmarks import Benchmark, Item, JudgeConfig, get_benchmark, iter_items
+from r1vflow.eval.benchmarks import (
+    Benchmark,
+    BenchmarkDataError,
+    Item,
+    JudgeConfig,
+    get_benchmark,
+    iter_items,
+    resolve_path,
+)
 from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
 
 # The reports' numbers for the released 38B models (docs/recipe.md: Skywork R1V arXiv 2504.05599,
@@ -36,6 +44,18 @@ class LoadedBenchmark:
     cfg: object
     bench: Benchmark
     items: list[Item]
+
+
+def missing_paths(configs: list) -> list[str]:
+    """The configured benchmark paths that do not exist on this machine."""
+    missing = []
+    for cfg in configs:
+        try:
+            exists = resolve_path(cfg.path).exists()
+        except BenchmarkDataError:
+            exists = False
+        missing += [] if exists else [cfg.path]
+    return missing
 
 
 def load_benchmarks(configs: list) -> list[LoadedBenchmark]:
