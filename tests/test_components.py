@@ -61,7 +61,8 @@ def chain(tmp_path_factory, micro_experiment):
     report = _art(Markdown, root, "r4")
     out["evaluate"] = json.loads(evaluate.python_func(
         experiment_json=cfg, base_model=base, dataset=data, metrics=_art(Metrics, root, "m4"),
-        report=report, sft_model=model, align_projector_model=aligned))
+        report=report, predictions=_art(Artifact, root, "predictions"), sft_model=model,
+        align_projector_model=aligned))
     out["report"] = Path(report.path).read_text()
     yield out
     mp.undo()

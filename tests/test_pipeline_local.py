@@ -188,3 +188,16 @@ def test_validate_rejects_bad_config_and_runs_nothing(tmp_path):
     assert not (tmp_path / "o").exists()
     negative = _run("validate", str(PRESETS / "smoke.yaml"), "--set", "sft.lr=-0.1")
     assert negative.returncode != 0 and "sft.lr" in negative.stderr
+
+
+def test_smoke_scores_its_published_layout_benchmark(smoke_run):
+    """evaluate.benchmarks in the DAG: every model on the preset's MathVista-layout file, the
+    responses in the evaluate task's `predictions` artifact."""
+    out, summary, _ = smoke_run
+    metrics = summary["stages"]["evaluate"]["metrics"]
+    models = ("base", "align_projector", "sft", "grpo")
+    assert [metrics[f"bench/mathvista/n/{m}"] for m in models] == [4.0] * 4
+    files = sorted(out.glob("pipeline_root/*/evaluate/predictions/mathvista/grpo.predictions.jsonl"))
+    rows = [json.loads(line) for line in files[0].read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["1", "2", "3", "4"]
+    assert metrics["bench/mathvista/accuracy/grpo"] == sum(r["correct"] for r in rows) / 4

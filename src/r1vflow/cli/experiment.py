@@ -64,6 +64,14 @@ def register(app: typer.Typer) -> None:
                 raise typer.Exit(2) from None
             set_ = ["storage.backend=s3", *(set_ or [])]
         exp = check_data_or_exit(load_or_exit(config, set_), sign=True)
+        from r1vflow.eval.benchmarks.suite import missing_paths
+
+        missing = missing_paths(exp.evaluate.benchmarks)
+        if missing:  # kfp.local tasks read them from this machine: fail before any training
+            console.print(f"[red]error:[/red] evaluate.benchmarks: no such file or directory: "
+                          f"{', '.join(missing)} (relative paths start at {Path.cwd()})",
+                          highlight=False, soft_wrap=True)
+            raise typer.Exit(2)
         out = output_dir or Path("runs") / exp.name
         console.print(f"[bold]r1vflow[/bold] running {exp.name} "
                       f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)

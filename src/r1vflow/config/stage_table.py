@@ -87,7 +87,8 @@ TABLE: tuple[Stage, ...] = (
                   Input("align_projector_model", "Model", "align_projector", "model", True),
                   Input("sft_model", "Model", "sft", "model", True),
                   Input("grpo_model", "Model", "grpo", "model", True)),
-          outputs=(), optional=False, reads=("data", "tracking.promotion_metric"),
+          outputs=(Output("predictions", "Artifact"),), optional=False,
+          reads=("data", "tracking.promotion_metric"),
           image="rollout"),
 )
 

@@ -6,14 +6,21 @@ choice; graded with math-verify), format compliance (<think> then <answer>), mea
 model in base, align_projector, sft, grpo; a Markdown report with a table and example answers goes
 to the KFP UI. With `evaluate.num_samples > 1` and a temperature, accuracy is pass@1 averaged over
 the samples (the reports' protocol) and pass@k is added.
+
+`evaluate.benchmarks` adds published benchmarks (MMMU, MathVista, MATH-500, ... in their published
+layouts, scored by their official rules; r1vflow.eval.benchmarks): metrics
+`bench/<name>/<metric>/<model>`, the predictions in the `predictions` output and a table next to
+the reports' numbers in the report (docs/evaluation.md).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from r1vflow.config.stage_table import evaluated_models
 from r1vflow.data.io import load_split
+from r1vflow.eval.benchmarks.suite import benchmark_table, load_benchmarks, score_on_benchmarks
 from r1vflow.eval.scoring import score_model
 from r1vflow.models.io import load_model
 from r1vflow.models.tokenizer import load_tokenizer
@@ -30,6 +37,9 @@ def run(ctx: StageContext) -> StageOutcome:
     dataset = ctx.input("dataset")
     samples = load_split(dataset, cfg.split)[: cfg.limit]
     metrics: dict[str, float] = {"eval_size": float(len(samples))}
+    benchmarks = load_benchmarks(cfg.benchmarks)
+    predictions = ctx.outputs["predictions"]
+    (predictions / "benchmarks.json").write_text(json.dumps([b.name for b in cfg.benchmarks]))
     examples: dict[str, list[str]] = {}
     final: tuple[str, Path] | None = None  # the last training stage's model: the candidate
     for input_name, label in MODEL_INPUTS.items():
@@ -43,10 +53,14 @@ def run(ctx: StageContext) -> StageOutcome:
             cfg.batch_size, temperature=cfg.temperature, num_samples=cfg.num_samples,
             seed=exp.data.seed)
         metrics.update({f"{k}/{label}": v for k, v in scored.items()})
+        metrics.update(score_on_benchmarks(
+            benchmarks, model, tokenizer, label, exp.data.image_size, cfg.max_new_tokens,
+            cfg.batch_size, exp.data.seed, predictions))
         examples[label] = responses[:EXAMPLES_IN_REPORT]
     candidate = _mark_candidate(ctx, final, metrics) if final else None
     return StageOutcome(metrics=metrics, model_version=candidate,
-                        report=_report(exp.name, cfg.split, samples, metrics, examples))
+                        report=_report(exp.name, cfg.split, samples, metrics, examples)
+                        + benchmark_table(benchmarks, metrics, list(examples)))
 
 
 def _mark_candidate(ctx: StageContext, final: tuple[str, Path], metrics: dict) -> str | None:
@@ -67,7 +81,7 @@ def _mark_candidate(ctx: StageContext, final: tuple[str, Path], metrics: dict) -
 
 def _report(name, split, samples, metrics, examples) -> str:
     labels = list(examples)
-    keys = sorted({k.split("/")[0] for k in metrics if "/" in k})
+    keys = sorted({k.split("/")[0] for k in metrics if "/" in k and not k.startswith("bench/")})
     lines = [f"# evaluate: {name} ({split} split, {len(samples)} samples)", "",
              "| metric | " + " | ".join(labels) + " |", "|---" * (len(labels) + 1) + "|"]
     for key in keys:

@@ -1,0 +1,214 @@
+"""What every benchmark shares: the item and verdict types, the R1-format answer span, reading
+Hugging Face parquet files with image structs, and one error type for bad data.
+
+An `Item` holds the benchmark's own id, the question as the data set writes it, the prompt the
+model is given, its images as *encoded bytes* (PNG/JPEG exactly as stored in the file, decode
+with `PIL.Image.open(io.BytesIO(b))`), the gold answer and the fields its scorer needs.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BenchmarkDataError",
+    "Item",
+    "Verdict",
+    "answer_span",
+    "final_text",
+    "math_verify_equal",
+    "image_bytes",
+    "iter_jsonl_rows",
+    "iter_parquet_rows",
+    "last_boxed",
+    "parquet_files",
+    "python_list",
+    "resolve_path",
+]
+
+
+class BenchmarkDataError(ValueError):
+    """A benchmark file or folder is missing or not in the benchmark's published layout."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """One benchmark question.
+
+    id: the benchmark's own id (MMMU id, MathVista pid, MATH-500 unique_id, ...).
+    question: the question text as stored (``<image N>`` references kept).
+    prompt: the text the model is asked (question + options + the benchmark's instruction).
+    images: encoded image bytes, in the order the question references them (may be empty).
+    answer: the gold answer: a string, or a list of accepted strings.
+    fields: what the scorer needs besides (choices, question type, precision, ...).
+    categories: breakdown name -> the item's values (a list: MathVista skills are several).
+    """
+
+    id: str
+    question: str
+    prompt: str
+    images: list[bytes]
+    answer: str | list[str]
+    fields: dict[str, Any] = field(default_factory=dict)
+    categories: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The scorer's view of one response: what it extracted, whether it is right, and extra
+    per-response metrics (name -> correct) such as math500's ``math_verify``."""
+
+    extracted: str | None
+    correct: bool
+    extra: dict[str, bool] = field(default_factory=dict)
+
+
+_ANSWER_TAG = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_BOXED = "\\boxed{"
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last balanced ``\\boxed{...}`` in ``text`` (nested braces kept), or None."""
+    start = text.rfind(_BOXED)
+    while start != -1:
+        depth, i = 1, start + len(_BOXED)
+        while i < len(text):
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            if depth == 0:
+                return text[start + len(_BOXED):i].strip()
+            i += 1
+        start = text.rfind(_BOXED, 0, start)
+    return None
+
+
+def final_text(response: str) -> str:
+    """The last ``<answer>...</answer>`` block, else the text after the last ``</think>``, else
+    the whole response."""
+    tagged = _ANSWER_TAG.findall(response)
+    if tagged:
+        return tagged[-1]
+    if "</think>" in response:
+        return response.rsplit("</think>", 1)[1]
+    return response
+
+
+def answer_span(response: str) -> str:
+    """The part of an R1-format response that holds the answer, before any benchmark parser:
+    `final_text`, then, if that contains a ``\\boxed{...}``, the content of the last one."""
+    span = final_text(response)
+    boxed = last_boxed(span)
+    return (boxed if boxed is not None else span).strip()
+
+
+def math_verify_equal(gold: str, text: str) -> bool:
+    """math-verify's verdict: ``text`` (free text, LaTeX or ``\\boxed``) equals ``gold``."""
+    import threading
+
+    from math_verify import parse, verify
+
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None  # SIGALRM
+    try:
+        gold_parsed = parse(f"${gold}$", parsing_timeout=timeout)
+        pred_parsed = parse(text, parsing_timeout=timeout)
+        return bool(gold_parsed and pred_parsed
+                    and verify(gold_parsed, pred_parsed, timeout_seconds=timeout))
+    except Exception:  # sympy inside math-verify fails in many ways on junk: not equal
+        return False
+
+
+PACKAGE_PREFIX = "package:"
+
+
+def resolve_path(path: str | Path) -> Path:
+    """A benchmark path: a file or folder, or ``package:<module>/<relative path>`` for files
+    installed with a Python package (the smoke preset's sample: the same path inside a
+    container as on a laptop)."""
+    text = str(path)
+    if not text.startswith(PACKAGE_PREFIX):
+        return Path(path)
+    module, _, rel = text[len(PACKAGE_PREFIX):].partition("/")
+    try:
+        from importlib.resources import files
+
+        return Path(str(files(module))) / rel
+    except (ModuleNotFoundError, TypeError, ValueError):
+        raise BenchmarkDataError(f"{text}: no installed package {module!r}") from None
+
+
+def python_list(text: str | list | None) -> list[str]:
+    """A list stored as the text of a Python list (MMMU options and multi-answer golds)."""
+    if text is None:
+        return []
+    if isinstance(text, list):
+        return [str(x) for x in text]
+    value = ast.literal_eval(text)
+    if not isinstance(value, list):
+        raise ValueError(f"expected the text of a Python list, got {text[:60]!r}")
+    return [str(x) for x in value]
+
+
+def image_bytes(value: Any) -> bytes | None:
+    """Encoded bytes of a parquet image cell: a ``{bytes, path}`` struct or raw bytes."""
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray):
+        return bytes(value)
+    if isinstance(value, dict) and value.get("bytes"):
+        return bytes(value["bytes"])
+    return None
+
+
+def parquet_files(path: Path, pattern: str) -> list[Path]:
+    """``path`` itself if it is a file, else the files under it matching ``pattern`` (sorted)."""
+    if not path.exists():
+        raise BenchmarkDataError(f"{path}: no such file or directory")
+    if path.is_file():
+        return [path]
+    found = sorted(path.glob(pattern))
+    if not found:
+        raise BenchmarkDataError(f"{path}: no file matches {pattern!r} (is this the published "
+                                 "layout of the benchmark?)")
+    return found
+
+
+def iter_parquet_rows(files: list[Path], columns: list[str]) -> Iterator[tuple[Path, dict]]:
+    """(file, row as a dict) for every row, reading one record batch at a time."""
+    import pyarrow.parquet as pq
+
+    for file in files:
+        table = pq.ParquetFile(file)
+        missing = [c for c in columns if c not in table.schema_arrow.names]
+        if missing:
+            raise BenchmarkDataError(f"{file}: missing column(s) {missing}; found "
+                                     f"{table.schema_arrow.names}")
+        for batch in table.iter_batches(batch_size=64):
+            yield from ((file, row) for row in batch.to_pylist())
+
+
+def iter_jsonl_rows(path: Path, name: str, columns: list[str]) -> Iterator[tuple[str, dict]]:
+    """(``file:line``, row) for every line of ``path`` (a file) or ``path/name``."""
+    import json
+
+    if not path.exists():
+        raise BenchmarkDataError(f"{path}: no such file or directory")
+    file = path if path.is_file() else path / name
+    if not file.is_file():
+        raise BenchmarkDataError(f"{path}: no {name} here (is this the published layout?)")
+    with file.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{file}:{number}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise BenchmarkDataError(f"{where}: not JSON ({err.msg})") from None
+            missing = [c for c in columns if c not in row]
+            if missing:
+                raise BenchmarkDataError(f"{where}: missing field(s) {missing}")
+            yield where, row

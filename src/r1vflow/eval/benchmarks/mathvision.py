@@ -1,0 +1,72 @@
+"""MathVision (MathLLMs/MathVision): loader and answer matching after MATH-V's evaluation.
+
+Layout: ``data/{test,testmini}-*.parquet`` (the file, its folder or the data set root), columns
+``id``, ``question`` (``<image1>`` references kept), ``options`` (a list, empty for free-form),
+``decoded_image`` (a ``{bytes, path}`` struct), ``answer`` (a letter for multiple choice),
+``level`` and ``subject``. The test split by default.
+
+Scoring, after the R1 answer span: as MATH-V's ``evaluation/evaluate.py``, an answer is right
+when it equals the gold answer or, for multiple choice, the gold option's text; a span like
+``(B)`` or ``B.`` counts as the letter B. Equality is case-insensitive string equality, then
+math-verify's equivalence where MATH-V compares with its own LaTeX-to-sympy code (departure).
+Breakdowns by ``subject`` and ``level``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+from r1vflow.eval.benchmarks.common import (
+    Item,
+    Verdict,
+    answer_span,
+    image_bytes,
+    iter_parquet_rows,
+    math_verify_equal,
+    parquet_files,
+)
+
+DEFAULT_SPLIT = "test"
+MC_INSTRUCTION = "Please answer with the option letter (A, B, C, D or E)."
+_LETTER = re.compile(r"^\(?([A-Ea-e])\)?[.:]?$")
+
+
+def load(path: Path, split: str | None, subsets: list[str] | None = None) -> Iterator[Item]:
+    """MathVision items; ``subsets`` keeps only the named subjects."""
+    split = split or DEFAULT_SPLIT
+    files = parquet_files(path, f"**/{split}-*.parquet")
+    for _, row in iter_parquet_rows(files, ["id", "question", "options", "answer", "subject",
+                                            "level"]):
+        if subsets and row["subject"] not in subsets:
+            continue
+        options = list(row["options"] or [])
+        prompt = row["question"]
+        if options:
+            prompt += "\n" + "\n".join(f"({chr(65 + i)}) {o}" for i, o in enumerate(options))
+            prompt += "\n" + MC_INSTRUCTION
+        image = image_bytes(row.get("decoded_image"))
+        yield Item(id=str(row["id"]), question=row["question"], prompt=prompt,
+                   images=[image] if image else [], answer=str(row["answer"]),
+                   fields={"options": options},
+                   categories={"subject": [row["subject"]], "level": [str(row["level"])]})
+
+
+def _equal(gold: str, pred: str) -> bool:
+    if not gold.strip() or not pred.strip():
+        return False
+    return gold.strip().lower() == pred.strip().lower() or math_verify_equal(gold, pred)
+
+
+def grade(item: Item, response: str) -> Verdict:
+    """Right when the span is the gold answer (or letter) or the gold option's text."""
+    span = answer_span(response).rstrip(".").strip()
+    options = item.fields["options"]
+    letter = _LETTER.match(span)
+    if options and letter:
+        span = letter.group(1).upper()
+    index = ord(item.answer.upper()) - 65 if len(item.answer) == 1 else -1
+    gold_text = options[index] if 0 <= index < len(options) else ""
+    correct = _equal(item.answer, span) or (bool(gold_text) and _equal(gold_text, span))
+    return Verdict(extracted=span, correct=correct)

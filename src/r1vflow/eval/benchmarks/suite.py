@@ -1,0 +1,116 @@
+"""The evaluate stage's published benchmarks (``evaluate.benchmarks``): load each once, score
+every model on it, write the predictions and score reports, and a Markdown table next to the
+reports' numbers.
+
+Metrics are ``bench/<name>/<metric>/<model>`` with metric ``accuracy`` (pass@1, averaged over
+``samples``), ``pass@k`` (k = samples > 1), extra verdicts (``math_verify`` on math500) and
+``n``. Files: ``<out>/<name>/<model>.predictions.jsonl`` (one row per response, the raw response
+kept) and ``<out>/<name>/<model>.json`` (the report without the rows).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from r1vflow.eval.benchmarks import (
+    Benchmark,
+    BenchmarkDataError,
+    Item,
+    JudgeConfig,
+    get_benchmark,
+    iter_items,
+    resolve_path,
+)
+from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
+
+# The reports' numbers for the released 38B models (docs/recipe.md: Skywork R1V arXiv 2504.05599,
+# R1V2 arXiv 2504.16656); None where a report gives none.
+PUBLISHED: dict[str, dict[str, float | None]] = {
+    "mmmu": {"r1v-38b": 69.0, "r1v2-38b": 73.6},
+    "mathvista": {"r1v-38b": 67.5, "r1v2-38b": 74.0},
+    "math500": {"r1v-38b": 94.0, "r1v2-38b": None},
+    "aime2024": {"r1v-38b": 72.0, "r1v2-38b": 78.9},
+    "olympiadbench": {"r1v-38b": None, "r1v2-38b": 62.6},
+    "mathvision": {"r1v-38b": None, "r1v2-38b": None},
+}
+
+
+@dataclass(frozen=True)
+class LoadedBenchmark:
+    """A configured benchmark with its items read once (``cfg`` is a BenchmarkConfig)."""
+
+    cfg: object
+    bench: Benchmark
+    items: list[Item]
+
+
+def missing_paths(configs: list) -> list[str]:
+    """The configured benchmark paths that do not exist on this machine."""
+    missing = []
+    for cfg in configs:
+        try:
+            exists = resolve_path(cfg.path).exists()
+        except BenchmarkDataError:
+            exists = False
+        missing += [] if exists else [cfg.path]
+    return missing
+
+
+def load_benchmarks(configs: list) -> list[LoadedBenchmark]:
+    """Read every configured benchmark (its first ``limit`` items)."""
+    loaded = []
+    for cfg in configs:
+        judge = (JudgeConfig(cfg.judge_base_url, cfg.judge_model, cfg.judge_key_env)
+                 if cfg.judge_base_url else None)
+        items = list(iter_items(cfg.name, cfg.path, cfg.split, cfg.limit, cfg.subsets))
+        loaded.append(LoadedBenchmark(cfg, get_benchmark(cfg.name, judge), items))
+    return loaded
+
+
+def score_on_benchmarks(loaded: list[LoadedBenchmark], model, tokenizer, label: str,
+                        image_size: int, max_new_tokens: int, batch_size: int, seed: int,
+                        out_dir: Path) -> dict[str, float]:
+    """Run one model on every benchmark; returns its ``bench/...`` metrics, writes its files."""
+    metrics: dict[str, float] = {}
+    for entry in loaded:
+        cfg = entry.cfg
+        report = run_benchmark(cfg.name, entry.bench, model, tokenizer, entry.items, image_size,
+                               cfg.samples, cfg.max_new_tokens or max_new_tokens, batch_size,
+                               cfg.temperature, seed)
+        folder = out_dir / cfg.name
+        folder.mkdir(parents=True, exist_ok=True)
+        write_jsonl(folder / f"{label}.predictions.jsonl", report["items"])
+        summary = {k: v for k, v in report.items() if k != "items"}
+        (folder / f"{label}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        values = {"accuracy": report["accuracy"], "n": float(report["n"]), **report["metrics"],
+                  **{k: v for k, v in report.items() if k.startswith("pass@")}}
+        metrics.update({f"bench/{cfg.name}/{k}/{label}": float(v) for k, v in values.items()})
+    return metrics
+
+
+def benchmark_table(loaded: list[LoadedBenchmark], metrics: dict[str, float],
+                    labels: list[str]) -> str:
+    """Markdown: accuracy (%) of each model on each benchmark next to the reports' numbers."""
+    if not loaded:
+        return ""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1f}"
+
+    lines = ["", "## Published benchmarks", "",
+             "pass@1 in %, averaged over the samples; the last two columns are the reports' "
+             "numbers for the released 38B models (Skywork R1V / R1V2).", "",
+             "| benchmark | split | n | samples | " + " | ".join(labels)
+             + " | R1V-38B (report) | R1V2-38B (report) |",
+             "|---" * (len(labels) + 6) + "|"]
+    for entry in loaded:
+        cfg, name = entry.cfg, entry.cfg.name
+        scores = [cell(100 * metrics[k]) if (k := f"bench/{name}/accuracy/{lab}") in metrics
+                  else "-" for lab in labels]
+        published = PUBLISHED[name]
+        lines.append(f"| {name} | {cfg.split or entry.bench.default_split} | {len(entry.items)} "
+                     f"| {cfg.samples} | " + " | ".join(scores)
+                     + f" | {cell(published['r1v-38b'])} | {cell(published['r1v2-38b'])} |")
+    return "\n".join(lines) + "\n"
