@@ -49,6 +49,11 @@ def test_evaluate_scores_each_model_on_each_benchmark(tmp_path, micro_inputs):
     assert "| mathvista | testmini | 2 | 1 |" in report and "| 67.5 | 74.0 |" in report
     assert "| math500 | test | 1 | 2 |" in report and "| 94.0 | - |" in report
     assert "| bench |" not in report  # bench metrics stay out of the data-set table
+    task = {r["id"]: r["correct"] for r in (json.loads(line) for line in
+            (out / "mathvista" / "base.predictions.jsonl").read_text().splitlines())}
+    assert (f"- mathvista by task (base): figure question answering {100 * task['1']:.1f} (n=1), "
+            f"visual question answering {100 * task['2']:.1f} (n=1)") in report
+    assert "- math500 by level (base): 1 " in report
 
 
 @pytest.mark.parametrize(("bench", "message"), [

@@ -11,7 +11,7 @@ kept) and ``<out>/<name>/<model>.json`` (the report without the rows).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from r1vflow.eval.benchmarks import (
@@ -44,6 +44,7 @@ class LoadedBenchmark:
     cfg: object
     bench: Benchmark
     items: list[Item]
+    breakdowns: dict[str, dict] = field(default_factory=dict)  # model -> its report's breakdowns
 
 
 def missing_paths(configs: list) -> list[str]:
@@ -84,6 +85,7 @@ def score_on_benchmarks(loaded: list[LoadedBenchmark], model, tokenizer, label: 
         write_jsonl(folder / f"{label}.predictions.jsonl", report["items"])
         summary = {k: v for k, v in report.items() if k != "items"}
         (folder / f"{label}.json").write_text(json.dumps(summary, indent=1) + "\n")
+        entry.breakdowns[label] = report["breakdowns"]
         values = {"accuracy": report["accuracy"], "n": float(report["n"]), **report["metrics"],
                   **{k: v for k, v in report.items() if k.startswith("pass@")}}
         metrics.update({f"bench/{cfg.name}/{k}/{label}": float(v) for k, v in values.items()})
@@ -113,4 +115,16 @@ def benchmark_table(loaded: list[LoadedBenchmark], metrics: dict[str, float],
         lines.append(f"| {name} | {cfg.split or entry.bench.default_split} | {len(entry.items)} "
                      f"| {cfg.samples} | " + " | ".join(scores)
                      + f" | {cell(published['r1v-38b'])} | {cell(published['r1v2-38b'])} |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + _breakdown_lines(loaded, labels)) + "\n"
+
+
+def _breakdown_lines(loaded: list[LoadedBenchmark], labels: list[str]) -> list[str]:
+    """Per-category accuracy of the last model scored (the candidate), one line per category."""
+    lines = []
+    for entry in loaded:
+        label = next((lab for lab in reversed(labels) if lab in entry.breakdowns), None)
+        for category, values in (entry.breakdowns.get(label) or {}).items():
+            cells = ", ".join(f"{value} {100 * v['accuracy']:.1f} (n={v['n']})"
+                              for value, v in values.items())
+            lines += ["", f"- {entry.cfg.name} by {category} ({label}): {cells}"]
+    return lines
