@@ -498,3 +498,25 @@ def test_bootstrap_cache_key_ignores_the_data_source():
     assert slice_for(files, "bootstrap") == slice_for(synthetic, "bootstrap")
     assert slice_for(files, "bootstrap")["data"] == {"image_size": 32, "seed": 0}
     assert slice_for(files, "synthesize_data") != slice_for(synthetic, "synthesize_data")
+
+
+def test_benchmark_reference_reads_the_published_layout(tmp_path):
+    """A `benchmark` reference goes through the benchmark loaders (r1vflow.eval.benchmarks): a
+    training image equal to a MathVista item's decoded_image is caught, by pixels."""
+    from bench_data import png, write_mathvista
+
+    src, _ = contaminated_setup(tmp_path)
+    rows = [{"pid": "mv1", "question": "What is the length of the red bar in the picture?",
+             "answer": "3", "question_type": "free_form", "answer_type": "integer",
+             "task": "figure question answering", "skills": ["arithmetic reasoning"],
+             "color": (12, 200, 40)}]
+    write_mathvista(tmp_path / "mv", rows)
+    ref = {"name": "mathvista", "kind": "benchmark", "path": str(tmp_path / "mv")}
+    args = [*files_source(src), f"data.contamination.references=[{json.dumps(ref)}]",
+            "data.contamination.action=drop"]
+    clean = run_stage(experiment(*args), tmp_path / "a")
+    assert clean.metrics["contaminated_dropped/mathvista"] == 0.0
+    (src / "img" / "3.png").write_bytes(png((12, 200, 40)))  # train sample s3 now has its image
+    dropped = run_stage(experiment(*args), tmp_path / "b")
+    assert dropped.metrics["contaminated_dropped/mathvista"] == 1.0
+    assert "s3" not in {s.id for s in load_split(tmp_path / "b", "train")}
