@@ -90,3 +90,7 @@ INTERNVL_CHAT = Family(
     model_types=("internvl_chat",),
     parts=(("vision_model.", "vision"), ("mlp1.", "projector"), ("language_model.", "llm")),
     image_open="<img>", image_pad="<IMG_CONTEXT>", image_close="</img>", processor="got_ocr2")
+
+# Families a whole-VLM checkpoint can be imported from (llava is assembled from parts).
+FAMILIES_WITH_CHECKPOINTS: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl", "internvl",
+                                              "internvl_chat")
