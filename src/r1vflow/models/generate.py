@@ -20,6 +20,7 @@ from r1vflow.models.families.images import (
     image_kwargs,
     image_texts,
     repeat_each,
+    token_type_kwargs,
 )
 from r1vflow.models.processing import encode_prompts
 from r1vflow.models.vlm import num_image_tokens
@@ -86,6 +87,7 @@ def _generate_batch(
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
         **image_kwargs(pixel_values, device, dtype),
+        **token_type_kwargs(model, batch["input_ids"].to(device)),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         suppress_tokens=[model.config.image_token_id, tokenizer.pad_token_id],

@@ -38,7 +38,12 @@ from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
 from r1vflow.models.families import fixed_image_tokens
-from r1vflow.models.families.images import Images, image_kwargs, image_texts
+from r1vflow.models.families.images import (
+    Images,
+    image_kwargs,
+    image_texts,
+    token_type_kwargs,
+)
 from r1vflow.models.io import load_model, save_model
 from r1vflow.models.processing import IGNORE_INDEX, ImageText, encode_sft_batch
 from r1vflow.models.tokenizer import load_tokenizer
@@ -123,6 +128,7 @@ class RewardModel(torch.nn.Module):
         hidden = self.vlm.model(
             input_ids=input_ids, attention_mask=attention_mask,
             **image_kwargs(pixel_values, param.device, param.dtype),
+            **token_type_kwargs(self.vlm, input_ids),
         ).last_hidden_state  # [B, T, H]
         last = attention_mask.sum(dim=1) - 1  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, H]

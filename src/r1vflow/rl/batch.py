@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from r1vflow.models.families.images import Images, image_kwargs
+from r1vflow.models.families.images import Images, image_kwargs, token_type_kwargs
 from r1vflow.models.processing import ImageText, build_prompt
 from r1vflow.rl.core import Aggregation, token_logprobs
 from r1vflow.rl.rollout import left_pad
@@ -76,6 +76,7 @@ def completion_logprobs(
         kwargs.update(image_kwargs(pixel_values, param.device, param.dtype))
         if "image_grid_thw" in kwargs:
             del kwargs["position_ids"]
+        kwargs.update(token_type_kwargs(model, kwargs["input_ids"]))
     logits = model(**kwargs, logits_to_keep=t + 1, use_cache=False).logits[:, :-1]  # [N, T, V]
     return token_logprobs(logits, batch["completion_ids"].to(param.device))
 

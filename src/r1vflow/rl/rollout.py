@@ -29,7 +29,12 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from r1vflow.models.families.images import ImageBatch, image_kwargs, repeat_each
+from r1vflow.models.families.images import (
+    ImageBatch,
+    image_kwargs,
+    repeat_each,
+    token_type_kwargs,
+)
 from r1vflow.models.generate import (
     Completion,
     decode_completion,
@@ -177,6 +182,7 @@ class TransformersRollout:
             kwargs["suppress_tokens"] = self.suppress_ids
         if pixels is not None:
             kwargs.update(image_kwargs(pixels, param.device, param.dtype))
+            kwargs.update(token_type_kwargs(self.model, kwargs["input_ids"]))
         out = self.model.generate(**kwargs)[:, ids.shape[1] :].tolist()
         return [
             [decode_completion(self.tokenizer, out[p * num_samples + j])

@@ -21,7 +21,12 @@ import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1vflow.models.families import fixed_image_tokens
-from r1vflow.models.families.images import image_kwargs, image_texts, stack_images
+from r1vflow.models.families.images import (
+    image_kwargs,
+    image_texts,
+    stack_images,
+    token_type_kwargs,
+)
 from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
 from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
@@ -68,7 +73,8 @@ def _to(batch: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The batch on the model's device; floating tensors (images) in its dtype."""
     param = next(model.parameters())
     images = image_kwargs(batch.pop("pixel_values"), param.device, param.dtype)
-    return {**{key: value.to(param.device) for key, value in batch.items()}, **images}
+    batch = {key: value.to(param.device) for key, value in batch.items()}
+    return {**batch, **images, **token_type_kwargs(model, batch["input_ids"])}
 
 
 def train_sft(

@@ -143,3 +143,11 @@ def _siglip(family: Family, processor: Any, config: Any, images: list) -> list[I
         n -= 1
     return [ImageInput({"pixel_values": out[i:i + 1]}, family.placeholder(n))
             for i in range(len(images))]
+
+
+def token_type_kwargs(model: Any, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Extra per-token inputs a family's forward needs: Qwen3-VL computes its M-RoPE from
+    `mm_token_type_ids` [B,T] (1 on image tokens, 0 elsewhere; its processor's output)."""
+    if model.config.model_type != "qwen3_vl":
+        return {}
+    return {"mm_token_type_ids": (input_ids == model.config.image_token_id).long()}
