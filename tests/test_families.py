@@ -313,3 +313,26 @@ def test_sft_lowers_the_loss_of_a_fixed_batch(imported, name):
               warmup_ratio=0.0, max_length=256, seed=0, progress=False)
     after = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
     assert after < before - 0.5, (before, after)
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def test_run_device_is_the_cpu_without_cuda():
+    from r1vflow.models.devices import place, run_device
+
+    assert not torch.cuda.is_available()  # this machine: CUDA paths are not exercised here
+    assert run_device() == torch.device("cpu")
+    layer = place(torch.nn.Linear(2, 2))
+    assert layer.weight.device == torch.device("cpu")
+
+
+def test_value_head_follows_the_vlm_device_and_dtype(imported):
+    from r1vflow.models.reward import RewardModel
+
+    vlm = load_model(imported["qwen2_5_vl"]).to(torch.bfloat16)
+    head = RewardModel(vlm).value_head.linear.weight
+    assert head.dtype == torch.bfloat16
+    with torch.device("meta"):
+        meta_vlm = type(vlm)(vlm.config)
+    assert RewardModel(meta_vlm).value_head.linear.weight.device.type == "meta"

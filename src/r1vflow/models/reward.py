@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
+from r1vflow.models.devices import place, run_device
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import (
     Images,
@@ -106,8 +107,9 @@ class RewardModel(torch.nn.Module):
     def __init__(self, vlm: LlavaForConditionalGeneration, likelihood_term: bool = False) -> None:
         super().__init__()
         self.vlm = vlm
+        param = next(vlm.parameters())
         self.value_head = ValueHead(vlm.config.text_config.hidden_size, likelihood_term).to(
-            dtype=next(vlm.parameters()).dtype
+            device=param.device, dtype=param.dtype
         )
 
     @property
@@ -231,14 +233,14 @@ def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, ScoreCalibrat
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is corrupted: {err}") from None
-    model = RewardModel(load_model(directory, "vlm"), bool(config.get("likelihood_term")))
+    model = RewardModel(place(load_model(directory, "vlm")), bool(config.get("likelihood_term")))
     hidden = model.value_head.linear.in_features
     if config.get("hidden_size") != hidden:
         raise ValueError(
             f"{config_path}: hidden_size {config.get('hidden_size')} does not match "
             f"the VLM's {hidden}"
         )
-    model.value_head.load_state_dict(load_file(str(weights)))
+    model.value_head.load_state_dict(load_file(str(weights), device=str(run_device())))
     calibration = config.get("calibration")
     return model.eval(), None if calibration is None else ScoreCalibration(**calibration)
 

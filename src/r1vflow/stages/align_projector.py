@@ -28,6 +28,7 @@ import torch
 
 from r1vflow.data.io import load_captions, load_image, load_split, read_info
 from r1vflow.eval.scoring import score_model
+from r1vflow.models.devices import place
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.io import load_model, save_model
 from r1vflow.models.tokenizer import load_tokenizer
@@ -48,7 +49,7 @@ def run(ctx: StageContext) -> StageOutcome:
     base, tokenizer = load_model(base_dir, "vlm"), load_tokenizer(base_dir)
     check_same_tokenizer(tokenizer, load_tokenizer(substitute_dir),
                          "the substitute LLM's tokenizer")
-    model = swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer)
+    model = place(swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer))
     train, val = load_split(dataset, "train"), load_split(dataset, "val")[: cfg.val_limit]
     captions = load_captions(dataset)
     pixels = _PixelCache(base, dataset, exp.data.image_size)
@@ -71,7 +72,7 @@ def run(ctx: StageContext) -> StageOutcome:
         metrics[f"train_loss/{sub.name}"] = stats["loss"]
         metrics[f"train_size/{sub.name}"] = float(len(texts))
     evaluate(model, "substitute")
-    model = transfer_projector(model, base, tokenizer)  # step 2: re-assembly, no tuning
+    model = place(transfer_projector(model, base, tokenizer))  # step 2: re-assembly, no tuning
     evaluate(model, "transferred")
     align = cfg.align  # step 3: MLP only, reasoning LLM
     texts = alignment_texts(align.data, captions, train, align.fraction, align.limit,

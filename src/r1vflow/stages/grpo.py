@@ -25,6 +25,7 @@ import json
 
 from r1vflow.data.io import load_split, read_info
 from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.models.devices import place
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import ImageBatch, image_texts, stack_images
 from r1vflow.models.io import load_model, save_model
@@ -106,7 +107,7 @@ def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.grpo
     sft_dir, dataset = ctx.input("sft_model"), ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = load_model(sft_dir, "vlm"), load_tokenizer(sft_dir)
+    model, tokenizer = place(load_model(sft_dir, "vlm")), load_tokenizer(sft_dir)
     trainable = set_trainable(model, set(cfg.trainable))
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     prompts = build_prompts(model, tokenizer, train, dataset, exp.data.image_size,

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from r1vflow.data.io import load_image, load_preferences, load_split, read_info
 from r1vflow.eval.scoring import score_model
+from r1vflow.models.devices import place
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model, save_model
@@ -56,7 +57,7 @@ def run(ctx: StageContext) -> StageOutcome:
     start = ctx.input("aligned_model" if "aligned_model" in ctx.inputs else "base_model")
     dataset = ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
+    model, tokenizer = place(load_model(start, "vlm")), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
     train = load_split(dataset, "train")
     val = load_split(dataset, "val")[:cfg.val_limit]

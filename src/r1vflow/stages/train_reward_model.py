@@ -30,6 +30,7 @@ import torch
 
 from r1vflow.data.io import load_image, load_preferences, read_info
 from r1vflow.data.schema import PreferencePair
+from r1vflow.models.devices import place
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model
@@ -54,7 +55,7 @@ def run(ctx: StageContext) -> StageOutcome:
                          f"found {len(train)} and {len(val)}; raise "
                          "synthesize_data.num_preference_pairs or num_val")
     torch.manual_seed(cfg.seed)  # the value head's initialisation
-    model = RewardModel(load_model(base_dir, "vlm"), cfg.likelihood_term)
+    model = RewardModel(place(load_model(base_dir, "vlm")), cfg.likelihood_term)
     tokenizer = load_tokenizer(base_dir)
     trainable = set_trainable(model.vlm, set(cfg.trainable))
     pixels = _pixels(model.vlm, dataset, pairs, exp.data.image_size)
