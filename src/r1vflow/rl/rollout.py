@@ -274,7 +274,9 @@ class VLLMRollout:
         requests = []
         for i, ids in enumerate(prompt_ids):
             request = {"prompt_token_ids": list(ids)}
-            if pixel_values is not None:
+            if isinstance(pixel_values, ImageBatch):  # vLLM preprocesses the image itself
+                request["multi_modal_data"] = {"image": pixel_values.items[i].source}
+            elif pixel_values is not None:
                 request["multi_modal_data"] = {"image": _tensor_to_image(pixel_values[i])}
             requests.append(request)
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)

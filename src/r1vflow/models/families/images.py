@@ -29,11 +29,13 @@ from r1vflow.models.families.base import Family
 
 @dataclass(frozen=True)
 class ImageInput:
-    """One image as its family's model inputs: tensors (dim 0 concatenates across images)
-    and the prompt text of its image tokens."""
+    """One image as its family's model inputs: tensors (dim 0 concatenates across images),
+    the prompt text of its image tokens, and the RGB image itself (what vLLM, which
+    preprocesses on its own, is given)."""
 
     tensors: dict[str, torch.Tensor]
     text: str
+    source: Any = None
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,7 @@ def _qwen_vl(family: Family, processor: Any, images: list) -> list[ImageInput]:
         items.append(ImageInput(
             {"pixel_values": out["pixel_values"][start:start + rows],
              "image_grid_thw": grid.unsqueeze(0)},
-            family.placeholder(rows // merge**2)))
+            family.placeholder(rows // merge**2), images[len(items)]))
         start += rows
     return items
 
@@ -130,7 +132,8 @@ def _got_ocr2(family: Family, processor: Any, config: Any, images: list) -> list
     items, start = [], 0
     for n in tiles:
         items.append(ImageInput({"pixel_values": out["pixel_values"][start:start + n]},
-                                family.placeholder(n * config.image_seq_length)))
+                                family.placeholder(n * config.image_seq_length),
+                                images[len(items)]))
         start += n
     return items
 
@@ -141,7 +144,7 @@ def _siglip(family: Family, processor: Any, config: Any, images: list) -> list[I
     n = (vision.image_size // vision.patch_size) ** 2
     if config.vision_feature_select_strategy == "default":
         n -= 1
-    return [ImageInput({"pixel_values": out[i:i + 1]}, family.placeholder(n))
+    return [ImageInput({"pixel_values": out[i:i + 1]}, family.placeholder(n), images[i])
             for i in range(len(images))]
 
 
