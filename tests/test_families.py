@@ -336,3 +336,40 @@ def test_value_head_follows_the_vlm_device_and_dtype(imported):
     with torch.device("meta"):
         meta_vlm = type(vlm)(vlm.config)
     assert RewardModel(meta_vlm).value_head.linear.weight.device.type == "meta"
+
+
+# --------------------------------------------------------------------------- presets
+
+
+@pytest.mark.parametrize("preset", ["r1v-38b", "r1v2-38b", "qwen2.5-vl-7b"])
+def test_cluster_presets_import_first_and_place_every_gpu_stage(preset, tmp_path):
+    from r1vflow.config import load_experiment
+    from r1vflow.pipelines.compile import compile_ir
+
+    from conftest import PRESETS
+
+    exp = load_experiment(PRESETS / f"{preset}.yaml")
+    assert exp.stages()[0] == "import_model"
+    for stage in exp.stages():
+        spec = exp.resources[stage]
+        if stage in ("import_model", "synthesize_data"):
+            assert spec.accelerator_type is None, stage
+        else:
+            assert (spec.accelerator_type, spec.accelerator_count > 0) == ("nvidia.com/gpu",
+                                                                           True), stage
+    text = (PRESETS / f"{preset}.yaml").read_text()
+    assert "InternViT-6B-448px-V1-5" not in text  # remote code: only inside internvl_chat
+    assert compile_ir(exp, tmp_path / "ir.yaml").is_file()
+
+
+def test_r1v_preset_aligns_on_the_substitute_and_r1v2_uses_the_hybrid_reward():
+    from r1vflow.config import load_experiment
+
+    from conftest import PRESETS
+
+    r1v = load_experiment(PRESETS / "r1v-38b.yaml")
+    assert "align_projector" in r1v.stages() and r1v.sft.iterative.iterations == 4
+    assert r1v.model.pretrained.substitute_llm_model == "Qwen/Qwen2.5-32B-Instruct"
+    r1v2 = load_experiment(PRESETS / "r1v2-38b.yaml")
+    assert r1v2.model.pretrained.source == "Skywork/Skywork-R1V2-38B"
+    assert r1v2.grpo.trainable == ["projector"] and r1v2.grpo.reward_weights.reward_model > 0
