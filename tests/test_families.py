@@ -373,3 +373,36 @@ def test_r1v_preset_aligns_on_the_substitute_and_r1v2_uses_the_hybrid_reward():
     r1v2 = load_experiment(PRESETS / "r1v2-38b.yaml")
     assert r1v2.model.pretrained.source == "Skywork/Skywork-R1V2-38B"
     assert r1v2.grpo.trainable == ["projector"] and r1v2.grpo.reward_weights.reward_model > 0
+
+
+# --------------------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(("pretrained", "message"), [
+    ({"source": "a", "vision_model": "v", "llm_model": "l"}, "exactly one of source"),
+    ({}, "exactly one of source"),
+    ({"vision_model": "v"}, "needs both vision_model and llm_model"),
+    ({"source": "a", "substitute_llm_model": "s"}, "substitute_llm_model belongs to the "
+                                                   "composition"),
+    ({"vision_model": "v", "llm_model": "l", "family": "internvl"}, "family names the family"),
+])
+def test_pretrained_config_names_the_problem(pretrained, message):
+    from r1vflow.config.recipe import PretrainedModelConfig
+
+    with pytest.raises(ValueError, match=message):
+        PretrainedModelConfig(**pretrained)
+
+
+def test_align_projector_needs_a_substitute_llm_with_pretrained_models():
+    from r1vflow.config import ConfigError, load_experiment
+
+    from conftest import PRESETS
+
+    with pytest.raises(ConfigError, match="name it in model.pretrained.substitute_llm_model"):
+        load_experiment(PRESETS / "r1v-38b.yaml",
+                        ["model.pretrained.substitute_llm_model=null"])
+    exp = load_experiment(PRESETS / "pretrained-smoke.yaml")
+    assert exp.import_model == exp.model.pretrained and exp.stages()[0] == "import_model"
+    shortcut = load_experiment(PRESETS / "pretrained-smoke.yaml", [
+        "model.pretrained.source=null", "model.pretrained.base_model_uri=s3://m/base"])
+    assert "import_model" not in shortcut.stages()
