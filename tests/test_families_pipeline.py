@@ -70,9 +70,9 @@ def test_whole_vlm_family_through_every_stage(tmp_path, family):
     exp = load_experiment(PRESETS / "pretrained-smoke.yaml",
                           [f"model.pretrained.source={source}", "name=fam", *SHRINK])
     out = _chain(tmp_path, exp)
-    expected = "internvl" if family == "internvl_chat" else family
-    assert json.loads((tmp_path / "grpo" / "config.json").read_text())["model_type"] == expected
-    _check_lineage(out, expected if family != "internvl_chat" else "internvl", tmp_path)
+    native = "internvl" if family == "internvl_chat" else family
+    assert json.loads((tmp_path / "grpo" / "config.json").read_text())["model_type"] == native
+    _check_lineage(out, family, tmp_path)  # the tag names the source's family
 
 
 def test_llava_composition_with_align_projector(tmp_path):
