@@ -406,3 +406,22 @@ def test_align_projector_needs_a_substitute_llm_with_pretrained_models():
     shortcut = load_experiment(PRESETS / "pretrained-smoke.yaml", [
         "model.pretrained.source=null", "model.pretrained.base_model_uri=s3://m/base"])
     assert "import_model" not in shortcut.stages()
+
+
+def test_hub_token_secret_reaches_only_the_import_task():
+    import yaml
+
+    from r1vflow.config import load_experiment
+    from r1vflow.pipelines.compile import ir_text
+
+    from conftest import PRESETS
+
+    exp = load_experiment(PRESETS / "r1v2-38b.yaml", ["cluster.hf_secret=hf-login"])
+    docs = list(yaml.safe_load_all(ir_text(exp)))
+    executors = docs[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    with_token = sorted(name for name, k8s in executors.items()
+                        for s in k8s.get("secretAsEnv", []) if s["secretName"] == "hf-login")
+    assert with_token == ["exec-import-model"]
+    token = next(s for s in executors["exec-import-model"]["secretAsEnv"]
+                 if s["secretName"] == "hf-login")
+    assert token["keyToEnv"] == [{"secretKey": "token", "envVar": "HF_TOKEN"}]
