@@ -425,3 +425,28 @@ def test_hub_token_secret_reaches_only_the_import_task():
     token = next(s for s in executors["exec-import-model"]["secretAsEnv"]
                  if s["secretName"] == "hf-login")
     assert token["keyToEnv"] == [{"secretKey": "token", "envVar": "HF_TOKEN"}]
+
+
+def test_rollouts_expand_tiled_images_per_sample(imported):
+    """InternVL images of several tiles: the rollout repeats each prompt's tiles for its
+    samples itself; groups have the asked size and are reproducible by seed, and a prompt
+    generated greedily within a batch (left padding, its own tiles) equals it alone."""
+    from r1vflow.models.generate import generate_completions
+    from r1vflow.rl.batch import encode_vlm_prompts
+    from r1vflow.rl.rollout import TransformersRollout
+
+    model, tokenizer = load_model(imported["internvl"]), load_tokenizer(imported["internvl"])
+    items = encode_pixels(model, [image(40, 96, 3), image(32, 32, 4)], 32)
+    assert [i.tensors["pixel_values"].shape[0] for i in items] == [3, 1]  # 2 tiles + thumbnail
+    images = stack_images(items)
+    ids = encode_vlm_prompts(tokenizer, ["how many?", "which is larger?"],
+                             image_texts(images, None))
+    rollout = TransformersRollout(model, tokenizer, max_new_tokens=6, temperature=1.0,
+                                  batch_size=2)
+    groups = rollout.generate(ids, images, num_samples=3, seed=5)
+    assert [len(g) for g in groups] == [3, 3]
+    assert groups == rollout.generate(ids, images, num_samples=3, seed=5)
+    alone = generate_completions(model, tokenizer, ["how many?"], images[:1], 6, 1)
+    both = generate_completions(model, tokenizer, ["how many?", "which is larger?"], images, 6,
+                                2)
+    assert alone[0][0].token_ids == both[0][0].token_ids
