@@ -24,16 +24,19 @@ from r1vflow.components.bootstrap import bootstrap
 from r1vflow.components.configure import configure
 from r1vflow.components.evaluate import evaluate
 from r1vflow.components.grpo import grpo
+from r1vflow.components.import_model import import_model
 from r1vflow.components.promote import decide_promotion, promote
 from r1vflow.components.sft import sft
 from r1vflow.components.synthesize_data import synthesize_data
 from r1vflow.components.train_reward_model import train_reward_model
 from r1vflow.config import Experiment
 from r1vflow.config.slicing import PROMOTION
+from r1vflow.config.stage_table import BASE_PRODUCERS
 from r1vflow.config.stage_table import stage as stage_spec
 from r1vflow.pipelines.k8s import apply_environment, apply_image, apply_task_settings
 
-COMPONENTS = {"bootstrap": bootstrap, "synthesize_data": synthesize_data,
+COMPONENTS = {"bootstrap": bootstrap, "import_model": import_model,
+              "synthesize_data": synthesize_data,
               "align_projector": align_projector, "train_reward_model": train_reward_model,
               "sft": sft, "grpo": grpo, "evaluate": evaluate}
 BASE_MODEL = ("bootstrap", "base_model")  # bootstrap's output, else the imported base model
@@ -47,10 +50,13 @@ def _inputs(stage: str, tasks: dict, base_model) -> dict:
     """The stage's input artifacts, from the producers the stage table names."""
     kwargs = {}
     for inp in stage_spec(stage).inputs:
+        producer = inp.producer
+        if producer in BASE_PRODUCERS:  # bootstrap's outputs, or import_model's
+            producer = next((p for p in BASE_PRODUCERS if p in tasks), producer)
         if (inp.producer, inp.output) == BASE_MODEL:
             kwargs[inp.name] = base_model
-        elif inp.producer in tasks:
-            kwargs[inp.name] = tasks[inp.producer].outputs[inp.output]
+        elif producer in tasks:
+            kwargs[inp.name] = tasks[producer].outputs[inp.output]
         elif not inp.optional:
             raise ValueError(f"stage {stage} needs {inp.name} from {inp.producer}, which this "
                              "experiment does not run")
@@ -71,14 +77,14 @@ def build_pipeline(exp: Experiment):
         slices = config.outputs
         tasks: dict[str, dsl.PipelineTask] = {}
         base_model = None
-        if exp.bootstrap is None:
+        if exp.bootstrap is None and exp.import_model is None:  # already imported
             base_model = dsl.importer(
                 artifact_uri=exp.model.pretrained.base_model_uri, artifact_class=dsl.Model,
                 reimport=False).output
         for stage in stages:
             task = COMPONENTS[stage](experiment_json=slices[stage],
                                      **_inputs(stage, tasks, base_model))
-            if stage == "bootstrap":
+            if stage in BASE_PRODUCERS:
                 base_model = task.outputs["base_model"]
             if stage == "synthesize_data" and "bootstrap" in tasks:
                 task.after(tasks["bootstrap"])  # reuses nothing of bootstrap, but runs after it

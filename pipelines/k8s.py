@@ -46,6 +46,9 @@ def apply_task_settings(task: dsl.PipelineTask, stage: str, exp: Experiment) -> 
     apply_execution_policy(task, spec)
     apply_scratch(task, spec.scratch_size, spec.scratch_storage_class)
     apply_environment(task, cluster)
+    if stage == "import_model" and cluster.hf_secret:  # only the task that downloads
+        kubernetes.use_secret_as_env(task, secret_name=cluster.hf_secret,
+                                     secret_key_to_env={"token": "HF_TOKEN"})
     labels = pod_labels(exp.name, stage, exp.fingerprint())
     for key, value in labels.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)

@@ -55,7 +55,8 @@ def test_dry_run_prints_what_would_be_sent_without_network(monkeypatch):
     assert shown["auth"] == "bearer token from $KFP_TOKEN"
     summary = shown["parameters"]["experiment_json"]
     assert summary["fingerprint"] == exp.fingerprint()
-    assert summary["stages"] == ["synthesize_data", "sft", "grpo", "evaluate"]
+    assert summary["stages"] == ["import_model", "synthesize_data", "train_reward_model", "sft",
+                                 "grpo", "evaluate"]
     assert summary["resources"]["sft"] == "1 node(s) x 8 proc(s), 8 x nvidia.com/gpu"
     assert shown["run_name"].startswith(f"r1v2-38b-{exp.fingerprint()[:8]}-")
 

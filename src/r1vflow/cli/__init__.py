@@ -3,6 +3,7 @@
     experiment  validate, schema, run
     platform    stack, artifacts, lineage, compare, bench
     cluster     compile, submit
+    models      models import
     gitops      gitops plan / apply / render / release
     evaluation  eval score / run (published benchmarks)
 """
@@ -19,12 +20,12 @@ import sys  # noqa: E402
 
 import typer  # noqa: E402
 
-from r1vflow.cli import cluster, evaluation, experiment, gitops, platform  # noqa: E402
+from r1vflow.cli import cluster, evaluation, experiment, gitops, models, platform  # noqa: E402
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Declarative R1V/R1V2 training pipelines on Kubeflow Pipelines.")
 # Imports inside the commands keep `r1vflow --help` fast.
-for _group in (experiment, platform, cluster, gitops, evaluation):
+for _group in (experiment, platform, cluster, gitops, models, evaluation):
     _group.register(app)
 
 

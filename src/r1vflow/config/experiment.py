@@ -18,6 +18,7 @@ from r1vflow.config.recipe import (
     EvaluateConfig,
     GRPOConfig,
     ModelConfig,
+    PretrainedModelConfig,
     RewardModelConfig,
     SFTConfig,
     SynthesizeDataConfig,
@@ -101,9 +102,12 @@ class Experiment(Strict):
         elif self.bootstrap is not None:
             raise ValueError("bootstrap builds tiny models only: set bootstrap to null "
                              "for model.kind 'pretrained'")
-        if self.align_projector is not None and self.bootstrap is None:
-            raise ValueError("align_projector trains against the substitute LLM that bootstrap "
-                             "builds; with model.kind 'pretrained' set align_projector to null")
+        if self.align_projector is not None and self.bootstrap is None and (
+                self.model.pretrained is None or self.model.pretrained.substitute_llm_model is None):
+            raise ValueError("align_projector trains against a substitute LLM: bootstrap builds "
+                             "one (model.kind 'tiny'); with model.kind 'pretrained' name it in "
+                             "model.pretrained.substitute_llm_model (with vision_model and "
+                             "llm_model), or set align_projector to null")
         if self.sft.iterative is not None and self.train_reward_model is None:
             raise ValueError("sft.iterative filters D with the reward model: enable "
                              "train_reward_model, or set sft.iterative to null")
@@ -129,6 +133,15 @@ class Experiment(Strict):
                     f"{name}.backend: deepspeed (any zero_stage) for several processes, or run "
                     "one process")
         return self
+
+    @property
+    def import_model(self) -> PretrainedModelConfig | None:
+        """The import_model stage's settings: model.pretrained when it names checkpoints to
+        import (None for tiny models and for an already imported base_model_uri)."""
+        pretrained = self.model.pretrained
+        if self.model.kind != "pretrained" or pretrained is None or pretrained.base_model_uri:
+            return None
+        return pretrained
 
     def stages(self) -> list[str]:
         """The enabled stages, in DAG order."""

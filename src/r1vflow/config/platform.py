@@ -194,6 +194,9 @@ class ClusterConfig(Strict):
     mlflow_secret: str | None = Field(
         None, description="Secret with keys username/password -> MLFLOW_TRACKING_USERNAME/PASSWORD "
                           "(an MLflow server with basic auth); None: the server needs no login.")
+    hf_secret: str | None = Field(
+        None, description="Secret with key token -> HF_TOKEN for the import_model task (hub "
+                          "checkpoints that need a login); None: public checkpoints only.")
     settings_configmap: str = Field(
         "r1vflow-settings", description="ConfigMap with the S3 endpoint/bucket, MLflow URI, "
                                         "TrainJob namespace and training runtime.")

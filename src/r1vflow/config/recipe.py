@@ -42,16 +42,61 @@ class TinyModelConfig(Strict):
 
 
 class PretrainedModelConfig(Strict):
-    """Released checkpoints (the reports' 38B setups). Loaded with from_pretrained on a cluster."""
+    """Released checkpoints, imported by the `import_model` stage (r1vflow.models.importer) as
+    the run's base model: a whole VLM (`source`), or R1V's composition (`vision_model` +
+    `llm_model`, optionally `substitute_llm_model`), or an already imported model
+    (`base_model_uri`)."""
 
-    vision_model: str = Field(description="Vision encoder id or path, e.g. OpenGVLab/InternViT-6B-448px-V1-5.")
-    llm_model: str = Field(description="Reasoning LLM id or path, e.g. Qwen/QwQ-32B.")
+    source: str | None = Field(
+        None, description="Whole-VLM checkpoint: a local directory, or on a cluster a hub id "
+                          "with `revision` (qwen2_5_vl, qwen3_vl, internvl, internvl_chat).")
+    family: Literal["qwen2_5_vl", "qwen3_vl", "internvl", "internvl_chat"] | None = Field(
+        None, description="Override the family read from the source's config.json.")
+    revisions: dict[str, str] = Field(
+        default_factory=dict,
+        description="Hub id -> pinned revision (commit) of each checkpoint named by a hub id "
+                    "(source, vision_model, llm_model, substitute_llm_model); import refuses "
+                    "a hub id without one. Local directories need none.")
+    vision_model: str | None = Field(
+        None, description="Composition: SigLIP / CLIP vision tower checkpoint (directory or "
+                          "hub id). InternViT-6B is remote code: import it as part of an "
+                          "internvl_chat `source` instead.")
+    llm_model: str | None = Field(
+        None, description="Composition: the reasoning LLM, e.g. "
+                          "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B.")
     substitute_llm_model: str | None = Field(
-        None, description="Instruct LLM of the same family used for projector pre-training (R1V).")
-    base_model_uri: str = Field(
-        description="Store URI of the assembled base VLM (vision + projector + LLM), e.g. "
-                    "s3://models/r1v2/base; the pipeline imports it instead of running bootstrap.")
-    dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16"
+        None, description="Composition: instruct LLM of the same family and hidden size used "
+                          "for projector pre-training (R1V's align_projector).")
+    base_model_uri: str | None = Field(
+        None, description="Shortcut: store URI of a model `r1vflow models import` already "
+                          "wrote (e.g. s3://models/r1v2/base); the DAG then imports that "
+                          "artifact and runs no import_model stage.")
+    dtype: Literal["bfloat16", "float16", "float32"] = Field(
+        "bfloat16", description="Weights dtype of the imported model (float32 on CPUs).")
+    min_pixels: int | None = Field(
+        None, gt=0, description="Qwen-VL image processors: fewest pixels an image is "
+                                "resized to (fewer image tokens below it are padded up).")
+    max_pixels: int | None = Field(
+        None, gt=0, description="Qwen-VL image processors: most pixels an image keeps "
+                                "(bounds its image tokens).")
+
+    @model_validator(mode="after")
+    def _one_way(self) -> PretrainedModelConfig:
+        composition = self.vision_model is not None or self.llm_model is not None
+        ways = [self.source is not None, composition, self.base_model_uri is not None]
+        if sum(ways) != 1:
+            raise ValueError("model.pretrained: give exactly one of source (a whole VLM), "
+                             "vision_model + llm_model (R1V's composition) or base_model_uri "
+                             "(an already imported model)")
+        if composition and (self.vision_model is None or self.llm_model is None):
+            raise ValueError("model.pretrained: the composition needs both vision_model and "
+                             "llm_model")
+        if self.substitute_llm_model is not None and not composition:
+            raise ValueError("model.pretrained.substitute_llm_model belongs to the composition "
+                             "(vision_model + llm_model)")
+        if self.family is not None and self.source is None:
+            raise ValueError("model.pretrained.family names the family of `source`")
+        return self
 
 
 class ModelConfig(Strict):
@@ -63,7 +108,7 @@ class ModelConfig(Strict):
     def _pretrained_given(self) -> ModelConfig:
         if self.kind == "pretrained" and self.pretrained is None:
             raise ValueError("model.kind is 'pretrained' but model.pretrained is missing: "
-                             "give vision_model and llm_model")
+                             "give source, or vision_model and llm_model")
         return self
 
 

@@ -32,7 +32,9 @@ PROMOTION_READS = ("tracking",)
 # Top-level keys compiled into the pipeline's structure or pod specs: a runtime override of them
 # could not take effect, so it is refused.
 COMPILE_TIME = ("name", "description", "schedule", "resources", "cluster")
-_OPTIONAL_STAGES = tuple(s for s in STAGES if stage(s).optional)
+# (import_model has no section of its own: it runs on model.pretrained, see Experiment)
+_OPTIONAL_STAGES = tuple(s for s in STAGES
+                         if stage(s).optional and s in Experiment.model_fields)
 
 
 def _pick(data: dict[str, Any], path: str, into: dict[str, Any]) -> None:

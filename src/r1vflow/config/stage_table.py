@@ -46,8 +46,11 @@ class Stage:
     image: Literal["base", "trainer", "rollout"] = "trainer"  # the component's image role
 
 
-# The base model: bootstrap's output on tiny presets, an imported model otherwise.
+# The base model: bootstrap's output on tiny presets, import_model's for released checkpoints
+# (both make base_model and substitute_llm; inputs name bootstrap, and the DAG takes whichever
+# of BASE_PRODUCERS runs), or an artifact imported from model.pretrained.base_model_uri.
 BASE = "base"
+BASE_PRODUCERS = ("bootstrap", "import_model")
 
 _BASE_MODEL = Input("base_model", "Model", "bootstrap", "base_model")
 _DATASET = Input("dataset", "Dataset", "synthesize_data", "dataset")
@@ -58,6 +61,9 @@ TABLE: tuple[Stage, ...] = (
           model_output="base_model", label=BASE,
           reads=("model", "data.image_size", "data.seed")),  # not data.source: a new data
           # file must not retrain the base models, which never read it
+    Stage("import_model", "r1vflow.stages.import_model", inputs=(),
+          outputs=(Output("base_model", "Model"), Output("substitute_llm", "Model")),
+          model_output="base_model", reads=("model",)),
     Stage("synthesize_data", "r1vflow.stages.synthesize_data", inputs=(),
           outputs=(Output("dataset", "Dataset"),), reads=("data",), optional=False,
           image="base"),
@@ -94,7 +100,7 @@ TABLE: tuple[Stage, ...] = (
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in TABLE}
 STAGES: tuple[str, ...] = tuple(s.name for s in TABLE)
-StageName = Literal["bootstrap", "synthesize_data", "align_projector", "train_reward_model",
+StageName = Literal["bootstrap", "import_model", "synthesize_data", "align_projector", "train_reward_model",
                     "sft", "grpo", "evaluate"]
 
 

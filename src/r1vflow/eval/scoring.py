@@ -10,9 +10,16 @@ from r1vflow.data.schema import Sample
 from r1vflow.eval.grading import pass_at_k, score_responses
 
 
-def sample_pixels(dataset_dir: Path, samples: list[Sample], image_size: int):
-    """[B,3,H,W] pixel tensor of the samples' images."""
-    return images_to_tensor([load_image(dataset_dir, s.image) for s in samples], image_size)
+def sample_pixels(dataset_dir: Path, samples: list[Sample], image_size: int, model=None):
+    """The samples' images as a batch: a [B,3,H,W] pixel tensor, or for `model` what its
+    family reads (r1vflow.models.families.encode_pixels: a tensor or an ImageBatch)."""
+    images = [load_image(dataset_dir, s.image) for s in samples]
+    if model is None:
+        return images_to_tensor(images, image_size)
+    from r1vflow.models.families import encode_pixels
+    from r1vflow.models.families.images import stack_images
+
+    return stack_images(list(encode_pixels(model, images, image_size)))
 
 
 def score_model(model, tokenizer, samples: list[Sample], dataset_dir: Path, image_size: int,
@@ -23,7 +30,7 @@ def score_model(model, tokenizer, samples: list[Sample], dataset_dir: Path, imag
     response of each sample)."""
     from r1vflow.models.generate import generate_completions
 
-    pixels = sample_pixels(dataset_dir, samples, image_size)
+    pixels = sample_pixels(dataset_dir, samples, image_size, model)
     groups = generate_completions(
         model, tokenizer, [s.question for s in samples], pixels, max_new_tokens, batch_size,
         temperature=temperature, num_return_sequences=num_samples, seed=seed)

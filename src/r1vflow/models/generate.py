@@ -14,6 +14,14 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from r1vflow.models.families.images import (
+    ImageBatch,
+    Images,
+    image_kwargs,
+    image_texts,
+    repeat_each,
+    token_type_kwargs,
+)
 from r1vflow.models.processing import encode_prompts
 from r1vflow.models.vlm import num_image_tokens
 
@@ -62,25 +70,31 @@ def _generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     questions: list[str],
-    pixel_values: torch.Tensor,
+    pixel_values: Images,
     options: dict,
 ) -> list[list[Completion]]:
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype
-    batch = encode_prompts(tokenizer, questions, num_image_tokens(model))
+    fixed = None if isinstance(pixel_values, ImageBatch) else num_image_tokens(model)
+    n, n_prompts = options["num_return_sequences"], len(questions)
+    if isinstance(pixel_values, ImageBatch) and n > 1:  # tiles / patches: expand here
+        questions = [q for q in questions for _ in range(n)]
+        pixel_values = repeat_each(pixel_values, n)
+        options = {**options, "num_return_sequences": 1}
+    batch = encode_prompts(tokenizer, questions, image_texts(pixel_values, fixed))
     width = batch["input_ids"].shape[1]
     sequences = model.generate(
         input_ids=batch["input_ids"].to(device),
         attention_mask=batch["attention_mask"].to(device),
-        pixel_values=pixel_values.to(device=device, dtype=dtype),
+        **image_kwargs(pixel_values, device, dtype),
+        **token_type_kwargs(model, batch["input_ids"].to(device)),
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         suppress_tokens=[model.config.image_token_id, tokenizer.pad_token_id],
         use_cache=True,
         **options,
     )
-    n = options["num_return_sequences"]
-    grouped: list[list[Completion]] = [[] for _ in questions]
+    grouped: list[list[Completion]] = [[] for _ in range(n_prompts)]
     for index, row in enumerate(sequences[:, width:].tolist()):
         grouped[index // n].append(decode_completion(tokenizer, row))
     return grouped
@@ -104,8 +118,8 @@ def generate_completions(
     else plain temperature sampling (no top-k / top-p), reproducible given `seed` without
     touching the global RNG. Returns B lists of Completion.
     """
-    if len(questions) != pixel_values.shape[0]:
-        raise ValueError(f"{len(questions)} questions but {pixel_values.shape[0]} images")
+    if len(questions) != len(pixel_values):
+        raise ValueError(f"{len(questions)} questions but {len(pixel_values)} images")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if temperature == 0 and num_return_sequences != 1:

@@ -25,11 +25,14 @@ ModelKind = Literal["vlm", "causal_lm", "vision"]
 MODEL_KINDS: tuple[ModelKind, ...] = ("vlm", "causal_lm", "vision")
 
 
-def _loader(kind: ModelKind):
+def _loader(kind: ModelKind, directory: Path):
     import transformers
 
-    return {"vlm": transformers.LlavaForConditionalGeneration,
-            "causal_lm": transformers.AutoModelForCausalLM,
+    if kind == "vlm":  # the family's class, from config.json's model_type
+        from r1vflow.models.families import detect_family, model_class, read_config
+
+        return model_class(detect_family(read_config(directory)))
+    return {"causal_lm": transformers.AutoModelForCausalLM,
             "vision": transformers.AutoModel}[kind]
 
 
@@ -57,9 +60,9 @@ class ModelMetadata(BaseModel):
 
 
 def _kind_of(model: PreTrainedModel) -> ModelKind:
-    from transformers import LlavaForConditionalGeneration
+    from r1vflow.models.families import FAMILIES, NATIVE
 
-    if isinstance(model, LlavaForConditionalGeneration):
+    if type(model).__name__ in {FAMILIES[name].model_class for name in NATIVE}:
         return "vlm"
     if hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None:
         return "causal_lm"
@@ -86,6 +89,11 @@ def save_model(
     model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
+    from r1vflow.models.families import PROCESSOR_ATTR
+
+    processor = getattr(model, PROCESSOR_ATTR, None)
+    if processor is not None:  # the family's image processor travels with the weights
+        processor.save_pretrained(out)
     unsafe = [p.name for p in out.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
     if unsafe:
         raise RuntimeError(f"save_pretrained wrote non-safetensors weights in {out}: {unsafe}")
@@ -146,9 +154,10 @@ def _check_weights(directory: Path) -> None:
 def load_model(model_dir: str | Path, kind: ModelKind = "vlm") -> PreTrainedModel:
     """Load a model saved by `save_model` from a local directory, safetensors only.
 
-    kind: "vlm" (LlavaForConditionalGeneration), "causal_lm" (AutoModelForCausalLM) or
-    "vision" (AutoModel, e.g. SiglipVisionModel). The tokenizer loads with
-    `r1vflow.models.tokenizer.load_tokenizer(model_dir)`.
+    kind: "vlm" (the class of its family, r1vflow.models.families, from config.json; the image
+    processor saved beside it is attached as `r1vflow_image_processor`), "causal_lm"
+    (AutoModelForCausalLM) or "vision" (AutoModel, e.g. SiglipVisionModel). The tokenizer
+    loads with `r1vflow.models.tokenizer.load_tokenizer(model_dir)`.
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(MODEL_KINDS)}")
@@ -157,10 +166,16 @@ def load_model(model_dir: str | Path, kind: ModelKind = "vlm") -> PreTrainedMode
         raise FileNotFoundError(f"model directory not found: {directory}")
     _check_weights(directory)
     try:
-        model = _loader(kind).from_pretrained(
+        model = _loader(kind, directory).from_pretrained(
             directory, use_safetensors=True, local_files_only=True
         )
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"cannot load {kind} model from {directory}: {err}") from err
+    if kind == "vlm":
+        from r1vflow.models.families import PROCESSOR_ATTR, load_image_processor
+
+        processor = load_image_processor(directory)
+        if processor is not None:
+            setattr(model, PROCESSOR_ATTR, processor)
     model.eval()
     return model

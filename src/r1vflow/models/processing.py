@@ -8,17 +8,36 @@ batches are left-padded so every prompt ends where generation starts.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from r1vflow.models.tokenizer import IMAGE_TOKEN
 
 IGNORE_INDEX = -100
+# What stands for an image in a prompt: n `<image>` tokens (the tiny Llava path) or the image's
+# own placeholder text (an ImageInput's, r1vflow.models.families.images); one per sample, or
+# one for all samples.
+ImageText = int | str
 
 
-def build_prompt(tokenizer: PreTrainedTokenizerBase, question: str, n_image_tokens: int) -> str:
-    """Chat-template text of one user turn (image placeholders + question) + assistant header."""
-    content = IMAGE_TOKEN * n_image_tokens + "\n" + question
+def _per_sample(image: ImageText | Sequence[ImageText], n: int) -> list[ImageText]:
+    if isinstance(image, (int, str)):
+        return [image] * n
+    if len(image) != n:
+        raise ValueError(f"{n} samples but {len(image)} image placeholders")
+    return list(image)
+
+
+def build_prompt(tokenizer: PreTrainedTokenizerBase, question: str,
+                 n_image_tokens: ImageText) -> str:
+    """Chat-template text of one user turn (image placeholders + question) + assistant header.
+
+    n_image_tokens: an int n writes n `<image>` tokens; a string is the image's placeholder
+    text as its family writes it (e.g. `<|vision_start|><|image_pad|>...<|vision_end|>`)."""
+    image = IMAGE_TOKEN * n_image_tokens if isinstance(n_image_tokens, int) else n_image_tokens
+    content = image + "\n" + question
     return tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
@@ -29,7 +48,7 @@ def _ids(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def encode_sft_example(
-    tokenizer: PreTrainedTokenizerBase, question: str, response: str, n_image_tokens: int
+    tokenizer: PreTrainedTokenizerBase, question: str, response: str, n_image_tokens: ImageText
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one example; labels are -100 on the prompt, ids on response + eos."""
     prompt = _ids(tokenizer, build_prompt(tokenizer, question, n_image_tokens))
@@ -40,7 +59,7 @@ def encode_sft_example(
 def encode_sft_batch(
     tokenizer: PreTrainedTokenizerBase,
     samples: list[tuple[str, str]],
-    n_image_tokens: int,
+    n_image_tokens: ImageText | Sequence[ImageText],
     max_length: int,
 ) -> dict[str, torch.Tensor]:
     """Encode (question, response) pairs for teacher-forced training, right-padded.
@@ -50,8 +69,9 @@ def encode_sft_batch(
     exceeds `max_length` raises ValueError, since cutting `<image>` tokens would break the model.
     """
     rows: list[tuple[list[int], list[int]]] = []
+    images = _per_sample(n_image_tokens, len(samples))
     for index, (question, response) in enumerate(samples):
-        ids, labels = encode_sft_example(tokenizer, question, response, n_image_tokens)
+        ids, labels = encode_sft_example(tokenizer, question, response, images[index])
         n_prompt = labels.count(IGNORE_INDEX)
         if n_prompt >= max_length:
             raise ValueError(
@@ -72,10 +92,13 @@ def encode_sft_batch(
 
 
 def encode_prompts(
-    tokenizer: PreTrainedTokenizerBase, questions: list[str], n_image_tokens: int
+    tokenizer: PreTrainedTokenizerBase, questions: list[str],
+    n_image_tokens: ImageText | Sequence[ImageText],
 ) -> dict[str, torch.Tensor]:
     """Left-padded prompt batch for generation: input_ids and attention_mask, both [B, T]."""
-    encoded = [_ids(tokenizer, build_prompt(tokenizer, q, n_image_tokens)) for q in questions]
+    images = _per_sample(n_image_tokens, len(questions))
+    encoded = [_ids(tokenizer, build_prompt(tokenizer, q, image))
+               for q, image in zip(questions, images, strict=True)]
     width = max(len(ids) for ids in encoded)
     input_ids = torch.full((len(encoded), width), tokenizer.pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(encoded), width), dtype=torch.long)

@@ -28,6 +28,7 @@ point used by iterative SFT and by GRPO's reward-model term.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
+from r1vflow.models.devices import place, run_device
+from r1vflow.models.families import fixed_image_tokens
+from r1vflow.models.families.images import (
+    Images,
+    image_kwargs,
+    image_texts,
+    token_type_kwargs,
+)
 from r1vflow.models.io import load_model, save_model
-from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
+from r1vflow.models.processing import IGNORE_INDEX, ImageText, encode_sft_batch
 from r1vflow.models.tokenizer import load_tokenizer
-from r1vflow.models.vlm import num_image_tokens
 
 HEAD_WEIGHTS = "value_head.safetensors"
 HEAD_CONFIG = "reward_head.json"
@@ -99,8 +107,9 @@ class RewardModel(torch.nn.Module):
     def __init__(self, vlm: LlavaForConditionalGeneration, likelihood_term: bool = False) -> None:
         super().__init__()
         self.vlm = vlm
+        param = next(vlm.parameters())
         self.value_head = ValueHead(vlm.config.text_config.hidden_size, likelihood_term).to(
-            dtype=next(vlm.parameters()).dtype
+            device=param.device, dtype=param.dtype
         )
 
     @property
@@ -112,12 +121,16 @@ class RewardModel(torch.nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         response_mask: torch.Tensor,
-        pixel_values: torch.Tensor,
+        pixel_values: Images,
         return_logprob: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Rewards [B]; with return_logprob also the mean response log-probability [B]."""
+        """Rewards [B]; with return_logprob also the mean response log-probability [B].
+        pixel_values: [B,3,H,W] or an ImageBatch of B images (moved to the model here)."""
+        param = next(self.vlm.parameters())
         hidden = self.vlm.model(
-            input_ids=input_ids, attention_mask=attention_mask, pixel_values=pixel_values
+            input_ids=input_ids, attention_mask=attention_mask,
+            **image_kwargs(pixel_values, param.device, param.dtype),
+            **token_type_kwargs(self.vlm, input_ids),
         ).last_hidden_state  # [B, T, H]
         last = attention_mask.sum(dim=1) - 1  # [B]
         pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # [B, H]
@@ -134,7 +147,7 @@ def encode_reward_batch(
     tokenizer: PreTrainedTokenizerBase,
     questions: list[str],
     responses: list[str],
-    n_image_tokens: int,
+    n_image_tokens: ImageText | Sequence[ImageText],
     max_length: int,
 ) -> dict[str, torch.Tensor]:
     """input_ids, attention_mask, response_mask [B, T] of chat prompt + response + end marker,
@@ -163,23 +176,25 @@ def reward_scores(
     max_length: int,
 ) -> list[float]:
     """Raw rewards of N (question, image [N,3,H,W], response) triples, in batches."""
-    if not len(questions) == len(responses) == pixel_values.shape[0]:
+    if not len(questions) == len(responses) == len(pixel_values):
         raise ValueError(
             f"reward_scores: {len(questions)} questions, {len(responses)} "
-            f"responses and {pixel_values.shape[0]} images; give one of each"
+            f"responses and {len(pixel_values)} images; give one of each"
         )
     was_training = model.training
     model.eval()
     param = next(model.parameters())
-    n_image = num_image_tokens(model.vlm)
+    n_image = fixed_image_tokens(model.vlm)
     scores: list[float] = []
     for start in range(0, len(questions), batch_size):
         stop = start + batch_size
+        images = pixel_values[start:stop]
         batch = encode_reward_batch(
-            tokenizer, questions[start:stop], responses[start:stop], n_image, max_length
+            tokenizer, questions[start:stop], responses[start:stop],
+            image_texts(images, n_image), max_length
         )
         batch = {k: v.to(param.device) for k, v in batch.items()}
-        out = model(**batch, pixel_values=pixel_values[start:stop].to(param.device, param.dtype))
+        out = model(**batch, pixel_values=images)
         scores += out.float().cpu().tolist()
     model.train(was_training)
     return scores
@@ -218,14 +233,14 @@ def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, ScoreCalibrat
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is corrupted: {err}") from None
-    model = RewardModel(load_model(directory, "vlm"), bool(config.get("likelihood_term")))
+    model = RewardModel(place(load_model(directory, "vlm")), bool(config.get("likelihood_term")))
     hidden = model.value_head.linear.in_features
     if config.get("hidden_size") != hidden:
         raise ValueError(
             f"{config_path}: hidden_size {config.get('hidden_size')} does not match "
             f"the VLM's {hidden}"
         )
-    model.value_head.load_state_dict(load_file(str(weights)))
+    model.value_head.load_state_dict(load_file(str(weights), device=str(run_device())))
     calibration = config.get("calibration")
     return model.eval(), None if calibration is None else ScoreCalibration(**calibration)
 

@@ -117,5 +117,19 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     if not (directory / "tokenizer.json").is_file():
         raise FileNotFoundError(f"no tokenizer.json in {directory}")
     tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
-    check_special_tokens(tokenizer, (IMAGE_TOKEN, *TAG_TOKENS))
+    check_special_tokens(tokenizer, (*_image_tokens(directory), *TAG_TOKENS))
     return tokenizer
+
+
+def _image_tokens(directory: Path) -> tuple[str, ...]:
+    """The image marker tokens of the model saved beside the tokenizer (its family's);
+    `<image>` when there is no model config (a tokenizer alone, or an LLM's)."""
+    from r1vflow.models.families import FAMILIES, read_config
+
+    if not (directory / "config.json").is_file():
+        return (IMAGE_TOKEN,)
+    model_type = read_config(directory).get("model_type")
+    for family in FAMILIES.values():
+        if model_type in family.model_types:
+            return family.special_tokens
+    return (IMAGE_TOKEN,)

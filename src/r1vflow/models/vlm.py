@@ -11,7 +11,6 @@ is moved onto the reasoning LLM with the same hidden size.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 
 import torch
 from transformers import (
@@ -28,9 +27,8 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from r1vflow.models.families import PARTS, PROCESSOR_ATTR, part_parameters
 from r1vflow.models.tokenizer import IMAGE_TOKEN, special_token_id
-
-PARTS: frozenset[str] = frozenset({"vision", "projector", "llm"})
 
 
 def build_tiny_vision(
@@ -134,40 +132,27 @@ def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
     return n
 
 
-def _part_modules(model: LlavaForConditionalGeneration) -> dict[str, list[torch.nn.Module]]:
-    return {
-        "vision": [model.model.vision_tower],
-        "projector": [model.model.multi_modal_projector],
-        "llm": [model.model.language_model, model.lm_head],
-    }
-
-
-def _count(params: Iterable[torch.nn.Parameter], trainable: bool) -> int:
-    return sum(p.numel() for p in params if p.requires_grad or not trainable)
-
-
-def set_trainable(model: LlavaForConditionalGeneration, parts: set[str]) -> dict[str, int]:
+def set_trainable(model: PreTrainedModel, parts: set[str]) -> dict[str, int]:
     """Unfreeze exactly `parts` (subset of {"vision","projector","llm"}), freeze the rest.
 
-    Returns the number of trainable parameters per part (0 for frozen parts).
+    The split into parts is the model's family's (r1vflow.models.families). Returns the number
+    of trainable parameters per part (0 for frozen parts).
     """
     unknown = set(parts) - PARTS
     if unknown:
         raise ValueError(f"unknown trainable parts {sorted(unknown)}; choose from {sorted(PARTS)}")
     counts: dict[str, int] = {}
-    for name, modules in _part_modules(model).items():
-        for module in modules:
-            module.requires_grad_(name in parts)
-        counts[name] = sum(_count(m.parameters(), trainable=True) for m in modules)
+    for name, params in part_parameters(model).items():
+        for param in params:
+            param.requires_grad_(name in parts)
+        counts[name] = sum(p.numel() for p in params if p.requires_grad)
     return counts
 
 
-def part_sizes(model: LlavaForConditionalGeneration) -> dict[str, int]:
+def part_sizes(model: PreTrainedModel) -> dict[str, int]:
     """Total parameters per part, trainable or not."""
-    return {
-        name: sum(_count(m.parameters(), trainable=False) for m in modules)
-        for name, modules in _part_modules(model).items()
-    }
+    return {name: sum(p.numel() for p in params)
+            for name, params in part_parameters(model).items()}
 
 
 def swap_llm(
@@ -207,6 +192,8 @@ def swap_llm(
     model.model.multi_modal_projector.load_state_dict(vlm.model.multi_modal_projector.state_dict())
     _copy_llm_weights(model, llm)
     model.generation_config = copy.deepcopy(vlm.generation_config)
+    if hasattr(vlm, PROCESSOR_ATTR):  # the same vision tower reads images the same way
+        setattr(model, PROCESSOR_ATTR, getattr(vlm, PROCESSOR_ATTR))
     return model.to(dtype=next(llm.parameters()).dtype)
 
 

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from r1vflow.models.processing import build_prompt
+from r1vflow.models.families.images import Images, image_kwargs, token_type_kwargs
+from r1vflow.models.processing import ImageText, build_prompt
 from r1vflow.rl.core import Aggregation, token_logprobs
 from r1vflow.rl.rollout import left_pad
 
@@ -20,12 +21,16 @@ __all__ = ["completion_logprobs", "encode_vlm_prompts", "loss_scale", "sequence_
 
 
 def encode_vlm_prompts(
-    tokenizer: PreTrainedTokenizerBase, questions: Sequence[str], n_image_tokens: int
+    tokenizer: PreTrainedTokenizerBase, questions: Sequence[str],
+    n_image_tokens: ImageText | Sequence[ImageText],
 ) -> list[list[int]]:
-    """Token ids of the chat prompt of each question (as `encode_prompts`, unpadded)."""
+    """Token ids of the chat prompt of each question (as `encode_prompts`, unpadded);
+    n_image_tokens: one for all questions or one per question (see build_prompt)."""
+    images = ([n_image_tokens] * len(questions) if isinstance(n_image_tokens, (int, str))
+              else list(n_image_tokens))
     return [
-        tokenizer.encode(build_prompt(tokenizer, q, n_image_tokens), add_special_tokens=False)
-        for q in questions
+        tokenizer.encode(build_prompt(tokenizer, q, image), add_special_tokens=False)
+        for q, image in zip(questions, images, strict=True)
     ]
 
 
@@ -58,15 +63,20 @@ def sequence_batch(
 
 
 def completion_logprobs(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], pixel_values: torch.Tensor | None
+    model: torch.nn.Module, batch: dict[str, torch.Tensor], pixel_values: Images | None
 ) -> torch.Tensor:
     """log pi(completion token | prefix) for a `sequence_batch`: [N, T] float32 (padding
-    positions hold values too; mask them with completion_mask). pixel_values: [N,3,H,W]."""
+    positions hold values too; mask them with completion_mask). pixel_values: [N,3,H,W] or an
+    ImageBatch of N images. Qwen-VL models compute their own 3-D (M-RoPE) positions from the
+    attention mask and image grid, as in generate, so they get no position_ids."""
     param = next(model.parameters())
     t = batch["completion_ids"].shape[1]
     kwargs = {k: batch[k].to(param.device) for k in ("input_ids", "attention_mask", "position_ids")}
     if pixel_values is not None:
-        kwargs["pixel_values"] = pixel_values.to(param.device, param.dtype)
+        kwargs.update(image_kwargs(pixel_values, param.device, param.dtype))
+        if "image_grid_thw" in kwargs:
+            del kwargs["position_ids"]
+        kwargs.update(token_type_kwargs(model, kwargs["input_ids"]))
     logits = model(**kwargs, logits_to_keep=t + 1, use_cache=False).logits[:, :-1]  # [N, T, V]
     return token_logprobs(logits, batch["completion_ids"].to(param.device))
 

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
+from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.models.generate import Completion
 from r1vflow.models.io import save_model
 from r1vflow.rl.batch import completion_logprobs, loss_scale, sequence_batch
@@ -58,15 +59,15 @@ _EPS = 1e-6
 class GRPOPrompt:
     """A training prompt: tokenized prompt, gold answer, text for reward models, image.
 
-    token_ids: the full prompt (chat template, `<image>` placeholders); pixel_values: [3,H,W],
-    or None for a text-only policy.
+    token_ids: the full prompt (chat template, image placeholders); pixel_values: [3,H,W] or
+    its family's `ImageInput` (r1vflow.models.families.images), or None for a text-only policy.
     """
 
     id: str
     token_ids: list[int]
     answer: str
     text: str
-    pixel_values: torch.Tensor | None = None
+    pixel_values: torch.Tensor | ImageInput | None = None
 
 
 @dataclass
@@ -118,7 +119,7 @@ def _rollout(
 ) -> list[Completion]:
     pixels = None
     if prompts[0].pixel_values is not None:
-        pixels = torch.stack([p.pixel_values for p in prompts])
+        pixels = stack_images([p.pixel_values for p in prompts])
     groups = rollout.generate([p.token_ids for p in prompts], pixels, group_size, seed)
     return [c for group in groups for c in group]
 
@@ -183,7 +184,7 @@ def _forward(model, rows: list[_Row], pad_id: int) -> tuple[torch.Tensor, torch.
                            pad_id)
     pixels = None
     if rows[0].prompt.pixel_values is not None:
-        pixels = torch.stack([r.prompt.pixel_values for r in rows])
+        pixels = stack_images([r.prompt.pixel_values for r in rows])
     logprobs = completion_logprobs(model, batch, pixels)
     return logprobs, batch["completion_mask"].to(logprobs.device)
 

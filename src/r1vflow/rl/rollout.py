@@ -29,6 +29,12 @@ from typing import Protocol, runtime_checkable
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from r1vflow.models.families.images import (
+    ImageBatch,
+    image_kwargs,
+    repeat_each,
+    token_type_kwargs,
+)
 from r1vflow.models.generate import (
     Completion,
     decode_completion,
@@ -80,9 +86,9 @@ def _check_request(prompt_ids, pixel_values, num_samples: int) -> None:
         raise ValueError("rollout: no prompts given")
     if num_samples < 1:
         raise ValueError(f"rollout: num_samples must be >= 1, got {num_samples}")
-    if pixel_values is not None and pixel_values.shape[0] != len(prompt_ids):
+    if pixel_values is not None and len(pixel_values) != len(prompt_ids):
         raise ValueError(
-            f"rollout: {len(prompt_ids)} prompts but {pixel_values.shape[0]} images in pixel_values"
+            f"rollout: {len(prompt_ids)} prompts but {len(pixel_values)} images in pixel_values"
         )
 
 
@@ -157,12 +163,16 @@ class TransformersRollout:
 
     def _chunk(self, rows, pixels, num_samples: int) -> list[list[Completion]]:
         param = next(self.model.parameters())
+        expand = isinstance(pixels, ImageBatch)  # tiles / patches: expand rows here, not in
+        if expand:  # generate (whose expansion repeats dim 0 of pixel_values per row)
+            rows = [row for row in rows for _ in range(num_samples)]
+            pixels = repeat_each(pixels, num_samples)
         ids, mask = left_pad(rows, self.pad_id)
         kwargs = {
             "input_ids": ids.to(param.device),
             "attention_mask": mask.to(param.device),
             "max_new_tokens": self.max_new_tokens,
-            "num_return_sequences": num_samples,
+            "num_return_sequences": 1 if expand else num_samples,
             "pad_token_id": self.pad_id,
             "eos_token_id": self.eos_id,
             "use_cache": True,
@@ -171,12 +181,13 @@ class TransformersRollout:
         if self.suppress_ids:
             kwargs["suppress_tokens"] = self.suppress_ids
         if pixels is not None:
-            kwargs["pixel_values"] = pixels.to(param.device, param.dtype)
+            kwargs.update(image_kwargs(pixels, param.device, param.dtype))
+            kwargs.update(token_type_kwargs(self.model, kwargs["input_ids"]))
         out = self.model.generate(**kwargs)[:, ids.shape[1] :].tolist()
         return [
             [decode_completion(self.tokenizer, out[p * num_samples + j])
              for j in range(num_samples)]
-            for p in range(len(rows))
+            for p in range(len(out) // num_samples)
         ]
 
 
@@ -263,7 +274,9 @@ class VLLMRollout:
         requests = []
         for i, ids in enumerate(prompt_ids):
             request = {"prompt_token_ids": list(ids)}
-            if pixel_values is not None:
+            if isinstance(pixel_values, ImageBatch):  # vLLM preprocesses the image itself
+                request["multi_modal_data"] = {"image": pixel_values.items[i].source}
+            elif pixel_values is not None:
                 request["multi_modal_data"] = {"image": _tensor_to_image(pixel_values[i])}
             requests.append(request)
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)

@@ -26,8 +26,10 @@ from pathlib import Path
 
 import torch
 
-from r1vflow.data.io import images_to_tensor, load_captions, load_image, load_split, read_info
+from r1vflow.data.io import load_captions, load_image, load_split, read_info
 from r1vflow.eval.scoring import score_model
+from r1vflow.models.devices import place
+from r1vflow.models.families import encode_pixels
 from r1vflow.models.io import load_model, save_model
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.transfer import check_same_tokenizer, transfer_projector
@@ -47,10 +49,10 @@ def run(ctx: StageContext) -> StageOutcome:
     base, tokenizer = load_model(base_dir, "vlm"), load_tokenizer(base_dir)
     check_same_tokenizer(tokenizer, load_tokenizer(substitute_dir),
                          "the substitute LLM's tokenizer")
-    model = swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer)
+    model = place(swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer))
     train, val = load_split(dataset, "train"), load_split(dataset, "val")[: cfg.val_limit]
     captions = load_captions(dataset)
-    pixels = _PixelCache(dataset, exp.data.image_size)
+    pixels = _PixelCache(base, dataset, exp.data.image_size)
     val_items = pixels.items([(s.question, s.response(), s.image) for s in val])
     metrics: dict[str, float] = {}
 
@@ -70,7 +72,7 @@ def run(ctx: StageContext) -> StageOutcome:
         metrics[f"train_loss/{sub.name}"] = stats["loss"]
         metrics[f"train_size/{sub.name}"] = float(len(texts))
     evaluate(model, "substitute")
-    model = transfer_projector(model, base, tokenizer)  # step 2: re-assembly, no tuning
+    model = place(transfer_projector(model, base, tokenizer))  # step 2: re-assembly, no tuning
     evaluate(model, "transferred")
     align = cfg.align  # step 3: MLP only, reasoning LLM
     texts = alignment_texts(align.data, captions, train, align.fraction, align.limit,
@@ -105,17 +107,19 @@ def _train_projector(ctx: StageContext, model, tokenizer, items, lr: float, epoc
 
 
 class _PixelCache:
-    """Images of the data set as [3,H,W] tensors, each read once."""
+    """Images of the data set as the model reads them ([3,H,W] tensors or its family's
+    ImageInputs; the vision tower, hence the encoding, is the same before and after the
+    transfer), each read once."""
 
-    def __init__(self, dataset: Path, image_size: int) -> None:
-        self.dataset, self.image_size = dataset, image_size
+    def __init__(self, model, dataset: Path, image_size: int) -> None:
+        self.model, self.dataset, self.image_size = model, dataset, image_size
         self._cache: dict[str, torch.Tensor] = {}
 
     def items(self, texts: list[AlignText]) -> list[tuple[str, str, torch.Tensor]]:
         missing = sorted({image for *_, image in texts} - set(self._cache))
         if missing:
-            loaded = images_to_tensor([load_image(self.dataset, p) for p in missing],
-                                      self.image_size)
+            loaded = encode_pixels(self.model, [load_image(self.dataset, p) for p in missing],
+                                   self.image_size)
             self._cache.update(zip(missing, loaded, strict=True))
         return [(q, r, self._cache[image]) for q, r, image in texts]
 

@@ -22,6 +22,7 @@ from r1vflow.config.stage_table import evaluated_models
 from r1vflow.data.io import load_split
 from r1vflow.eval.benchmarks.suite import benchmark_table, load_benchmarks, score_on_benchmarks
 from r1vflow.eval.scoring import score_model
+from r1vflow.models.devices import place
 from r1vflow.models.io import load_model
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
@@ -47,7 +48,7 @@ def run(ctx: StageContext) -> StageOutcome:
             continue
         path = ctx.input(input_name)
         final = (label, path) if label != "base" else final
-        model, tokenizer = load_model(path, "vlm"), load_tokenizer(path)
+        model, tokenizer = place(load_model(path, "vlm")), load_tokenizer(path)
         scored, responses = score_model(
             model, tokenizer, samples, dataset, exp.data.image_size, cfg.max_new_tokens,
             cfg.batch_size, temperature=cfg.temperature, num_samples=cfg.num_samples,

@@ -23,14 +23,15 @@ from __future__ import annotations
 
 import json
 
-import torch
-
 from r1vflow.data.io import load_split, read_info
 from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.models.devices import place
+from r1vflow.models.families import fixed_image_tokens
+from r1vflow.models.families.images import ImageBatch, image_texts, stack_images
 from r1vflow.models.io import load_model, save_model
 from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
-from r1vflow.models.vlm import num_image_tokens, set_trainable
+from r1vflow.models.vlm import set_trainable
 from r1vflow.rl.batch import encode_vlm_prompts
 from r1vflow.rl.grpo import GRPOPrompt, GRPOResult, grpo_settings, prefilter_pool, train_grpo
 from r1vflow.rl.monitor import RewardMonitor
@@ -53,7 +54,7 @@ def reward_model_score_fn(scorer: RewardScorer):
 
     def score(prompts: list[GRPOPrompt], completions: list[str]) -> list[float]:
         questions = [p.text for p in prompts]
-        pixels = torch.stack([p.pixel_values for p in prompts])
+        pixels = stack_images([p.pixel_values for p in prompts])
         if scorer.calibration is None:
             return scorer.score(questions, pixels, completions)
         return [s / 5.0 for s in scorer.score_0to5(questions, pixels, completions)]
@@ -81,13 +82,15 @@ def build_reward(accuracy: float, format_: float, reward_model: float,
 def build_prompts(model, tokenizer, samples, dataset, image_size: int,
                   max_prompt_tokens: int) -> list[GRPOPrompt]:
     """One GRPOPrompt per sample (chat prompt with image placeholders, image, gold answer)."""
-    ids = encode_vlm_prompts(tokenizer, [s.question for s in samples], num_image_tokens(model))
+    pixels = sample_pixels(dataset, samples, image_size, model)
+    ids = encode_vlm_prompts(tokenizer, [s.question for s in samples],
+                             image_texts(pixels, fixed_image_tokens(model)))
     longest = max(len(i) for i in ids)
     if longest > max_prompt_tokens:
         raise ValueError(f"grpo: a prompt has {longest} tokens but grpo.max_length - "
                          f"grpo.max_new_tokens leaves {max_prompt_tokens}; raise grpo.max_length")
-    pixels = sample_pixels(dataset, samples, image_size)
-    return [GRPOPrompt(s.id, i, s.answer, s.question, pixels[k])
+    items = pixels.items if isinstance(pixels, ImageBatch) else pixels
+    return [GRPOPrompt(s.id, i, s.answer, s.question, items[k])
             for k, (s, i) in enumerate(zip(samples, ids, strict=True))]
 
 
@@ -104,7 +107,7 @@ def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.grpo
     sft_dir, dataset = ctx.input("sft_model"), ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = load_model(sft_dir, "vlm"), load_tokenizer(sft_dir)
+    model, tokenizer = place(load_model(sft_dir, "vlm")), load_tokenizer(sft_dir)
     trainable = set_trainable(model, set(cfg.trainable))
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     prompts = build_prompts(model, tokenizer, train, dataset, exp.data.image_size,

@@ -30,10 +30,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
-
-from r1vflow.data.io import images_to_tensor, load_image, load_preferences, load_split, read_info
+from r1vflow.data.io import load_image, load_preferences, load_split, read_info
 from r1vflow.eval.scoring import score_model
+from r1vflow.models.devices import place
+from r1vflow.models.families import encode_pixels
+from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model, save_model
 from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
@@ -56,13 +57,13 @@ def run(ctx: StageContext) -> StageOutcome:
     start = ctx.input("aligned_model" if "aligned_model" in ctx.inputs else "base_model")
     dataset = ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
+    model, tokenizer = place(load_model(start, "vlm")), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
     train = load_split(dataset, "train")
     val = load_split(dataset, "val")[:cfg.val_limit]
     pool = build_pool(train, load_preferences(dataset) if it else [],
                       it.noisy_fraction if it else 0.0, cfg.seed)
-    pixels = _pixels(dataset, [p.image for p in pool] + [s.image for s in val],
+    pixels = _pixels(model, dataset, [p.image for p in pool] + [s.image for s in val],
                      exp.data.image_size)
     scores = _reward_scores(ctx, pool, pixels) if it else []
     stats = _train(ctx, model, tokenizer, pool, pixels, cfg.lr, cfg.epochs, 0, 0)
@@ -107,10 +108,10 @@ def run(ctx: StageContext) -> StageOutcome:
                         report=report)
 
 
-def _pixels(dataset: Path, images: list[str], image_size: int) -> dict[str, torch.Tensor]:
-    """Each distinct image once, as [3,H,W]."""
+def _pixels(model, dataset: Path, images: list[str], image_size: int) -> dict:
+    """Each distinct image once, as [3,H,W] or its family's ImageInput."""
     paths = sorted(set(images))
-    tensor = images_to_tensor([load_image(dataset, p) for p in paths], image_size)
+    tensor = encode_pixels(model, [load_image(dataset, p) for p in paths], image_size)
     return dict(zip(paths, tensor, strict=True))
 
 
@@ -119,7 +120,7 @@ def _reward_scores(ctx: StageContext, pool: list[PoolItem], pixels) -> list[floa
     scorer = load_reward_scorer(ctx.input("reward_model"), SCORE_BATCH,
                                 ctx.exp.train_reward_model.max_length)
     return scorer.score_0to5([p.question for p in pool],
-                             torch.stack([pixels[p.image] for p in pool]),
+                             stack_images([pixels[p.image] for p in pool]),
                              [p.response for p in pool])
 
 
@@ -165,7 +166,7 @@ def _error_set(ctx: StageContext, model, tokenizer, train, pixels, t: int) -> li
     scanned = scan_subset(len(train), it.error_scan_limit, seed=f"{exp.sft.seed}:{t}")
     samples = [train[i] for i in scanned]
     wrong = answered_wrongly(model, tokenizer, samples,
-                             torch.stack([pixels[s.image] for s in samples]),
+                             stack_images([pixels[s.image] for s in samples]),
                              exp.sft.val_max_new_tokens, exp.sft.val_batch_size)
     return [scanned[i] for i in wrong]
 

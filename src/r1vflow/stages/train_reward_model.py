@@ -28,8 +28,11 @@ from collections import defaultdict
 
 import torch
 
-from r1vflow.data.io import images_to_tensor, load_image, load_preferences, read_info
+from r1vflow.data.io import load_image, load_preferences, read_info
 from r1vflow.data.schema import PreferencePair
+from r1vflow.models.devices import place
+from r1vflow.models.families import encode_pixels
+from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model
 from r1vflow.models.reward import RewardModel, reward_scores, save_reward_model
 from r1vflow.models.tokenizer import load_tokenizer
@@ -52,10 +55,10 @@ def run(ctx: StageContext) -> StageOutcome:
                          f"found {len(train)} and {len(val)}; raise "
                          "synthesize_data.num_preference_pairs or num_val")
     torch.manual_seed(cfg.seed)  # the value head's initialisation
-    model = RewardModel(load_model(base_dir, "vlm"), cfg.likelihood_term)
+    model = RewardModel(place(load_model(base_dir, "vlm")), cfg.likelihood_term)
     tokenizer = load_tokenizer(base_dir)
     trainable = set_trainable(model.vlm, set(cfg.trainable))
-    pixels = _pixels(dataset, pairs, exp.data.image_size)
+    pixels = _pixels(model.vlm, dataset, pairs, exp.data.image_size)
 
     def on_step(step: int, values: dict) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
@@ -86,15 +89,15 @@ def run(ctx: StageContext) -> StageOutcome:
                         report=_report(exp.name, metrics))
 
 
-def _pixels(dataset, pairs: list[PreferencePair], image_size: int) -> dict[str, torch.Tensor]:
+def _pixels(vlm, dataset, pairs: list[PreferencePair], image_size: int) -> dict:
     paths = sorted({p.image for p in pairs})
-    tensor = images_to_tensor([load_image(dataset, p) for p in paths], image_size)
+    tensor = encode_pixels(vlm, [load_image(dataset, p) for p in paths], image_size)
     return dict(zip(paths, tensor, strict=True))
 
 
 def _score_pairs(model, tokenizer, pairs, pixels, max_length: int):
     questions = [p.question for p in pairs]
-    images = torch.stack([pixels[p.image] for p in pairs])
+    images = stack_images([pixels[p.image] for p in pairs])
     return tuple(reward_scores(model, tokenizer, questions, images, responses, SCORE_BATCH,
                                max_length)
                  for responses in ([p.chosen for p in pairs], [p.rejected for p in pairs]))

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from r1vflow.models.families import fixed_image_tokens
+from r1vflow.models.families.images import concat_images, image_texts, stack_images
 from r1vflow.models.reward import RewardModel, ScoreCalibration, encode_reward_batch
-from r1vflow.models.vlm import num_image_tokens
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 PairItem = tuple[str, str, str, torch.Tensor]  # question, chosen, rejected, pixel_values [3,H,W]
@@ -95,14 +96,17 @@ def fit_calibration(
 
 
 def _encode_pairs(
-    tokenizer: PreTrainedTokenizerBase, chunk: Sequence[PairItem], n_image: int, max_length: int
+    tokenizer: PreTrainedTokenizerBase, chunk: Sequence[PairItem], n_image: int | None,
+    max_length: int,
 ) -> dict[str, torch.Tensor]:
     """2B sequences: the B chosen responses, then the B rejected ones, each with its image."""
     questions = [q for q, _, _, _ in chunk] * 2
     responses = [c for _, c, _, _ in chunk] + [r for _, _, r, _ in chunk]
-    batch = encode_reward_batch(tokenizer, questions, responses, n_image, max_length)
-    pixels = torch.stack([p for *_, p in chunk])
-    batch["pixel_values"] = torch.cat([pixels, pixels])
+    pixels = stack_images([p for *_, p in chunk])
+    pixels = concat_images([pixels, pixels])
+    batch = encode_reward_batch(tokenizer, questions, responses, image_texts(pixels, n_image),
+                                max_length)
+    batch["pixel_values"] = pixels
     return batch
 
 
@@ -133,7 +137,7 @@ def train_reward(
     """
     if not pairs:
         raise ValueError("train_reward got no pairs")
-    n_image = num_image_tokens(model.vlm)
+    n_image = fixed_image_tokens(model.vlm)
     steps_per_epoch = math.ceil(len(pairs) / batch_size)
     engine = TrainEngine(
         model,
@@ -155,8 +159,8 @@ def train_reward(
             for begin in range(0, len(order), batch_size):
                 chunk = [pairs[i] for i in order[begin : begin + batch_size]]
                 param = next(engine.module.parameters())
-                batch = {
-                    k: v.to(param.device, param.dtype if v.is_floating_point() else None)
+                batch = {  # images move in RewardModel.forward (ImageBatch or tensor)
+                    k: v.to(param.device) if k != "pixel_values" else v
                     for k, v in _encode_pairs(tokenizer, chunk, n_image, max_length).items()
                 }
                 rewards, logprob = engine.model(**batch, return_logprob=True)

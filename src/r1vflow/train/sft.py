@@ -14,17 +14,24 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from r1vflow.models.families import fixed_image_tokens
+from r1vflow.models.families.images import (
+    image_kwargs,
+    image_texts,
+    stack_images,
+    token_type_kwargs,
+)
 from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
-from r1vflow.models.vlm import num_image_tokens
 from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
-SftItem = tuple[str, str, torch.Tensor]  # question, response, pixel_values [3,H,W]
+SftItem = tuple[str, str, Any]  # question, response, pixel_values [3,H,W] or an ImageInput
 StepCallback = Callable[[int, dict[str, float]], None]
 
 
@@ -52,19 +59,22 @@ def _shard(chunk: list[SftItem]) -> list[SftItem]:
 
 
 def _encode(
-    tokenizer: PreTrainedTokenizerBase, chunk: list[SftItem], n_image: int, max_length: int
+    tokenizer: PreTrainedTokenizerBase, chunk: list[SftItem], n_image: int | None,
+    max_length: int,
 ) -> dict[str, torch.Tensor]:
-    batch = encode_sft_batch(tokenizer, [(q, r) for q, r, _ in chunk], n_image, max_length)
-    batch["pixel_values"] = torch.stack([pixels for _, _, pixels in chunk])
+    pixels = stack_images([pixels for _, _, pixels in chunk])
+    batch = encode_sft_batch(tokenizer, [(q, r) for q, r, _ in chunk],
+                             image_texts(pixels, n_image), max_length)
+    batch["pixel_values"] = pixels
     return batch
 
 
-def _to(batch: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, torch.Tensor]:
+def _to(batch: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The batch on the model's device; floating tensors (images) in its dtype."""
     param = next(model.parameters())
-    return {
-        key: value.to(param.device, param.dtype if value.is_floating_point() else None)
-        for key, value in batch.items()
-    }
+    images = image_kwargs(batch.pop("pixel_values"), param.device, param.dtype)
+    batch = {key: value.to(param.device) for key, value in batch.items()}
+    return {**batch, **images, **token_type_kwargs(model, batch["input_ids"])}
 
 
 def train_sft(
@@ -93,7 +103,7 @@ def train_sft(
     """
     if not items:
         raise ValueError("train_sft got no training items")
-    n_image = num_image_tokens(model)
+    n_image = fixed_image_tokens(model)
     steps_per_epoch = math.ceil(len(items) / batch_size)
     engine = TrainEngine(
         model,
@@ -145,7 +155,7 @@ def eval_loss(
         raise ValueError("eval_loss got no items")
     was_training = model.training
     model.eval()
-    n_image = num_image_tokens(model)
+    n_image = fixed_image_tokens(model)
     total, count = 0.0, 0
     for chunk in _batches(items, batch_size, generator=None):
         batch = _to(_encode(tokenizer, chunk, n_image, max_length), model)
