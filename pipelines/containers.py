@@ -144,6 +144,41 @@ def podman_service(log_path: Path, timeout: float = 60.0) -> Iterator[str]:
                 proc.wait()
 
 
+def run_container(client: Any, image: str, command: list[str], volumes: dict[str, Any],
+                  **container_run_args: Any) -> int:
+    """Run one task's container, stream its output, return its exit status.
+
+    Replaces kfp.local's `run_docker_container`, which starts the container with auto_remove and
+    counts a container already gone when it asks for the status as a success: podman removes an
+    exited container at once, so a failed task passed for a succeeded one. Here the container is
+    removed only after its status is read. Images are checked before the run, never pulled."""
+    print(f"r1vflow: running in image {image!r}\n")
+    container = client.containers.run(image=image, command=command, detach=True, stdout=True,
+                                      stderr=True, volumes=volumes, **container_run_args)
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            print(chunk.decode(errors="replace"), end="")
+        status = int(container.wait()["StatusCode"])
+    finally:
+        container.remove(force=True)
+    if status != 0:
+        print(f"r1vflow: the container of image {image!r} exited with status {status}")
+    return status
+
+
+@contextlib.contextmanager
+def _patched_kfp_docker() -> Iterator[None]:
+    """kfp.local's DockerRunner runs containers with `run_container` inside the block."""
+    from kfp.local import docker_task_handler
+
+    original = docker_task_handler.run_docker_container
+    docker_task_handler.run_docker_container = run_container
+    try:
+        yield
+    finally:
+        docker_task_handler.run_docker_container = original
+
+
 def _local_images(client: Any, images: set[str]) -> dict[str, tuple[int, int]]:
     """The user of each image; ContainerError naming those not built here."""
     import docker
@@ -186,8 +221,9 @@ def docker_runner(output_dir: Path, images: set[str],
         out = str(output_dir)
         chown_tree(output_dir, uid, gid)
         try:
-            yield local.DockerRunner(network_mode="host", environment=env,
-                                     mounts=[Mount(target=out, source=out, type="bind")])
+            with _patched_kfp_docker():
+                yield local.DockerRunner(network_mode="host", environment=env,
+                                         mounts=[Mount(target=out, source=out, type="bind")])
         finally:
             chown_tree(output_dir, os.getuid(), os.getgid())
             if saved is None:

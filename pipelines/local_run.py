@@ -315,8 +315,13 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
         "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
     }
     with _quiet_mlflow(enabled=not verbose):  # "Creating initial MLflow database tables", ...
-        parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
-                                              parent_tags)
+        parent_id = tracking.start_parent_run(
+            tracking_uri, mlflow_experiment, exp.name, parent_tags,
+            # the default SQLite store keeps its artifacts beside it, not in the current
+            # directory (which task containers do not see)
+            artifact_location=((output_dir / "mlartifacts").as_uri()
+                               if tracking_uri == f"sqlite:///{output_dir / 'mlflow.db'}"
+                               else None))
     os.environ.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
         tracking.PARENT_ENV: parent_id,

@@ -167,8 +167,8 @@ def test_smoke_runs_every_stage_in_its_image(docker_smoke):
         assert entry["status"] == "succeeded", (stage, entry)
         assert (entry["runner"], entry["image"]) == ("docker", STAGE_IMAGES[stage])
         log = (out / "logs" / f"{stage}.log").read_text()
-        # kfp.local's DockerRunner says which image it found before it starts the container
-        assert f"Found image '{STAGE_IMAGES[stage]}'" in log, stage
+        # the container runner names the image before it starts the container
+        assert f"r1vflow: running in image '{STAGE_IMAGES[stage]}'" in log, stage
     for stage in ("bootstrap", "align_projector", "sft", "train_reward_model", "grpo"):
         assert Path(summary["stages"][stage]["model_uri"]).is_dir()
     # the containers' user had the output dir for the run only; the invoking user has it back
@@ -212,4 +212,6 @@ def test_a_stage_failing_in_its_container_names_stage_image_and_log(built_images
     assert (entry["status"], entry["image"], entry["log"]) == (
         "failed", STAGE_IMAGES["bootstrap"], str(log))
     assert "no endpoint is set" in entry["error"]
-    assert f"Found image '{STAGE_IMAGES['bootstrap']}'" in log.read_text()
+    text = log.read_text()
+    assert f"r1vflow: running in image '{STAGE_IMAGES['bootstrap']}'" in text
+    assert f"the container of image '{STAGE_IMAGES['bootstrap']}' exited with status 1" in text
