@@ -33,7 +33,8 @@ from r1vflow.pipelines.local_run import _runner_fields
 from r1vflow.runtime.images import image_for
 from r1vflow.storage.store import StoreConfigError
 
-from conftest import PRESETS, ROOT, clean_env
+from conftest import MICRO, PRESETS, ROOT, clean_env
+from servers import requires_weed
 
 CLI = [sys.executable, "-m", "r1vflow.cli"]
 STAGE_IMAGES = {stage.name: image_for(stage.image) for stage in TABLE}
@@ -215,3 +216,55 @@ def test_a_stage_failing_in_its_container_names_stage_image_and_log(built_images
     text = log.read_text()
     assert f"r1vflow: running in image '{STAGE_IMAGES['bootstrap']}'" in text
     assert f"the container of image '{STAGE_IMAGES['bootstrap']}' exited with status 1" in text
+
+
+PASSED = ("R1VFLOW_", "MLFLOW_", "AWS_")  # what the runner passes at run time
+
+
+@pytest.mark.container
+def test_images_hold_no_settings_or_credentials(built_images):
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF_FILE)}
+    for image in sorted(built_images):
+        inspect = subprocess.run(["podman", "image", "inspect", image], capture_output=True,
+                                 text=True, env=env, timeout=120, check=True)
+        config = json.loads(inspect.stdout)[0]["Config"]
+        baked = [v for v in config.get("Env", []) if v.startswith(PASSED)]
+        assert not baked, (image, baked)
+        assert config["User"] == "10001:10001", image
+
+
+@pytest.fixture(scope="module")
+def docker_stack_run(built_images, tmp_path_factory):
+    """The micro smoke DAG in the containers against `r1vflow stack up`'s S3 and MLflow."""
+    root = tmp_path_factory.mktemp("docker-stack")
+    stack = root / "stack"
+    up = _run("stack", "up", "--dir", str(stack))
+    assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+    try:
+        overrides = [a for o in MICRO for a in ("--set", o)]
+        result = _run("run", str(PRESETS / "smoke.yaml"), "--runner", "docker", "--stack",
+                      str(stack), "--output-dir", str(root / "out"), *overrides)
+        assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+        yield (root / "out", json.loads((root / "out" / "summary.json").read_text()),
+               json.loads((stack / "stack.json").read_text()))
+    finally:
+        _run("stack", "down", "--dir", str(stack))
+
+
+@pytest.mark.slow
+@pytest.mark.container
+@requires_weed
+def test_containers_reach_the_stack_s3_and_mlflow_with_credentials_as_env(docker_stack_run):
+    out, summary, info = docker_stack_run
+    assert summary["status"] == "succeeded"
+    assert summary["mlflow"]["tracking_uri"] == info["mlflow_uri"]
+    mlflow.set_tracking_uri(info["mlflow_uri"])
+    client = mlflow.MlflowClient()
+    for stage, entry in summary["stages"].items():
+        assert (entry["runner"], entry["image"]) == ("docker", STAGE_IMAGES[stage])
+        assert client.get_run(entry["mlflow_run_id"]).info.status == "FINISHED", stage
+    for stage in ("bootstrap", "align_projector", "sft", "grpo"):
+        assert summary["stages"][stage]["model_uri"].startswith("s3://"), stage
+    secret = json.loads(Path(info["credentials_file"]).read_text())["secret_key"]
+    written = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".log", ".json")]
+    assert written and not [p for p in written if secret in p.read_text(errors="replace")]
