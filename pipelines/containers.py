@@ -209,6 +209,9 @@ def docker_runner(output_dir: Path, images: set[str],
                              "images' non-root user (uid 10001) for the run and back afterwards")
     env = container_env(environ)  # before anything starts: a bad credentials file stops here
     with podman_service(output_dir / "podman.log") as address:
+        if not _ping(address):
+            raise ContainerError(f"no Docker API answers at DOCKER_HOST={address}: start it "
+                                 "(podman system service) or unset DOCKER_HOST")
         client = docker.DockerClient(base_url=address)
         users = set(_local_images(client, images).values())
         client.close()

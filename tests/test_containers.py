@@ -103,6 +103,16 @@ def test_chown_tree_hands_over_everything_but_link_targets(tmp_path: Path) -> No
     assert outside.stat().st_uid == os.getuid()
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="--runner docker refuses non-root users first")
+def test_a_docker_host_that_does_not_answer_is_named(tmp_path: Path, monkeypatch) -> None:
+    from r1vflow.pipelines.containers import docker_runner
+
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/none.sock")
+    with pytest.raises(ContainerError, match=f"no Docker API answers at DOCKER_HOST=unix://{tmp_path}"):
+        with docker_runner(tmp_path, {image_for("base")}, {}):
+            pass
+
+
 def test_runner_fields_name_runner_image_and_the_log_of_a_failure(tmp_path: Path) -> None:
     stages = {"bootstrap": {"status": "succeeded"}, "sft": {"status": "not_run"},
               "grpo": {"status": "failed", "error": "ValueError: x"},
