@@ -35,7 +35,7 @@ for arg in "$@"; do
     --no-push) push=0 ;;
     --local) local_build=1; push=0 ;;
     base|trainer|rollout|mlflow) targets+=("${arg}") ;;
-    -h|--help) sed -n '2,10p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "build.sh: unknown argument '${arg}' (expected base, trainer, rollout, mlflow," \
             "--local, --dry-run or --no-push)" >&2; exit 2 ;;
   esac
