@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.r1vflow-installed
 DEMO   ?= runs/demo
 
-.PHONY: install lock demo smoke test test-fast lint compile compiled clean
+.PHONY: install lock demo smoke test test-fast lint compile compiled clean images
 
 install: $(STAMP)
 
@@ -37,6 +37,12 @@ demo: install
 
 smoke: install
 	$(VENV)/bin/r1vflow run pipelines/configs/smoke.yaml --output-dir runs/smoke
+
+# The container images, built with podman on this machine (root, podman, runc, debootstrap;
+# images/build.sh --local): the same Dockerfiles and tags as a cluster build, on a local Debian
+# base with the CPU torch wheel. `r1vflow run CONFIG --runner docker` then runs every task in them.
+images: install
+	PYTHON=$(PY) images/build.sh --local
 
 # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
 test: install

@@ -1,8 +1,9 @@
 """Run an experiment's DAG on this machine through the KFP SDK's local runner.
 
-Every task is a subprocess of this Python (SubprocessRunner, no container), caching is on, and the
-pipeline root and cache live in the output dir, so running the same experiment into the same
-directory again is served from cache. The driver opens the MLflow parent run, hands its id to the
+Every task is a subprocess of this Python (SubprocessRunner, no container), or with
+`runner="docker"` a container of the image its component names (r1vflow.pipelines.containers);
+caching is on, and the pipeline root and cache live in the output dir, so running the same
+experiment into the same directory again is served from cache. The driver opens the MLflow parent run, hands its id to the
 tasks through the environment, and writes `<output-dir>/summary.json`.
 
 Each task's whole log (what the KFP executor and the stage print) goes to
@@ -89,8 +90,10 @@ class StageLogs:
     `pipeline.log`. `install` patches both entry points until `uninstall`."""
 
     def __init__(self, log_dir: Path, run_dir: Path, verbose: bool = False,
-                 console: IO[str] | None = None):
+                 console: IO[str] | None = None, images: dict[str, str] | None = None):
         self.log_dir, self.run_dir, self.verbose = log_dir, run_dir, verbose
+        self.images = images or {}  # stage -> the image it runs in (container runs only)
+        self.failed: set[str] = set()
         self.console = console or sys.stdout
         self.live = not verbose and self.console.isatty()
         self._saved: list[tuple[Any, str, Any]] = []
@@ -160,8 +163,10 @@ class StageLogs:
                 line = (f"{stage:<20} succeeded{cached} {took:7.1f} s  "
                         f"{_headline(result.get('metrics') or {})}")
             else:
+                self.failed.add(stage)
                 error = str(result.get("error") or "the task failed").splitlines()[0][:100]
-                line = f"{stage:<20} FAILED {seconds:7.1f} s  {error}  (log: {path})"
+                where = f"image: {self.images[stage]}, " if stage in self.images else ""
+                line = f"{stage:<20} FAILED {seconds:7.1f} s  {error}  ({where}log: {path})"
             if ok and quiet:
                 return outputs, task_status
             self._say(line.rstrip())
@@ -239,14 +244,56 @@ def _promotion(tracking_uri: str, evaluation: dict[str, Any]) -> dict[str, Any] 
             "promoted": champion is not None and f"{name}/{champion}" == candidate}
 
 
+def _runner_fields(stages: dict[str, dict[str, Any]], runner: str, images: dict[str, str],
+                   failed: set[str], log_dir: Path) -> None:
+    """Per stage: the runner and the image it ran in (None: no container); a task that failed
+    before its stage reported (e.g. its container did not start) is `failed`, naming its log."""
+    for stage, entry in stages.items():
+        entry["runner"] = runner
+        entry["image"] = images.get(stage) if runner == "docker" else None
+        if stage in failed and entry["status"] == "not_run":
+            entry["status"] = "failed"
+            entry["error"] = "the task failed before the stage reported: see its log"
+        if entry["status"] == "failed":
+            entry["log"] = str(log_dir / f"{stage}.log")
+
+
+def _task_images(pipeline: Any) -> dict[str, str]:
+    """Task name -> image, read from the compiled pipeline (what DockerRunner will run)."""
+    from google.protobuf import json_format
+
+    from r1vflow.pipelines.containers import task_images
+
+    return task_images(json_format.MessageToDict(pipeline.pipeline_spec))
+
+
+@contextlib.contextmanager
+def _kfp_runner(runner: str, output_dir: Path, images: dict[str, str]):
+    """kfp.local's runner for `runner`, set up (and torn down) around the block."""
+    from kfp import local
+
+    if runner == "subprocess":
+        yield local.SubprocessRunner(use_venv=False)
+        return
+    if runner != "docker":
+        raise ValueError(f"unknown runner {runner!r}; expected subprocess or docker")
+    from r1vflow.pipelines.containers import docker_runner
+
+    (output_dir / "pipeline_root").mkdir(exist_ok=True)  # the containers' user gets it too
+    with docker_runner(output_dir, set(images.values()), os.environ) as kfp_runner:
+        yield kfp_runner
+
+
 def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = None,
               quiet: bool = False, overrides: list[str] | None = None,
-              applied: list[str] | None = None, verbose: bool = False) -> dict[str, Any]:
+              applied: list[str] | None = None, verbose: bool = False,
+              runner: str = "subprocess") -> dict[str, Any]:
     """Run the DAG. `overrides` go to the pipeline's `overrides` parameter (applied and
     validated by its configure task, as in a KFP UI run); `applied` are the `--set` values
     already in `exp`, recorded on the parent run like the others. Task logs go to
     `<output-dir>/logs/`; the console gets a line per stage, or with `verbose` everything
-    (`quiet` is the old name of the default and does nothing)."""
+    (`quiet` is the old name of the default and does nothing). `runner`: "subprocess", or
+    "docker" for each task in its component's image (r1vflow.pipelines.containers)."""
     from kfp import local
 
     started = time.time()
@@ -268,8 +315,13 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
         "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
     }
     with _quiet_mlflow(enabled=not verbose):  # "Creating initial MLflow database tables", ...
-        parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
-                                              parent_tags)
+        parent_id = tracking.start_parent_run(
+            tracking_uri, mlflow_experiment, exp.name, parent_tags,
+            # the default SQLite store keeps its artifacts beside it, not in the current
+            # directory (which task containers do not see)
+            artifact_location=((output_dir / "mlartifacts").as_uri()
+                               if tracking_uri == f"sqlite:///{output_dir / 'mlflow.db'}"
+                               else None))
     os.environ.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
         tracking.PARENT_ENV: parent_id,
@@ -278,19 +330,30 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
         "R1VFLOW_KFP_RUN": f"local:{parent_id}",
     })
     pipeline_root = output_dir / "pipeline_root"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root),
-               cache_root=str(output_dir / "kfp_cache"), enable_caching=True, raise_on_error=False)
-    logs = StageLogs(output_dir / "logs", output_dir, verbose=verbose).install()
-    before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
+    pipeline = build_pipeline(exp)
+    images = _task_images(pipeline) if runner == "docker" else {}
     try:
-        task = build_pipeline(exp)(experiment_json=exp.model_dump_json(),
-                                   overrides=list(overrides or []))
-    finally:  # kfp.local's entry points are ours only for this run
-        logs.uninstall()
+        with _kfp_runner(runner, output_dir, images) as kfp_runner:
+            local.init(runner=kfp_runner, pipeline_root=str(pipeline_root),
+                       cache_root=str(output_dir / "kfp_cache"), enable_caching=True,
+                       raise_on_error=False)
+            logs = StageLogs(output_dir / "logs", output_dir, verbose=verbose,
+                             images=images).install()
+            before = set(pipeline_root.glob("*")) if pipeline_root.exists() else set()
+            try:
+                task = pipeline(experiment_json=exp.model_dump_json(),
+                                overrides=list(overrides or []))
+            finally:  # kfp.local's entry points are ours only for this run
+                logs.uninstall()
+    except Exception:  # e.g. the container runner could not start: no task ran
+        tracking.finish_parent_run(tracking_uri, parent_id, "failed", {},
+                                   {"r1vflow.status": "failed"})
+        raise
     seconds = time.time() - started
     new_dirs = sorted(set(pipeline_root.glob("*")) - before)
     outputs = dict(getattr(task, "outputs", None) or {})
     stages = _stage_entries(exp, outputs, output_dir, new_dirs)
+    _runner_fields(stages, runner, images, logs.failed, output_dir / "logs")
     status = "succeeded" if all(s["status"] == "succeeded" for s in stages.values()) else "failed"
     summary = {
         "status": status,

@@ -1,7 +1,9 @@
 """Offline checks of images/: hadolint, non-root users, and one set of pinned versions.
 
 images/versions.env is the source of truth; the Dockerfiles' ARG defaults, images/build.sh and
-src/r1vflow/images.py must agree with it. No image is built here (no Docker engine).
+src/r1vflow/images.py must agree with it; every image a component or manifest names is one that
+`make images` (images/build.sh --local) builds. The builds themselves run in `make images`; the
+containerized smoke run that uses them is tests/test_containers.py.
 """
 
 from __future__ import annotations
@@ -161,8 +163,10 @@ def test_versions_env_pins_exact_versions() -> None:
             assert re.fullmatch(r"\d+(\.\d+)+(\.post\d+)?", value), (
                 f"images/versions.env: {key}={value} is not an exact version"
             )
+        elif key.endswith("_URL"):
+            assert value.startswith("https://"), f"images/versions.env: {key}={value} not https"
         else:
-            pytest.fail(f"images/versions.env: {key} ends neither in _IMAGE nor _VERSION")
+            pytest.fail(f"images/versions.env: {key} ends neither in _IMAGE, _VERSION nor _URL")
 
 
 def test_images_py_agrees_with_versions_env() -> None:
@@ -242,3 +246,74 @@ def test_build_script_rejects_unknown_images() -> None:
     )
     assert proc.returncode == 2
     assert "unknown argument 'gpu'" in proc.stderr
+
+
+def local_dry_run() -> list[list[str]]:
+    """The podman build command lines of `images/build.sh --local --dry-run`."""
+    proc = subprocess.run(["bash", str(IMAGES / "build.sh"), "--local", "--dry-run"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "push" not in proc.stdout, "a local build never pushes"
+    return [shlex.split(line) for line in proc.stdout.splitlines() if line.startswith("podman ")]
+
+
+def test_local_build_is_the_same_dockerfiles_on_the_local_base() -> None:
+    pinned = versions_env()
+    builds = local_dry_run()
+    built = {}
+    for argv in builds:
+        assert argv[:4] == ["podman", "build", "--network", "host"], argv
+        dockerfile = Path(argv[argv.index("--file") + 1])
+        role = dockerfile.parent.name
+        build_args = dict(
+            argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--build-arg"
+        )
+        assert set(build_args) == set(arg_defaults(dockerfile)), (role, build_args)
+        # only the bases, torch's build and vLLM differ from a cluster build
+        local = {"PYTHON_IMAGE": pinned["LOCAL_BASE_IMAGE"], "CUDA_IMAGE": pinned["LOCAL_BASE_IMAGE"],
+                 "TORCH_VERSION": pinned["TORCH_VERSION"] + "+cpu",
+                 "TORCH_INDEX_URL": "https://pypi.org/simple", "VLLM_VERSION": "none"}
+        for name, value in build_args.items():
+            assert value == local.get(name, pinned[name]), (role, name, value)
+        if (Path(f"{dockerfile}.dockerignore")).exists():
+            assert argv[argv.index("--ignorefile") + 1] == f"{dockerfile}.dockerignore"
+        mounts = [argv[i + 1] for i, a in enumerate(argv) if a == "--volume"]
+        assert all(m.endswith(":ro") for m in mounts), mounts  # CA bundle, pip.conf: read-only
+        built[role] = argv[argv.index("--tag") + 1]
+    assert built == {role: pinned[key] for role, key in IMAGE_KEYS.items()}
+
+
+def compiled_images() -> dict[str, set[str]]:
+    """Image reference -> the compiled IR files (pipelines/compiled/*.yaml) that name it."""
+    import yaml
+
+    found: dict[str, set[str]] = {}
+    for path in sorted((REPO / "pipelines" / "compiled").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            executors = (doc or {}).get("deploymentSpec", {}).get("executors", {})
+            for executor in executors.values():
+                image = executor.get("container", {}).get("image")
+                if image:
+                    found.setdefault(image, set()).add(path.name)
+    return found
+
+
+def test_every_component_and_manifest_image_is_built_by_make_images() -> None:
+    from test_manifests import OVERLAYS, all_pods, containers, render
+
+    from r1vflow.config.stage_table import TABLE
+
+    built = {argv[argv.index("--tag") + 1] for argv in local_dry_run()}
+    ir = compiled_images()
+    assert ir, "no image found in pipelines/compiled/*.yaml"
+    for image, files in ir.items():
+        assert image in built, f"{sorted(files)} run {image}, which make images does not build"
+    for stage in TABLE:
+        assert image_for(stage.image) in built, stage.name
+    upstream = {versions_env()["POSTGRES_IMAGE"]}
+    for overlay in OVERLAYS:
+        for label, pod in all_pods(render(f"overlays/{overlay}")):
+            for c in containers(pod):
+                assert c["image"] in built | upstream, (
+                    f"{overlay} {label}: {c['image']} is neither built by make images nor an "
+                    "upstream image pinned in images/versions.env")

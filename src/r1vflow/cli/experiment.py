@@ -43,6 +43,10 @@ def register(app: typer.Typer) -> None:
             verbose: Annotated[bool, typer.Option(
                 "--verbose", "-v", help="Stream every task's full KFP log to the console too.")
             ] = False,
+            runner: Annotated[str, typer.Option(
+                "--runner", help="subprocess: tasks run in this Python; docker: each task in its "
+                                 "component's image (`make images`) through podman or $DOCKER_HOST.")
+            ] = "subprocess",
             quiet: Annotated[bool, typer.Option(
                 "--quiet", hidden=True, help="No-op: the default is quiet now.")] = False) -> None:
         """Run the experiment's DAG locally through kfp.local (caching on).
@@ -63,6 +67,10 @@ def register(app: typer.Typer) -> None:
                 console.print(f"[red]error:[/red] {err}", highlight=False)
                 raise typer.Exit(2) from None
             set_ = ["storage.backend=s3", *(set_ or [])]
+        if runner not in ("subprocess", "docker"):
+            console.print(f"[red]error:[/red] --runner {runner!r}: expected subprocess or docker",
+                          highlight=False)
+            raise typer.Exit(2)
         exp = check_data_or_exit(load_or_exit(config, set_), sign=True)
         from r1vflow.eval.benchmarks.suite import missing_paths
 
@@ -75,12 +83,13 @@ def register(app: typer.Typer) -> None:
         out = output_dir or Path("runs") / exp.name
         console.print(f"[bold]r1vflow[/bold] running {exp.name} "
                       f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
+        from r1vflow.pipelines.containers import ContainerError
         from r1vflow.storage.store import StoreConfigError
 
         try:
             summary = run_local(exp, out, experiment_file=str(config), applied=set_,
-                                verbose=verbose)
-        except StoreConfigError as err:  # e.g. credentials in MLFLOW_TRACKING_URI
+                                verbose=verbose, runner=runner)
+        except (StoreConfigError, ContainerError) as err:  # e.g. credentials in the URI
             console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         _print_summary(summary)

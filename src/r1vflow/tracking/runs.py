@@ -58,14 +58,17 @@ def _clean_params(params: dict[str, Any]) -> dict[str, str]:
 
 
 def start_parent_run(tracking_uri: str, experiment: str, run_name: str,
-                     tags: dict[str, str]) -> str:
-    """Create the pipeline run's parent MLflow run and return its id (the run stays open)."""
+                     tags: dict[str, str], artifact_location: str | None = None) -> str:
+    """Create the pipeline run's parent MLflow run and return its id (the run stays open).
+    `artifact_location`: where a new experiment keeps its artifacts (default: MLflow's, which
+    for a SQLite store is ./mlruns under the current directory)."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(experiment)
+    exp_id = exp.experiment_id if exp else client.create_experiment(
+        experiment, artifact_location=artifact_location)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
     return run.info.run_id
 
