@@ -18,6 +18,7 @@ from r1vflow.config.recipe import (
     EvaluateConfig,
     GRPOConfig,
     ModelConfig,
+    MPOConfig,
     RewardModelConfig,
     SFTConfig,
     SynthesizeDataConfig,
@@ -62,11 +63,17 @@ class Experiment(Strict):
     align_projector: AlignProjectorConfig | None = Field(
         None, description="R1V projector alignment with LLM transfer; null skips it (SFT then "
                           "starts from the base model).")
-    sft: SFTConfig = Field(default_factory=SFTConfig)
+    sft: SFTConfig | None = Field(
+        default_factory=SFTConfig, description="SFT on the reasoning data; null skips it (R1V2: "
+                                               "base -> mpo -> grpo).")
     train_reward_model: RewardModelConfig | None = Field(
         None, description="Multimodal reward model (for iterative SFT); null skips it.")
+    mpo: MPOConfig | None = Field(
+        None, description="R1V2 Mixed Preference Optimization on the latest model before it "
+                          "(base, aligned or SFT); null skips the stage.")
     grpo: GRPOConfig | None = Field(
-        None, description="R1V2 GRPO after SFT; null skips the stage.")
+        None, description="R1V2 GRPO on the latest model before it (MPO, else SFT, else "
+                          "base); null skips the stage.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: dict[StageName, ResourceSpec] = Field(
         default_factory=dict, description="Per-stage cluster resources, keyed by stage name.")
@@ -104,7 +111,8 @@ class Experiment(Strict):
         if self.align_projector is not None and self.bootstrap is None:
             raise ValueError("align_projector trains against the substitute LLM that bootstrap "
                              "builds; with model.kind 'pretrained' set align_projector to null")
-        if self.sft.iterative is not None and self.train_reward_model is None:
+        if (self.sft is not None and self.sft.iterative is not None
+                and self.train_reward_model is None):
             raise ValueError("sft.iterative filters D with the reward model: enable "
                              "train_reward_model, or set sft.iterative to null")
         if (self.grpo is not None and self.grpo.reward_weights.reward_model > 0
@@ -116,7 +124,7 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _torch_backend_single_process(self) -> Experiment:
         """backend torch has no process group: several ranks would train separate replicas."""
-        for name in ("align_projector", "sft", "train_reward_model", "grpo"):
+        for name in ("align_projector", "sft", "train_reward_model", "mpo", "grpo"):
             section, spec = getattr(self, name), self.resources.get(name)
             if section is None or spec is None or section.backend != "torch":
                 continue

@@ -73,17 +73,28 @@ TABLE: tuple[Stage, ...] = (
                   Input("aligned_model", "Model", "align_projector", "model", optional=True),
                   Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
           outputs=(Output("model", "Model"), Output("iterations", "Artifact")),
-          model_output="model", label="sft", optional=False,
+          model_output="model", label="sft",
           reads=("data", "train_reward_model.max_length")),
-    Stage("grpo", "r1vflow.stages.grpo",
-          inputs=(Input("sft_model", "Model", "sft", "model"), _DATASET,
+    Stage("mpo", "r1vflow.stages.mpo",
+          inputs=(_DATASET, Input("base_model", "Model", "bootstrap", "base_model"),
+                  Input("aligned_model", "Model", "align_projector", "model", optional=True),
+                  Input("sft_model", "Model", "sft", "model", optional=True),
                   Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
+          outputs=(Output("model", "Model"), Output("checkpoints", "Artifact"),
+                   Output("pairs", "Dataset")),
+          model_output="model", label="mpo", reads=("data",)),
+    Stage("grpo", "r1vflow.stages.grpo",
+          inputs=(Input("sft_model", "Model", "sft", "model", optional=True), _DATASET,
+                  Input("reward_model", "Model", "train_reward_model", "model", optional=True),
+                  Input("mpo_model", "Model", "mpo", "model", optional=True),
+                  Input("base_model", "Model", "bootstrap", "base_model", optional=True)),
           outputs=(Output("model", "Model"), Output("checkpoints", "Artifact")),
           model_output="model", label="grpo", reads=("data",)),
     Stage("evaluate", "r1vflow.stages.evaluate",
           inputs=(_BASE_MODEL, _DATASET,
                   Input("align_projector_model", "Model", "align_projector", "model", True),
                   Input("sft_model", "Model", "sft", "model", True),
+                  Input("mpo_model", "Model", "mpo", "model", True),
                   Input("grpo_model", "Model", "grpo", "model", True)),
           outputs=(), optional=False, reads=("data", "tracking.promotion_metric"),
           image="rollout"),
@@ -92,7 +103,7 @@ TABLE: tuple[Stage, ...] = (
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in TABLE}
 STAGES: tuple[str, ...] = tuple(s.name for s in TABLE)
 StageName = Literal["bootstrap", "synthesize_data", "align_projector", "train_reward_model",
-                    "sft", "grpo", "evaluate"]
+                    "sft", "mpo", "grpo", "evaluate"]
 
 
 def stage(name: str) -> Stage:

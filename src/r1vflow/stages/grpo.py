@@ -43,7 +43,7 @@ from r1vflow.rl.rewards import (
 )
 from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
-from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
 
 
 def reward_model_score_fn(scorer: RewardScorer):
@@ -100,9 +100,20 @@ def build_rollout(kind: str, model, tokenizer, model_dir, max_new_tokens: int,
                                suppress_ids=[model.config.image_token_id, tokenizer.pad_token_id])
 
 
+START_INPUTS = ("mpo_model", "sft_model", "base_model")  # the first one given is the start
+
+
+def start_model(ctx: StageContext):
+    """The model GRPO starts from: MPO's when the DAG runs it, else SFT's, else the base."""
+    for name in START_INPUTS:
+        if name in ctx.inputs:
+            return ctx.input(name)
+    raise ValueError(f"stage grpo got none of its start models {START_INPUTS}")
+
+
 def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.grpo
-    sft_dir, dataset = ctx.input("sft_model"), ctx.input("dataset")
+    sft_dir, dataset = start_model(ctx), ctx.input("dataset")
     info = read_info(dataset)
     model, tokenizer = load_model(sft_dir, "vlm"), load_tokenizer(sft_dir)
     trainable = set_trainable(model, set(cfg.trainable))
@@ -139,7 +150,9 @@ def run(ctx: StageContext) -> StageOutcome:
                             exp.data.image_size, max_new_tokens=cfg.val_max_new_tokens,
                             batch_size=cfg.val_batch_size)
     _write_checkpoint_index(ctx, result)
-    out = save_model(model, tokenizer, ctx.outputs["model"], meta)
+    flags = {**monitor_flags(sft_dir), **{f"grpo/{k}": v for k, v in result.flags.items()}}
+    out = save_model(model, tokenizer, ctx.outputs["model"],
+                     {**meta, "extra": {"monitor_flags": flags}})
     version = ctx.register(out, parent=parent_version(sft_dir), dataset_digest=info.digest)
     metrics = {
         **result.summary, **extra,
