@@ -1,6 +1,7 @@
 """The DAG: experiment -> KFP pipeline, wired from the stage table (r1vflow.config.stage_table).
 
-    configure -> bootstrap -> synthesize_data -> {[align_projector], [train_reward_model]} -> [sft]
+    configure -> bootstrap -> synthesize_data -> {[align_projector], [train_reward_model]}
+              -> [distill] -> [sft]
               -> [mpo] -> [grpo] -> evaluate -> decide_promotion -> [promote]
     (R1V2: base -> mpo -> grpo with sft null; mpo and grpo start from the latest model before
      them)
@@ -24,6 +25,7 @@ from kfp import dsl
 from r1vflow.components.align_projector import align_projector
 from r1vflow.components.bootstrap import bootstrap
 from r1vflow.components.configure import configure
+from r1vflow.components.distill import distill
 from r1vflow.components.evaluate import evaluate
 from r1vflow.components.grpo import grpo
 from r1vflow.components.mpo import mpo
@@ -38,7 +40,8 @@ from r1vflow.pipelines.k8s import apply_environment, apply_image, apply_task_set
 
 COMPONENTS = {"bootstrap": bootstrap, "synthesize_data": synthesize_data,
               "align_projector": align_projector, "train_reward_model": train_reward_model,
-              "sft": sft, "grpo": grpo, "evaluate": evaluate, "mpo": mpo}
+              "sft": sft, "grpo": grpo, "evaluate": evaluate, "mpo": mpo,
+              "distill": distill}
 BASE_MODEL = ("bootstrap", "base_model")  # bootstrap's output, else the imported base model
 
 

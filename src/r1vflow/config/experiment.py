@@ -15,6 +15,7 @@ from r1vflow.config.recipe import (
     AlignProjectorConfig,
     BootstrapConfig,
     DataConfig,
+    DistillConfig,
     EvaluateConfig,
     GRPOConfig,
     ModelConfig,
@@ -63,6 +64,9 @@ class Experiment(Strict):
     align_projector: AlignProjectorConfig | None = Field(
         None, description="R1V projector alignment with LLM transfer; null skips it (SFT then "
                           "starts from the base model).")
+    distill: DistillConfig | None = Field(
+        None, description="R1V AL-CoTD: the model before SFT writes the train chains SFT trains "
+                          "on; null: SFT trains on the templated chains.")
     sft: SFTConfig | None = Field(
         default_factory=SFTConfig, description="SFT on the reasoning data; null skips it (R1V2: "
                                                "base -> mpo -> grpo).")
@@ -115,6 +119,14 @@ class Experiment(Strict):
                 and self.train_reward_model is None):
             raise ValueError("sft.iterative filters D with the reward model: enable "
                              "train_reward_model, or set sft.iterative to null")
+        if self.distill is not None and self.train_reward_model is None and (
+                self.distill.judge or self.distill.text_scorer == "judge"):
+            raise ValueError("distill's judge (distill.judge or distill.text_scorer: judge) is "
+                             "the reward model: enable train_reward_model, or turn the judge off")
+        if (self.sft is not None and self.sft.iterative is not None and self.sft.iterative.distill
+                and self.distill is None):
+            raise ValueError("sft.iterative.distill repeats AL-CoTD before each iteration with "
+                             "the distill section's settings: enable distill, or set it false")
         if (self.grpo is not None and self.grpo.reward_weights.reward_model > 0
                 and self.train_reward_model is None):
             raise ValueError("grpo.reward_weights.reward_model > 0 scores rollouts with the "

@@ -242,6 +242,9 @@ class IterativeSFTConfig(Strict):
         0.5, ge=0, le=1, description="D also holds rejected responses of train preference "
                                       "pairs, this many per train sample (mixed-quality data "
                                       "for the reward model to filter; not in the report).")
+    distill: bool = Field(
+        False, description="Re-run AL-CoTD with the current model before each iteration "
+                           "t >= 1, as R1V does (needs the distill stage).")
 
     @model_validator(mode="after")
     def _per_iteration_lists(self) -> IterativeSFTConfig:
@@ -260,6 +263,43 @@ class IterativeSFTConfig(Strict):
         if any(lr <= 0 for lr in self.lr):
             raise ValueError(f"sft.iterative.lr values must be > 0, got {self.lr}")
         return self
+
+
+class DistillConfig(Strict):
+    """R1V AL-CoTD: the current model writes each train sample's chain at repetition penalty
+    P = min(2, exp(alpha * (1 - (S_v + beta*S_t + gamma*S_I) / (1 + beta + gamma)))); chains
+    with the gold answer (and the judge's approval, when on) replace the templated ones. The
+    report gives no alpha, beta, gamma, attempts or temperature (choices made here)."""
+
+    alpha: float = Field(1.0, ge=0, description="Controller strength alpha (P = 1 at S = 1).")
+    beta: float = Field(1.0, ge=0, description="Weight of the text score S_t.")
+    gamma: float = Field(1.0, ge=0, description="Weight of the integration score S_I.")
+    vision_scorer: Literal["vision_rule", "question_only_probe"] = Field(
+        "vision_rule", description="S_v: from the scene (objects, digits), or also the "
+                                   "question-only probe (the model answers with a blank image: "
+                                   "right means the image was not needed).")
+    text_scorer: Literal["text_rule", "judge"] = Field(
+        "text_rule", description="S_t: from the reference chain's steps and the question, or "
+                                 "the judge (1 - the reward model's score of the reference "
+                                 "response; needs train_reward_model).")
+    integration_scorer: Literal["integration_rule"] = Field(
+        "integration_rule", description="S_I: how/why vs what/where, spatial references, "
+                                        "objects in the scene.")
+    judge: bool = Field(False, description="The reward model also checks each accepted chain "
+                                           "(needs train_reward_model).")
+    judge_threshold: float = Field(0.5, ge=0, le=1, description="Judge score (0..1) to accept.")
+    max_attempts: int = Field(3, ge=1, description="Generations per sample before giving up.")
+    on_failure: Literal["drop", "template"] = Field(
+        "template", description="A sample without an accepted chain: drop it, or keep its "
+                                "templated reference chain.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the chains.")
+    max_new_tokens: int = Field(64, gt=0, description="Completion budget of a chain.")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate call.")
+    limit: int | None = Field(None, gt=0, description="Distil the first N train samples (the "
+                                                      "rest keep templated chains); None: all.")
+    compare_limit: int = Field(200, ge=1, description="Prompts of the fixed-penalty comparison.")
+    fixed_penalty: float = Field(1.0, gt=0, description="The comparison's fixed penalty.")
+    seed: int = 0
 
 
 class SFTConfig(TrainConfig):

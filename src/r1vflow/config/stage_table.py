@@ -67,14 +67,20 @@ TABLE: tuple[Stage, ...] = (
     Stage("train_reward_model", "r1vflow.stages.train_reward_model",
           inputs=(_BASE_MODEL, _DATASET), outputs=(Output("model", "Model"),),
           model_output="model", reads=("data",)),
+    Stage("distill", "r1vflow.stages.distill",
+          inputs=(_DATASET, Input("base_model", "Model", "bootstrap", "base_model"),
+                  Input("aligned_model", "Model", "align_projector", "model", optional=True),
+                  Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
+          outputs=(Output("distilled", "Dataset"),), reads=("data",), image="rollout"),
     Stage("sft", "r1vflow.stages.sft",
           inputs=(_DATASET,
+                  Input("distilled_dataset", "Dataset", "distill", "distilled", optional=True),
                   Input("base_model", "Model", "bootstrap", "base_model", optional=True),
                   Input("aligned_model", "Model", "align_projector", "model", optional=True),
                   Input("reward_model", "Model", "train_reward_model", "model", optional=True)),
           outputs=(Output("model", "Model"), Output("iterations", "Artifact")),
           model_output="model", label="sft",
-          reads=("data", "train_reward_model.max_length")),
+          reads=("data", "train_reward_model.max_length", "distill")),
     Stage("mpo", "r1vflow.stages.mpo",
           inputs=(_DATASET, Input("base_model", "Model", "bootstrap", "base_model"),
                   Input("aligned_model", "Model", "align_projector", "model", optional=True),
@@ -103,7 +109,7 @@ TABLE: tuple[Stage, ...] = (
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in TABLE}
 STAGES: tuple[str, ...] = tuple(s.name for s in TABLE)
 StageName = Literal["bootstrap", "synthesize_data", "align_projector", "train_reward_model",
-                    "sft", "mpo", "grpo", "evaluate"]
+                    "distill", "sft", "mpo", "grpo", "evaluate"]
 
 
 def stage(name: str) -> Stage:
