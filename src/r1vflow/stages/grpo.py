@@ -1,4 +1,5 @@
-"""grpo: R1V2's reinforcement learning on the SFT model, GRPO with hybrid rewards and the SSB.
+"""grpo: R1V2's reinforcement learning, GRPO with hybrid rewards and the SSB, on the latest
+model before it: MPO's (R1V2: base -> mpo -> grpo), else SFT's, else the base model.
 
 Method (docs/grpo.md): for each step, `prompts_per_step` training questions with their images,
 `group_size` sampled responses each; reward r = w_acc * accuracy + w_fmt * format
@@ -6,10 +7,11 @@ Method (docs/grpo.md): for each step, `prompts_per_step` training questions with
 each group; the Selective Sample Buffer swaps zero-advantage samples for buffered
 non-zero-advantage ones (weighted by |A|) when the batch's effective share falls below its
 target; clipped surrogate updates of the parts named in `grpo.trainable` (default: the
-projector only, R1V2's best), optional k3 KL to the SFT model. A monitor flags reward hacking
-(reward-model score up, accuracy not) and format collapse, and can stop the run. After
-training: greedy validation accuracy, save (safetensors), register with `r1vflow.parent` = the
-SFT model's version.
+projector only, R1V2's best), optional k3 KL to the start model. A monitor flags reward
+hacking (reward-model score up, accuracy not; or the RM-vs-rule gap, the "MPO threshold") and
+format collapse, and can stop the run; its flags (and the start model's) go into the model's
+metadata for the promotion gate. After training: greedy validation accuracy, save
+(safetensors), register with `r1vflow.parent` = the start model's version.
 
 Departures from the paper: group size, clip range, buffer sizes and the monitor's thresholds
 are not given by the reports and are config values here; the reward-model term defaults to
