@@ -3,8 +3,10 @@
     .venv/bin/python scripts/alcotd_tiny.py --model RUN/align_projector/model \
         --dataset RUN/synthesize_data/dataset --limit 600 > alcotd.json
 
-From one start model (e.g. a tiny run's aligned model): AL-CoTD over the first `--limit` train
-samples with the rule-based scorers (r1vflow.train.distill; failures keep their templated chain,
+From one start model (e.g. a tiny run's aligned model), first `--warmup-epochs` of SFT on the
+templated chains (R1V's iteration 0, M0: an aligned model that never saw the answer format writes
+almost no acceptable chain), then AL-CoTD with that model over the first `--limit` train samples
+with the rule-based scorers (r1vflow.train.distill; failures keep their templated chain,
 so both arms have the same samples and steps), the fixed-penalty comparison on `--compare`
 prompts, then two SFT runs from the same start model for one epoch (distilled chains vs the
 templated ones) and greedy test accuracy of each on `--test` samples.
@@ -46,6 +48,7 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=500)
     parser.add_argument("--alpha", type=float, default=1.0)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--warmup-epochs", type=int, default=0)
     args = parser.parse_args()
     start = time.perf_counter()
     base, tokenizer = load_model(args.model, "vlm"), load_tokenizer(args.model)
@@ -53,6 +56,12 @@ def main() -> None:
     train = load_split(args.dataset, "train")[: args.limit]
     test = load_split(args.dataset, "test")[: args.test]
     pixels = sample_pixels(args.dataset, train, image_size)
+    if args.warmup_epochs:
+        set_trainable(base, {"projector", "llm"})
+        train_sft(base, tokenizer, [(s.question, s.response(), pixels[i])
+                                    for i, s in enumerate(train)],
+                  epochs=args.warmup_epochs, batch_size=16, lr=args.lr, weight_decay=0.01,
+                  warmup_ratio=0.05, max_length=128, seed=0, progress=False)
     settings = DistillSettings(alpha=args.alpha, beta=1.0, gamma=1.0, max_attempts=3,
                                temperature=0.7, max_new_tokens=64, batch_size=100,
                                on_failure="template", seed=0)
@@ -61,7 +70,8 @@ def main() -> None:
     n = min(args.compare, len(train))
     fixed = fixed_penalty_comparison(base, tokenizer, train[:n], pixels[:n], 1.0, settings)
     first = result.records[:n]
-    out = {"distill": result.metrics, "fixed_penalty": fixed,
+    out = {"warmup_epochs": args.warmup_epochs,
+           "accepted": sum(r["accepted"] for r in result.records), "distill": result.metrics, "fixed_penalty": fixed,
            "adaptive_same_prompts": {
                "accuracy": sum(r["first_correct"] for r in first) / n,
                "tokens_mean": sum(r["first_tokens"] for r in first) / n},
