@@ -13,8 +13,9 @@ from r1vflow.runtime.images import image_for
 # spelled out because KFP ships only this function's source to the task.
 @dsl.component(base_image=image_for("base"), install_kfp_package=False)
 def configure(experiment_json: str, overrides: list) -> NamedTuple(  # noqa: UP014
-        "Slices", [("bootstrap", str), ("import_model", str), ("synthesize_data", str), ("align_projector", str),
-                   ("train_reward_model", str), ("sft", str), ("grpo", str), ("evaluate", str),
+        "Slices", [("bootstrap", str), ("import_model", str), ("synthesize_data", str),
+                   ("align_projector", str), ("train_reward_model", str), ("distill", str),
+                   ("sft", str), ("mpo", str), ("grpo", str), ("evaluate", str),
                    ("promotion", str)]):
     from r1vflow.runtime.configure import configure_slices
 

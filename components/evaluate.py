@@ -12,11 +12,11 @@ from r1vflow.runtime.images import image_for
 def evaluate(experiment_json: str, base_model: Input[Model], dataset: Input[Dataset],
              metrics: Output[Metrics], report: Output[Markdown], predictions: Output[Artifact],
              sft_model: Input[Model] = None, grpo_model: Input[Model] = None,
-             align_projector_model: Input[Model] = None) -> str:
+             align_projector_model: Input[Model] = None, mpo_model: Input[Model] = None) -> str:
     from r1vflow.runtime.execute import execute
 
     models = {"sft_model": sft_model, "grpo_model": grpo_model,
-              "align_projector_model": align_projector_model}
+              "align_projector_model": align_projector_model, "mpo_model": mpo_model}
     return execute("evaluate", experiment_json,
                    inputs={"base_model": base_model.path, "dataset": dataset.path,
                            **{k: m.path for k, m in models.items() if m is not None}},

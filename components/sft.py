@@ -12,11 +12,11 @@ from r1vflow.runtime.images import image_for
 def sft(experiment_json: str, dataset: Input[Dataset], model: Output[Model],
         iterations: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown],
         base_model: Input[Model] = None, aligned_model: Input[Model] = None,
-        reward_model: Input[Model] = None) -> str:
+        reward_model: Input[Model] = None, distilled_dataset: Input[Dataset] = None) -> str:
     from r1vflow.runtime.execute import execute
 
     models = {"base_model": base_model, "aligned_model": aligned_model,
-              "reward_model": reward_model}
+              "reward_model": reward_model, "distilled_dataset": distilled_dataset}
     return execute("sft", experiment_json,
                    inputs={"dataset": dataset.path,
                            **{k: m.path for k, m in models.items() if m is not None}},

@@ -1,7 +1,10 @@
 """The DAG: experiment -> KFP pipeline, wired from the stage table (r1vflow.config.stage_table).
 
-    configure -> bootstrap -> synthesize_data -> {[align_projector], [train_reward_model]} -> sft
-              -> [grpo] -> evaluate -> decide_promotion -> [promote]
+    configure -> bootstrap -> synthesize_data -> {[align_projector], [train_reward_model]}
+              -> [distill] -> [sft]
+              -> [mpo] -> [grpo] -> evaluate -> decide_promotion -> [promote]
+    (R1V2: base -> mpo -> grpo with sft null; mpo and grpo start from the latest model before
+     them)
     (sft starts from the aligned model and filters its data with the reward model; evaluate
      scores the base model and every trained model)
 
@@ -22,9 +25,11 @@ from kfp import dsl
 from r1vflow.components.align_projector import align_projector
 from r1vflow.components.bootstrap import bootstrap
 from r1vflow.components.configure import configure
+from r1vflow.components.distill import distill
 from r1vflow.components.evaluate import evaluate
 from r1vflow.components.grpo import grpo
 from r1vflow.components.import_model import import_model
+from r1vflow.components.mpo import mpo
 from r1vflow.components.promote import decide_promotion, promote
 from r1vflow.components.sft import sft
 from r1vflow.components.synthesize_data import synthesize_data
@@ -38,7 +43,8 @@ from r1vflow.pipelines.k8s import apply_environment, apply_image, apply_task_set
 COMPONENTS = {"bootstrap": bootstrap, "import_model": import_model,
               "synthesize_data": synthesize_data,
               "align_projector": align_projector, "train_reward_model": train_reward_model,
-              "sft": sft, "grpo": grpo, "evaluate": evaluate}
+              "sft": sft, "grpo": grpo, "evaluate": evaluate, "mpo": mpo,
+              "distill": distill}
 BASE_MODEL = ("bootstrap", "base_model")  # bootstrap's output, else the imported base model
 
 

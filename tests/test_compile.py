@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "pipelines" / "configs"
 SETTINGS = ROOT / "manifests" / "base" / "namespaced" / "settings.yaml"
 SECRETS = ROOT / "manifests" / "base" / "namespaced" / "secrets.yaml"
-TRAINING_STAGES = ("bootstrap", "align_projector", "sft", "train_reward_model", "grpo")
+TRAINING_STAGES = ("bootstrap", "align_projector", "sft", "train_reward_model", "mpo", "grpo")
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAFAKEACCESSKEY0042",
     "AWS_SECRET_ACCESS_KEY": "fake/secret+key/never-in-yaml-0042",
@@ -53,12 +53,14 @@ def task(spec: dict, stage: str) -> dict:
 # --------------------------------------------------------------------------- the done-when check
 
 
-@pytest.mark.parametrize("preset", ["r1v2-38b", "r1v-38b"])
-def test_38b_training_stages_carry_gpus_placement_and_secret_references(preset):
+@pytest.mark.parametrize(("preset", "expected"), [
+    ("r1v2-38b", ["train_reward_model", "mpo", "grpo"]),  # R1V2: no SFT
+    ("r1v-38b", ["train_reward_model", "sft"])])  # R1V: distill (generation) + iterative SFT
+def test_38b_training_stages_carry_gpus_placement_and_secret_references(preset, expected):
     exp = load_experiment(PRESETS / f"{preset}.yaml")
     spec, platform = ir_docs(ir_text(exp))
     training = [s for s in exp.stages() if s in TRAINING_STAGES]
-    assert "sft" in training
+    assert training == expected
     for stage in training:
         res = exp.resources.get(stage)
         assert res is not None and res.accelerator_count, f"{preset}: {stage} has no GPUs"
@@ -86,14 +88,16 @@ def test_38b_training_stages_carry_gpus_placement_and_secret_references(preset):
     assert "accelerator" not in executor(spec, "synthesize_data")["resources"]
 
 
-def test_r1v2_sft_is_eight_h100_on_one_node():
-    """The issue's check, spelled out for r1v2-38b's SFT task."""
+def test_r1v2_mpo_is_eight_h100_on_one_node():
+    """The issue's check, spelled out for r1v2-38b's first training task (MPO: R1V2 has no
+    SFT)."""
     spec, platform = ir_docs(ir_text(load_experiment(PRESETS / "r1v2-38b.yaml")))
-    accel = executor(spec, "sft")["resources"]["accelerator"]
+    assert "exec-sft" not in platform
+    accel = executor(spec, "mpo")["resources"]["accelerator"]
     assert (accel["resourceType"], accel["resourceCount"]) == ("nvidia.com/gpu", "8")
-    assert platform["exec-sft"]["nodeSelector"]["labels"] == {
+    assert platform["exec-mpo"]["nodeSelector"]["labels"] == {
         "cloud.google.com/gke-accelerator": "nvidia-h100-80gb"}
-    assert platform["exec-sft"]["tolerations"] == [
+    assert platform["exec-mpo"]["tolerations"] == [
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
@@ -230,7 +234,7 @@ def test_k8s_manifests_are_pipeline_and_version_of_the_same_ir(tmp_path):
     assert version["metadata"]["name"] == version_name(exp, ir)
     spec, _ = ir_docs(ir)
     assert version["spec"]["pipelineSpec"] == spec
-    assert "exec-sft" in version["spec"]["platformSpec"]["platforms"]["kubernetes"][
+    assert "exec-mpo" in version["spec"]["platformSpec"]["platforms"]["kubernetes"][
         "deploymentSpec"]["executors"]
 
 

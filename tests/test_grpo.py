@@ -204,6 +204,23 @@ def test_monitor_stops_when_the_reward_model_score_rises_alone(tokenizer):
     assert result.history[-1]["monitor/reward_hacking"] == 1.0
 
 
+def test_rm_accuracy_gap_is_recorded_without_stopping(tokenizer):
+    """The MPO threshold in GRPO: RM score 0.9 with rule accuracy 0 is a gap of 0.9 > 0.5; with
+    stop_on_flag off the run goes on and the flag (first message) is kept for the gate."""
+    reward = hybrid_reward({"accuracy": Scripted(lambda c, n: [0.0] * n),
+                            "format": format_reward,
+                            "reward_model": make_reward_model_reward(
+                                lambda prompts, completions: [0.9] * len(completions))},
+                           {"accuracy": 1.0, "format": 1.0, "reward_model": 0.0})
+    monitor = RewardMonitor(window=2, rm_rise=10.0, format_drop=1.0, rm_accuracy_gap=0.5)
+    result = run(tiny_vlm(tokenizer), tokenizer, reward, steps=3, monitor=monitor)
+    assert len(result.history) == 3 and result.stop_reason is None
+    assert list(result.flags) == ["rm_accuracy_gap"]
+    assert result.flags["rm_accuracy_gap"].startswith("step 2: rm_accuracy_gap: reward-model "
+                                                      "score exceeds rule accuracy by 0.900")
+    assert result.history[-1]["monitor/rm_accuracy_gap_value"] == pytest.approx(0.9)
+
+
 def test_kl_to_the_reference_and_several_epochs(tokenizer):
     def reward():
         scripted = Scripted(lambda c, n: [float(i % 2) for i in range(n)])

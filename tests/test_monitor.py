@@ -89,3 +89,26 @@ def test_bad_arguments_are_named(kwargs, match):
     args = {"window": 4, "rm_rise": 0.2, "format_drop": 0.3, **kwargs}
     with pytest.raises(ValueError, match=match):
         RewardMonitor(**args)
+
+
+def test_rm_accuracy_gap_is_the_mpo_threshold():
+    """Windowed mean RM score minus windowed accuracy above the threshold flags and stops."""
+    monitor = RewardMonitor(window=2, rm_rise=10.0, format_drop=1.0, stop_on_flag=True,
+                            patience=1, rm_accuracy_gap=0.3)
+    first = monitor.update(1, accuracy=0.5, format_rate=1.0, rm_score=0.7)
+    assert not first.flags["rm_accuracy_gap"]  # window not full yet
+    ok = monitor.update(2, accuracy=0.5, format_rate=1.0, rm_score=0.8)
+    assert ok.metrics["rm_accuracy_gap_value"] == pytest.approx(0.25)  # 0.75 - 0.5
+    assert not ok.stop
+    hacked = monitor.update(3, accuracy=0.3, format_rate=1.0, rm_score=0.9)
+    assert hacked.metrics["rm_accuracy_gap_value"] == pytest.approx(0.45)  # 0.85 - 0.4
+    assert hacked.flags["rm_accuracy_gap"] and hacked.stop
+    assert "rm_accuracy_gap" in hacked.reason and "threshold 0.3" in hacked.reason
+
+
+def test_rm_accuracy_gap_off_by_default():
+    monitor = RewardMonitor(window=2, rm_rise=10.0, format_drop=1.0)
+    for step in (1, 2, 3):
+        status = monitor.update(step, accuracy=0.0, format_rate=1.0, rm_score=1.0)
+    assert not status.flags["rm_accuracy_gap"]
+    assert "rm_accuracy_gap_value" not in status.metrics

@@ -53,3 +53,32 @@ def test_evaluation_without_candidate_never_promotes(registry):
     assert not decide(json.dumps({"metrics": {}}), 0.0)
     with pytest.raises(ValueError, match="no candidate"):
         promote(json.dumps({"metrics": {}}))
+
+
+def test_a_flagged_candidate_is_refused_however_good(registry):
+    from r1vflow.tracking.promotion import DECISION_TAG, gate
+
+    flagged = json.loads(_evaluation("exp-sft/1", 0.9))
+    flagged["metrics"].update({"monitor_flag/grpo/reward_hacking": 1.0,
+                               "monitor_flag/hallucination": 1.0})
+    decision = gate(json.dumps(flagged), 0.0)  # no champion yet: it would otherwise win
+    assert not decision.promote
+    assert "raised monitor flags (grpo/reward_hacking, hallucination)" in decision.reason
+    assert not decide(json.dumps(flagged), 0.0)
+    tags = registry.get_model_version("exp-sft", "1").tags
+    assert "raised monitor flags" in tags[DECISION_TAG]
+    assert gate(_evaluation("exp-sft/1", 0.9), 0.0).promote  # the same without flags
+
+
+def test_evaluate_flags_the_candidate(tmp_path):
+    from r1vflow.models.io import write_metadata
+    from r1vflow.stages.evaluate import candidate_flags
+
+    write_metadata(tmp_path, {"stage": "grpo", "parent": None, "config_fingerprint": "f",
+                              "extra": {"monitor_flags": {"mpo/rm_accuracy_gap": "step 3: x"}}})
+    metrics = {"hallucination_rate/grpo": 0.2}
+    assert candidate_flags(("grpo", tmp_path), metrics, None) == {"mpo/rm_accuracy_gap": "step 3: x"}
+    flags = candidate_flags(("grpo", tmp_path), metrics, 0.15)
+    assert set(flags) == {"mpo/rm_accuracy_gap", "hallucination"}
+    assert "0.200" in flags["hallucination"] and "0.15" in flags["hallucination"]
+    assert "hallucination" not in candidate_flags(("grpo", tmp_path), metrics, 0.25)

@@ -63,12 +63,12 @@ def test_configure_outputs_one_slice_per_stage_and_promotion():
 
 def test_evaluate_scores_base_then_each_training_stage():
     assert evaluated_models() == {"base_model": "base", "align_projector_model": "align_projector",
-                                  "sft_model": "sft", "grpo_model": "grpo"}
+                                  "sft_model": "sft", "mpo_model": "mpo", "grpo_model": "grpo"}
 
 
 def test_unknown_stage_names_the_known_ones():
     with pytest.raises(KeyError, match="known: bootstrap, import_model, synthesize_data"):
-        stage("mpo")
+        stage("dpo")
 
 
 # --------------------------------------------------------------------------- slices
@@ -86,9 +86,9 @@ def test_a_slice_holds_only_what_its_stage_reads(smoke):
     grpo = slice_for(smoke, "grpo")
     assert grpo["grpo"]["lr"] == smoke.grpo.lr
     assert grpo["data"] == smoke.data.model_dump(mode="json")
-    for absent in ("bootstrap", "align_projector", "train_reward_model"):
+    for absent in ("bootstrap", "align_projector", "train_reward_model", "sft", "mpo"):
         assert grpo[absent] is None
-    for absent in ("sft", "evaluate", "model", "resources", "cluster"):
+    for absent in ("evaluate", "model", "resources", "cluster"):
         assert absent not in grpo
     assert set(grpo["tracking"]) == {"tracking_uri", "experiment_name", "register_models"}
     assert slice_for(smoke, "sft")["train_reward_model"] == {
@@ -107,8 +107,9 @@ def test_a_slice_validates_back_to_the_same_sections(smoke):
     ("evaluate.limit=8", ["evaluate"]),
     ("grpo.lr=3e-4", ["grpo"]),
     ("sft.lr=3e-3", ["sft"]),
-    # every stage of smoke reads the data section (import_model, off here, reads only model)
-    ("data.seed=5", [s for s in STAGES if s != "import_model"]),
+    # every stage of smoke reads the data section (import_model reads only model; smoke runs
+    # neither mpo nor distill)
+    ("data.seed=5", [s for s in STAGES if s not in ("import_model", "mpo", "distill")]),
     ("tracking.promotion_min_delta=0.1", []),  # read only by the uncached promotion tasks
     ("resources.sft.retries=3", []),  # compiled into the task's retry policy, not read by it
     # a stage's process layout is in its slice (sft would need backend deepspeed for 2 ranks)

@@ -41,13 +41,13 @@ def test_dry_run_prints_what_would_be_sent_without_network(monkeypatch):
     host = f"http://127.0.0.1:{closed_port()}"  # nothing listens: a network call would fail
     result = CliRunner().invoke(app, ["submit", str(R1V2), "--host", host, "--dry-run",
                                       "--token-env", "KFP_TOKEN", "--experiment", "r1v2",
-                                      "--namespace", "team-a", "--set", "sft.lr=2e-6"])
+                                      "--namespace", "team-a", "--set", "mpo.lr=2e-6"])
     assert result.exit_code == 0, result.output
     assert TOKEN not in result.output
     shown = json.loads(result.output)
-    # sft.lr is a run parameter (`overrides`), not compiled in: the version is the file's
+    # mpo.lr is a run parameter (`overrides`), not compiled in: the version is the file's
     exp = load_experiment(R1V2)
-    assert shown["parameters"]["overrides"] == ["sft.lr=2e-6"]
+    assert shown["parameters"]["overrides"] == ["mpo.lr=2e-6"]
     assert shown["pipeline"] == "r1vflow-r1v2-38b"
     assert shown["pipeline_version"] == version_name(exp, ir_text(exp))
     assert exp.fingerprint()[:8] in shown["pipeline_version"]
@@ -55,25 +55,25 @@ def test_dry_run_prints_what_would_be_sent_without_network(monkeypatch):
     assert shown["auth"] == "bearer token from $KFP_TOKEN"
     summary = shown["parameters"]["experiment_json"]
     assert summary["fingerprint"] == exp.fingerprint()
-    assert summary["stages"] == ["import_model", "synthesize_data", "train_reward_model", "sft",
+    assert summary["stages"] == ["import_model", "synthesize_data", "train_reward_model", "mpo",
                                  "grpo", "evaluate"]
-    assert summary["resources"]["sft"] == "1 node(s) x 8 proc(s), 8 x nvidia.com/gpu"
+    assert summary["resources"]["mpo"] == "1 node(s) x 8 proc(s), 8 x nvidia.com/gpu"
     assert shown["run_name"].startswith(f"r1v2-38b-{exp.fingerprint()[:8]}-")
 
 
 def test_submit_compiles_placement_overrides_and_refuses_bad_run_overrides(monkeypatch):
     host = f"http://127.0.0.1:{closed_port()}"
     placed = CliRunner().invoke(app, ["submit", str(R1V2), "--host", host, "--dry-run",
-                                      "--set", "resources.sft.retries=4"])
+                                      "--set", "resources.mpo.retries=4"])
     assert placed.exit_code == 0, placed.output
     shown = json.loads(placed.output)
-    exp = load_experiment(R1V2, ["resources.sft.retries=4"])
+    exp = load_experiment(R1V2, ["resources.mpo.retries=4"])
     assert shown["pipeline_version"] == version_name(exp, ir_text(exp))
     assert shown["parameters"]["overrides"] == []
     bad = CliRunner().invoke(app, ["submit", str(R1V2), "--host", host, "--dry-run",
-                                   "--set", "sft.lr=-1"])
+                                   "--set", "mpo.lr=-1"])
     assert bad.exit_code == 2
-    assert "sft.lr" in bad.output and "greater than 0" in bad.output
+    assert "mpo.lr" in bad.output and "greater than 0" in bad.output
 
 
 def test_plan_names_are_deterministic_per_experiment_and_code():

@@ -102,6 +102,14 @@ def register(app: typer.Typer) -> None:
 
         typer.echo(json.dumps(run_bench(json_out, size_mb=size_mb), indent=2))
 
+    @bench.command("mpo")
+    def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
+                  quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
+        """Our MPO (DPO + BCO + NLL) vs TRL's DPOTrainer with the same loss types and work."""
+        from r1vflow.bench.mpo import run_bench
+
+        typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2, default=float))
+
     @bench.command("grpo")
     def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
                    quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:

@@ -15,9 +15,11 @@ from r1vflow.config.recipe import (
     AlignProjectorConfig,
     BootstrapConfig,
     DataConfig,
+    DistillConfig,
     EvaluateConfig,
     GRPOConfig,
     ModelConfig,
+    MPOConfig,
     PretrainedModelConfig,
     RewardModelConfig,
     SFTConfig,
@@ -63,11 +65,20 @@ class Experiment(Strict):
     align_projector: AlignProjectorConfig | None = Field(
         None, description="R1V projector alignment with LLM transfer; null skips it (SFT then "
                           "starts from the base model).")
-    sft: SFTConfig = Field(default_factory=SFTConfig)
+    distill: DistillConfig | None = Field(
+        None, description="R1V AL-CoTD: the model before SFT writes the train chains SFT trains "
+                          "on; null: SFT trains on the templated chains.")
+    sft: SFTConfig | None = Field(
+        default_factory=SFTConfig, description="SFT on the reasoning data; null skips it (R1V2: "
+                                               "base -> mpo -> grpo).")
     train_reward_model: RewardModelConfig | None = Field(
         None, description="Multimodal reward model (for iterative SFT); null skips it.")
+    mpo: MPOConfig | None = Field(
+        None, description="R1V2 Mixed Preference Optimization on the latest model before it "
+                          "(base, aligned or SFT); null skips the stage.")
     grpo: GRPOConfig | None = Field(
-        None, description="R1V2 GRPO after SFT; null skips the stage.")
+        None, description="R1V2 GRPO on the latest model before it (MPO, else SFT, else "
+                          "base); null skips the stage.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: dict[StageName, ResourceSpec] = Field(
         default_factory=dict, description="Per-stage cluster resources, keyed by stage name.")
@@ -108,9 +119,18 @@ class Experiment(Strict):
                              "one (model.kind 'tiny'); with model.kind 'pretrained' name it in "
                              "model.pretrained.substitute_llm_model (with vision_model and "
                              "llm_model), or set align_projector to null")
-        if self.sft.iterative is not None and self.train_reward_model is None:
+        if (self.sft is not None and self.sft.iterative is not None
+                and self.train_reward_model is None):
             raise ValueError("sft.iterative filters D with the reward model: enable "
                              "train_reward_model, or set sft.iterative to null")
+        if self.distill is not None and self.train_reward_model is None and (
+                self.distill.judge or self.distill.text_scorer == "judge"):
+            raise ValueError("distill's judge (distill.judge or distill.text_scorer: judge) is "
+                             "the reward model: enable train_reward_model, or turn the judge off")
+        if (self.sft is not None and self.sft.iterative is not None and self.sft.iterative.distill
+                and self.distill is None):
+            raise ValueError("sft.iterative.distill repeats AL-CoTD before each iteration with "
+                             "the distill section's settings: enable distill, or set it false")
         if (self.grpo is not None and self.grpo.reward_weights.reward_model > 0
                 and self.train_reward_model is None):
             raise ValueError("grpo.reward_weights.reward_model > 0 scores rollouts with the "
@@ -120,7 +140,7 @@ class Experiment(Strict):
     @model_validator(mode="after")
     def _torch_backend_single_process(self) -> Experiment:
         """backend torch has no process group: several ranks would train separate replicas."""
-        for name in ("align_projector", "sft", "train_reward_model", "grpo"):
+        for name in ("align_projector", "sft", "train_reward_model", "mpo", "grpo"):
             section, spec = getattr(self, name), self.resources.get(name)
             if section is None or spec is None or section.backend != "torch":
                 continue

@@ -306,6 +306,9 @@ class IterativeSFTConfig(Strict):
         0.5, ge=0, le=1, description="D also holds rejected responses of train preference "
                                       "pairs, this many per train sample (mixed-quality data "
                                       "for the reward model to filter; not in the report).")
+    distill: bool = Field(
+        False, description="Re-run AL-CoTD with the current model before each iteration "
+                           "t >= 1, as R1V does (needs the distill stage).")
 
     @model_validator(mode="after")
     def _per_iteration_lists(self) -> IterativeSFTConfig:
@@ -324,6 +327,43 @@ class IterativeSFTConfig(Strict):
         if any(lr <= 0 for lr in self.lr):
             raise ValueError(f"sft.iterative.lr values must be > 0, got {self.lr}")
         return self
+
+
+class DistillConfig(Strict):
+    """R1V AL-CoTD: the current model writes each train sample's chain at repetition penalty
+    P = min(2, exp(alpha * (1 - (S_v + beta*S_t + gamma*S_I) / (1 + beta + gamma)))); chains
+    with the gold answer (and the judge's approval, when on) replace the templated ones. The
+    report gives no alpha, beta, gamma, attempts or temperature (choices made here)."""
+
+    alpha: float = Field(1.0, ge=0, description="Controller strength alpha (P = 1 at S = 1).")
+    beta: float = Field(1.0, ge=0, description="Weight of the text score S_t.")
+    gamma: float = Field(1.0, ge=0, description="Weight of the integration score S_I.")
+    vision_scorer: Literal["vision_rule", "question_only_probe"] = Field(
+        "vision_rule", description="S_v: from the scene (objects, digits), or also the "
+                                   "question-only probe (the model answers with a blank image: "
+                                   "right means the image was not needed).")
+    text_scorer: Literal["text_rule", "judge"] = Field(
+        "text_rule", description="S_t: from the reference chain's steps and the question, or "
+                                 "the judge (1 - the reward model's score of the reference "
+                                 "response; needs train_reward_model).")
+    integration_scorer: Literal["integration_rule"] = Field(
+        "integration_rule", description="S_I: how/why vs what/where, spatial references, "
+                                        "objects in the scene.")
+    judge: bool = Field(False, description="The reward model also checks each accepted chain "
+                                           "(needs train_reward_model).")
+    judge_threshold: float = Field(0.5, ge=0, le=1, description="Judge score (0..1) to accept.")
+    max_attempts: int = Field(3, ge=1, description="Generations per sample before giving up.")
+    on_failure: Literal["drop", "template"] = Field(
+        "template", description="A sample without an accepted chain: drop it, or keep its "
+                                "templated reference chain.")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature of the chains.")
+    max_new_tokens: int = Field(64, gt=0, description="Completion budget of a chain.")
+    batch_size: int = Field(64, gt=0, description="Prompts per generate call.")
+    limit: int | None = Field(None, gt=0, description="Distil the first N train samples (the "
+                                                      "rest keep templated chains); None: all.")
+    compare_limit: int = Field(200, ge=1, description="Prompts of the fixed-penalty comparison.")
+    fixed_penalty: float = Field(1.0, gt=0, description="The comparison's fixed penalty.")
+    seed: int = 0
 
 
 class SFTConfig(TrainConfig):
@@ -368,6 +408,10 @@ class MonitorThresholds(Strict):
     format_drop: float = Field(
         0.3, ge=0, description="Drop of the windowed format rate below its best that flags "
                                "format collapse.")
+    rm_accuracy_gap: float | None = Field(
+        None, ge=0, description="The 'MPO threshold' (R1V2, undefined there): windowed mean "
+                                "reward-model score (0..1) minus windowed rule accuracy above "
+                                "which reward hacking is flagged; None: not watched.")
 
 
 class MonitorConfig(Strict):
@@ -471,6 +515,71 @@ class BenchmarkConfig(Strict):
         return self
 
 
+class MPOPairsConfig(Strict):
+    """How MPO's preference pairs are made (R1V2: the reward model plus rule constraints; the
+    report gives no sizes or margins, so all of these are choices made here)."""
+
+    source: Literal["sampled", "synthetic", "both"] = Field(
+        "sampled", description="sampled: responses of the start model to train prompts, checked "
+                               "by rules (and the reward model); synthetic: synthesize_data's "
+                               "preferences.jsonl; both: the two together.")
+    prompts: int | None = Field(
+        256, gt=0, description="Train prompts sampled from (the first N); None: all.")
+    samples_per_prompt: int = Field(4, ge=2, description="Responses sampled per prompt.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature of those responses.")
+    max_new_tokens: int = Field(64, gt=0, description="Completion budget of a sampled response.")
+    min_steps: int = Field(2, ge=1, description="Reasoning sentences the 'steps' rule asks for.")
+    rule_margin: int = Field(
+        1, ge=1, le=4, description="Rules a rejected response must fail (of answer_correct, "
+                                   "format, steps, consistency).")
+    rm_margin: float = Field(
+        0.2, ge=0, description="When every response passes the rules: reward-model score gap "
+                               "(0..1 scale) between chosen and rejected that still makes a pair.")
+    gold_chosen: bool = Field(
+        True, description="A prompt with no passing response takes its reference response as "
+                          "chosen (else it is dropped).")
+
+
+class MPOConfig(TrainConfig):
+    """R1V2 Mixed Preference Optimization: L = w_dpo*DPO + w_bco*BCO + w_nll*NLL(chosen).
+    Weights and beta are not given by the report; the defaults are InternVL-MPO's (also TRL's
+    MPO example: loss_weights 0.8, 0.2, 1.0)."""
+
+    trainable: list[Part] = Field(
+        default_factory=lambda: ["projector"], min_length=1,
+        description="Parts that train; adapter-only (projector) was R1V2's best.")
+    lr: float = Field(5e-5, gt=0, description="Peak learning rate (AdamW, cosine decay).")
+    batch_size: int = Field(8, gt=0, description="Preference pairs per optimizer step.")
+    beta: float = Field(0.1, gt=0, description="DPO/BCO temperature beta.")
+    w_dpo: float = Field(0.8, ge=0, description="Weight of the DPO (sigmoid) term.")
+    w_bco: float = Field(0.2, ge=0, description="Weight of the BCO term.")
+    w_nll: float = Field(1.0, ge=0, description="Weight of the chosen responses' NLL.")
+    bco_delta_decay: float | None = Field(
+        0.99, ge=0, lt=1, description="BCO shift: exponential moving average of past batch mean "
+                                      "rewards with this decay (null: use bco_delta_window).")
+    bco_delta_window: int | None = Field(
+        None, ge=1, description="BCO shift: plain mean of the last N batch mean rewards "
+                                "(set bco_delta_decay to null to use it).")
+    pairs: MPOPairsConfig = Field(default_factory=MPOPairsConfig)
+    monitor: MonitorConfig = Field(default_factory=MonitorConfig)
+    probe_every: int | None = Field(
+        None, ge=1, description="Every N steps sample `probe_size` train prompts and feed their "
+                                "rule accuracy, format rate and reward-model score to the "
+                                "monitor (the MPO threshold); None: no probe.")
+    probe_size: int = Field(32, ge=1, description="Prompts per probe.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save a checkpoint every N steps; None: final model only.")
+
+    @model_validator(mode="after")
+    def _mpo_consistent(self) -> MPOConfig:
+        if (self.bco_delta_decay is None) == (self.bco_delta_window is None):
+            raise ValueError("mpo: set exactly one of bco_delta_decay and bco_delta_window "
+                             "(the other null)")
+        if self.w_dpo + self.w_bco + self.w_nll == 0:
+            raise ValueError("mpo: w_dpo, w_bco and w_nll are all 0; give at least one weight")
+        return self
+
+
 class EvaluateConfig(Strict):
     split: Literal["val", "test"] = Field("test", description="Which split to score.")
     limit: int | None = Field(None, gt=0, description="Score only the first N samples.")
@@ -481,6 +590,10 @@ class EvaluateConfig(Strict):
     benchmarks: list[BenchmarkConfig] = Field(
         default_factory=list, description="Published benchmarks scored on every model besides "
                                           "the data set's test split (docs/evaluation.md).")
+    max_hallucination_rate: float | None = Field(
+        None, ge=0, le=1, description="A candidate whose hallucination rate (synthetic scenes) "
+                                      "is above this is flagged and never promoted; None: not "
+                                      "checked (the rate is still reported).")
 
     @model_validator(mode="after")
     def _unique_benchmarks(self) -> EvaluateConfig:

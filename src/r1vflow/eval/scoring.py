@@ -8,6 +8,7 @@ from pathlib import Path
 from r1vflow.data.io import images_to_tensor, load_image
 from r1vflow.data.schema import Sample
 from r1vflow.eval.grading import pass_at_k, score_responses
+from r1vflow.eval.hallucination import hallucination_rate
 
 
 def sample_pixels(dataset_dir: Path, samples: list[Sample], image_size: int, model=None):
@@ -26,7 +27,8 @@ def score_model(model, tokenizer, samples: list[Sample], dataset_dir: Path, imag
                 max_new_tokens: int, batch_size: int, temperature: float = 0.0,
                 num_samples: int = 1, seed: int = 0) -> tuple[dict[str, float], list[str]]:
     """Accuracy (pass@1, averaged over `num_samples` when sampling), format rate, mean response
-    length in characters and tokens, and accuracy per task family. Returns (metrics, first
+    length in characters and tokens, accuracy per task family, and the hallucination rate
+    where the samples carry their scene (r1vflow.eval.hallucination). Returns (metrics, first
     response of each sample)."""
     from r1vflow.models.generate import generate_completions
 
@@ -48,6 +50,9 @@ def score_model(model, tokenizer, samples: list[Sample], dataset_dir: Path, imag
         by_family[sample.family].extend(scored["correct"][i * num_samples:(i + 1) * num_samples])
     for family, flags in sorted(by_family.items()):
         metrics[f"accuracy_{family}"] = sum(flags) / len(flags)
+    halluc = hallucination_rate([s for s in samples for _ in range(num_samples)], texts)
+    if halluc is not None:  # synthetic scenes: names objects or counts the image lacks
+        metrics["hallucination_rate"] = halluc
     if num_samples > 1:
         correct_per_q = [sum(scored["correct"][i * num_samples:(i + 1) * num_samples])
                          for i in range(len(samples))]

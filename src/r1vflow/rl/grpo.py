@@ -78,6 +78,7 @@ class GRPOResult:
     summary: dict[str, float]
     stop_reason: str | None = None
     checkpoints: list[Path] = field(default_factory=list)
+    flags: dict[str, str] = field(default_factory=dict)  # monitor flag -> its first message
 
 
 @dataclass
@@ -431,6 +432,8 @@ def train_grpo(
                                         rm if "reward/reward_model" in metrics else None)
                 metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
                 stop, result.stop_reason = status.stop, status.reason
+                for message in status.messages:
+                    result.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
             history.append(metrics)
             bar.update(task, advance=1, loss=metrics["loss"], tok_s=metrics["tokens_per_s"])
             if rank == 0 and on_step is not None:

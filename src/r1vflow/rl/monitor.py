@@ -9,6 +9,9 @@ threshold. Here two signals are watched over a sliding window of per-step batch 
   rise(rm) > ``rm_rise`` and rise(accuracy) <= ``accuracy_min_rise``. Needs an RM score.
 - format collapse: the windowed mean format-compliance rate falls more than ``format_drop``
   below the best windowed mean seen so far in the run.
+- RM-vs-rule gap (R1V2's "MPO threshold", used in MPO and GRPO): the windowed mean
+  reward-model score (0..1) exceeds the windowed rule accuracy by more than
+  ``rm_accuracy_gap`` (off when None). Needs an RM score.
 
 A flag raised for ``patience`` consecutive steps with ``stop_on_flag`` set asks the trainer to
 stop; the reason names the signal, the measured values and the threshold. Pure Python: it
@@ -70,6 +73,7 @@ class RewardMonitor:
         accuracy_min_rise: float = 0.0,
         stop_on_flag: bool = False,
         patience: int = 1,
+        rm_accuracy_gap: float | None = None,
     ) -> None:
         if window < 2:
             raise ValueError(f"RewardMonitor: window must be >= 2, got {window}")
@@ -86,14 +90,15 @@ class RewardMonitor:
         self._format: deque[float] = deque(maxlen=window)
         self._rm: deque[float] = deque(maxlen=window)
         self._best_format: float | None = None
-        self._streak = {"reward_hacking": 0, "format_collapse": 0}
+        self.rm_accuracy_gap = rm_accuracy_gap
+        self._streak = {"reward_hacking": 0, "format_collapse": 0, "rm_accuracy_gap": 0}
 
     @classmethod
     def from_config(cls, cfg: MonitorConfig) -> RewardMonitor:
         """The monitor a `grpo.monitor` config section describes."""
         t = cfg.thresholds
         return cls(cfg.window, t.rm_rise, t.format_drop, t.accuracy_min_rise, cfg.stop_on_flag,
-                   cfg.patience)
+                   cfg.patience, t.rm_accuracy_gap)
 
     def update(
         self, step: int, accuracy: float, format_rate: float, rm_score: float | None = None
@@ -107,7 +112,8 @@ class RewardMonitor:
         messages: list[str] = []
         hacking = self._check_hacking(metrics, messages)
         collapse = self._check_format(metrics, messages)
-        flags = {"reward_hacking": hacking, "format_collapse": collapse}
+        flags = {"reward_hacking": hacking, "format_collapse": collapse,
+                 "rm_accuracy_gap": self._check_gap(metrics, messages)}
         for name, raised in flags.items():
             self._streak[name] = self._streak[name] + 1 if raised else 0
             metrics[name] = float(raised)
@@ -132,6 +138,18 @@ class RewardMonitor:
                 f"{self.window} steps (threshold {self.rm_rise}) while rule accuracy changed by "
                 f"{acc_up:+.3f} (needed > {self.accuracy_min_rise})"
             )
+            return True
+        return False
+
+    def _check_gap(self, metrics: dict[str, float], messages: list[str]) -> bool:
+        if self.rm_accuracy_gap is None or len(self._rm) < self.window:
+            return False
+        gap = sum(self._rm) / len(self._rm) - sum(self._accuracy) / len(self._accuracy)
+        metrics["rm_accuracy_gap_value"] = gap
+        if gap > self.rm_accuracy_gap:
+            messages.append(
+                f"rm_accuracy_gap: reward-model score exceeds rule accuracy by {gap:.3f} over "
+                f"the last {self.window} steps (threshold {self.rm_accuracy_gap})")
             return True
         return False
 

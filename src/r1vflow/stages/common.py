@@ -17,8 +17,8 @@ from r1vflow.config import Experiment
 from r1vflow.models.io import parent_version, read_metadata, write_metadata
 from r1vflow.tracking.runs import StageTracker
 
-__all__ = ["StageContext", "StageOutcome", "StageResult", "locate_output", "parent_version",
-           "read_metadata", "write_metadata"]
+__all__ = ["StageContext", "StageOutcome", "StageResult", "locate_output", "monitor_flags",
+           "parent_version", "read_metadata", "write_metadata"]
 
 
 class StageResult(BaseModel):
@@ -108,3 +108,10 @@ def locate_output(model_dir: str | Path,
         if model_dir.is_relative_to(root):
             return name, model_dir.relative_to(root).as_posix()
     return None
+
+
+def monitor_flags(model_dir: str | Path) -> dict[str, str]:
+    """Flags the training monitor raised while making this model and its ancestors
+    (`extra.monitor_flags` of its metadata: flag -> first message); the promotion gate
+    refuses a candidate that has any."""
+    return dict(read_metadata(model_dir).get("extra", {}).get("monitor_flags", {}))

@@ -2,8 +2,11 @@
 
 For each model: accuracy (answer from <answer>, falling back to \\boxed{}, then the last number or
 choice; graded with math-verify), format compliance (<think> then <answer>), mean response length
-(characters and tokens) and accuracy per task family. Metrics are named `<metric>/<model>` with
-model in base, align_projector, sft, grpo; a Markdown report with a table and example answers goes
+(characters and tokens), accuracy per task family and the hallucination rate on the synthetic
+scenes. Metrics are named `<metric>/<model>` with model in base, align_projector, sft, mpo, grpo;
+the final model's monitor flags (from training, or a hallucination rate above
+`evaluate.max_hallucination_rate`) become `monitor_flag/<flag>` metrics, which the promotion gate
+refuses; a Markdown report with a table and example answers goes
 to the KFP UI. With `evaluate.num_samples > 1` and a temperature, accuracy is pass@1 averaged over
 the samples (the reports' protocol) and pass@k is added.
 
@@ -25,8 +28,8 @@ from r1vflow.eval.scoring import score_model
 from r1vflow.models.devices import place
 from r1vflow.models.io import load_model
 from r1vflow.models.tokenizer import load_tokenizer
-from r1vflow.stages.common import StageContext, StageOutcome, parent_version
-from r1vflow.tracking.promotion import mark_candidate
+from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
+from r1vflow.tracking.promotion import FLAG_METRIC, mark_candidate
 
 # input name -> label used in metric names, in the order they are scored (the stage table)
 MODEL_INPUTS = evaluated_models()
@@ -58,10 +61,28 @@ def run(ctx: StageContext) -> StageOutcome:
             benchmarks, model, tokenizer, label, exp.data.image_size, cfg.max_new_tokens,
             cfg.batch_size, exp.data.seed, predictions))
         examples[label] = responses[:EXAMPLES_IN_REPORT]
+    flags = candidate_flags(final, metrics, cfg.max_hallucination_rate) if final else {}
+    metrics.update({FLAG_METRIC.format(flag=k): 1.0 for k in flags})
     candidate = _mark_candidate(ctx, final, metrics) if final else None
-    return StageOutcome(metrics=metrics, model_version=candidate,
-                        report=_report(exp.name, cfg.split, samples, metrics, examples)
-                        + benchmark_table(benchmarks, metrics, list(examples)))
+    report = _report(exp.name, cfg.split, samples, metrics, examples)
+    if flags:
+        report += "\n## Monitor flags (the promotion gate refuses this candidate)\n\n" + "".join(
+            f"- `{k}`: {v}\n" for k, v in flags.items())
+    report += benchmark_table(benchmarks, metrics, list(examples))
+    return StageOutcome(metrics=metrics, model_version=candidate, report=report)
+
+
+def candidate_flags(final: tuple[str, Path], metrics: dict[str, float],
+                    max_hallucination: float | None) -> dict[str, str]:
+    """The candidate's flags: those its training (and its ancestors') raised, from its
+    metadata, and `hallucination` when its measured rate is above the threshold."""
+    label, path = final
+    flags = monitor_flags(path)
+    rate = metrics.get(f"hallucination_rate/{label}")
+    if max_hallucination is not None and rate is not None and rate > max_hallucination:
+        flags["hallucination"] = (f"hallucination rate {rate:.3f} of {label} is above "
+                                  f"evaluate.max_hallucination_rate {max_hallucination}")
+    return flags
 
 
 def _mark_candidate(ctx: StageContext, final: tuple[str, Path], metrics: dict) -> str | None:

@@ -1,4 +1,5 @@
-"""grpo: R1V2's reinforcement learning on the SFT model, GRPO with hybrid rewards and the SSB.
+"""grpo: R1V2's reinforcement learning, GRPO with hybrid rewards and the SSB, on the latest
+model before it: MPO's (R1V2: base -> mpo -> grpo), else SFT's, else the base model.
 
 Method (docs/grpo.md): for each step, `prompts_per_step` training questions with their images,
 `group_size` sampled responses each; reward r = w_acc * accuracy + w_fmt * format
@@ -6,10 +7,11 @@ Method (docs/grpo.md): for each step, `prompts_per_step` training questions with
 each group; the Selective Sample Buffer swaps zero-advantage samples for buffered
 non-zero-advantage ones (weighted by |A|) when the batch's effective share falls below its
 target; clipped surrogate updates of the parts named in `grpo.trainable` (default: the
-projector only, R1V2's best), optional k3 KL to the SFT model. A monitor flags reward hacking
-(reward-model score up, accuracy not) and format collapse, and can stop the run. After
-training: greedy validation accuracy, save (safetensors), register with `r1vflow.parent` = the
-SFT model's version.
+projector only, R1V2's best), optional k3 KL to the start model. A monitor flags reward
+hacking (reward-model score up, accuracy not; or the RM-vs-rule gap, the "MPO threshold") and
+format collapse, and can stop the run; its flags (and the start model's) go into the model's
+metadata for the promotion gate. After training: greedy validation accuracy, save
+(safetensors), register with `r1vflow.parent` = the start model's version.
 
 Departures from the paper: group size, clip range, buffer sizes and the monitor's thresholds
 are not given by the reports and are config values here; the reward-model term defaults to
@@ -44,7 +46,7 @@ from r1vflow.rl.rewards import (
 )
 from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
-from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
 
 
 def reward_model_score_fn(scorer: RewardScorer):
@@ -103,9 +105,20 @@ def build_rollout(kind: str, model, tokenizer, model_dir, max_new_tokens: int,
                                suppress_ids=[model.config.image_token_id, tokenizer.pad_token_id])
 
 
+START_INPUTS = ("mpo_model", "sft_model", "base_model")  # the first one given is the start
+
+
+def start_model(ctx: StageContext):
+    """The model GRPO starts from: MPO's when the DAG runs it, else SFT's, else the base."""
+    for name in START_INPUTS:
+        if name in ctx.inputs:
+            return ctx.input(name)
+    raise ValueError(f"stage grpo got none of its start models {START_INPUTS}")
+
+
 def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.grpo
-    sft_dir, dataset = ctx.input("sft_model"), ctx.input("dataset")
+    sft_dir, dataset = start_model(ctx), ctx.input("dataset")
     info = read_info(dataset)
     model, tokenizer = place(load_model(sft_dir, "vlm")), load_tokenizer(sft_dir)
     trainable = set_trainable(model, set(cfg.trainable))
@@ -142,7 +155,9 @@ def run(ctx: StageContext) -> StageOutcome:
                             exp.data.image_size, max_new_tokens=cfg.val_max_new_tokens,
                             batch_size=cfg.val_batch_size)
     _write_checkpoint_index(ctx, result)
-    out = save_model(model, tokenizer, ctx.outputs["model"], meta)
+    flags = {**monitor_flags(sft_dir), **{f"grpo/{k}": v for k, v in result.flags.items()}}
+    out = save_model(model, tokenizer, ctx.outputs["model"],
+                     {**meta, "extra": {"monitor_flags": flags}})
     version = ctx.register(out, parent=parent_version(sft_dir), dataset_digest=info.digest)
     metrics = {
         **result.summary, **extra,

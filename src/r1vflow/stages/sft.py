@@ -19,6 +19,10 @@ tau), `train_total/iter_<t>`, `error_set_size/iter_<t>` (|E_{t-1}|), `noisy_kept
 the sft model whose `r1vflow.parent` is the previous iteration's (iteration 0's: the start
 model's); the last one is the stage's `model`, the others sit in `iterations/iter_<t>`.
 
+With the distill stage (AL-CoTD) the train chains are the model's own (its output data set);
+with `sft.iterative.distill` AL-CoTD runs again before every iteration t >= 1 on the current
+model and the gold items of D take the new chains (re-scored by the reward model).
+
 Departure: the report's D has real mixed-quality responses; here the synthetic responses are all
 correct, so rejected responses of the preference pairs stand in for the low-quality part.
 
@@ -28,6 +32,7 @@ correct, so rejected responses of the preference pairs stand in for the low-qual
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from r1vflow.data.io import load_image, load_preferences, load_split, read_info
@@ -55,7 +60,8 @@ SCORE_BATCH = 64
 def run(ctx: StageContext) -> StageOutcome:
     exp, cfg, it = ctx.exp, ctx.exp.sft, ctx.exp.sft.iterative
     start = ctx.input("aligned_model" if "aligned_model" in ctx.inputs else "base_model")
-    dataset = ctx.input("dataset")
+    # AL-CoTD (the distill stage) rewrote the train chains when it ran
+    dataset = ctx.input("distilled_dataset" if "distilled_dataset" in ctx.inputs else "dataset")
     info = read_info(dataset)
     model, tokenizer = place(load_model(start, "vlm")), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
@@ -83,6 +89,8 @@ def run(ctx: StageContext) -> StageOutcome:
         parent = _register(ctx, model, tokenizer, iterations_dir / saved[-1], parent,
                            info.digest, previous)
         previous = iterations_dir / saved[-1]
+        if it.distill:
+            metrics.update(_redistill(ctx, model, tokenizer, train, pool, scores, pixels, t))
         errors = _error_set(ctx, model, tokenizer, train, pixels, t) if it.error_set else []
         chosen, n_filtered = select_iteration(scores, it.tau[t - 1], errors)
         stats = _train(ctx, model, tokenizer, [pool[i] for i in chosen], pixels,
@@ -158,6 +166,21 @@ def _validate(ctx: StageContext, model, tokenizer, val, pixels, tag: str) -> dic
                             exp.sft.val_max_new_tokens, exp.sft.val_batch_size)
     return {f"val_loss/{tag}": loss, f"val_accuracy/{tag}": scored["accuracy"],
             f"val_format_rate/{tag}": scored["format_rate"]}
+
+
+def _redistill(ctx: StageContext, model, tokenizer, train, pool: list[PoolItem],
+               scores: list[float], pixels, t: int) -> dict[str, float]:
+    """sft.iterative.distill: AL-CoTD again with the current model; the gold items of D (the
+    first len(train), in train order) take the new chains and are scored again."""
+    from r1vflow.stages.distill import redistill
+
+    responses, found = redistill(ctx, model, tokenizer, train,
+                                 stack_images([pixels[s.image] for s in train]))
+    for i, response in enumerate(responses):
+        pool[i] = replace(pool[i], response=response)
+    scores[: len(train)] = _reward_scores(ctx, pool[: len(train)], pixels)
+    keep = ("acceptance_rate", "length_difficulty_spearman", "chain_tokens_mean")
+    return {f"distill_{k}/iter_{t}": v for k, v in found.items() if k in keep}
 
 
 def _error_set(ctx: StageContext, model, tokenizer, train, pixels, t: int) -> list[int]:

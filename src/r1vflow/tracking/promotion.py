@@ -6,6 +6,10 @@ its score (`r1vflow.eval.<metric>`). The pipeline's gate (`decide_promotion`, th
 `dsl.If`) moves `champion` to the candidate only if it beats the current champion's score, or if
 there is no champion yet.
 
+A candidate with a monitor flag (evaluate's `monitor_flag/<flag>` metrics: reward hacking,
+format collapse or the RM-vs-rule gap during its training, or a hallucination rate above
+`evaluate.max_hallucination_rate`) is refused whatever its score, and the reason names the flags.
+
 The gate fails closed: "no champion" only when the registry says so (the model or its
 `champion` alias does not exist). Any other error reading the champion (registry unreachable,
 broken store, a tag that is not a number) and a champion without a score tag block promotion.
@@ -22,6 +26,7 @@ from dataclasses import dataclass
 from r1vflow.tracking.client import mlflow_client
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+FLAG_METRIC = "monitor_flag/{flag}"  # evaluate's metric for each monitor flag of the candidate
 SCORE_TAG = "r1vflow.eval.{metric}"
 DECISION_TAG = "r1vflow.promotion.decision"
 
@@ -96,11 +101,24 @@ def evaluation_candidate(evaluation_json: str) -> tuple[str | None, float | None
     return result.get("model_version"), metrics.get("promotion_score"), metric
 
 
+def raised_flags(evaluation_json: str) -> list[str]:
+    """The candidate's monitor flags named in evaluate's metrics (`monitor_flag/<flag>`)."""
+    prefix = FLAG_METRIC.format(flag="")
+    metrics = json.loads(evaluation_json).get("metrics", {})
+    return sorted(k[len(prefix):] for k, v in metrics.items() if k.startswith(prefix) and v)
+
+
 def gate(evaluation_json: str, min_delta: float) -> PromotionDecision:
     """Whether the evaluated candidate should become champion, and why (fails closed)."""
     candidate, score, metric = evaluation_candidate(evaluation_json)
     if candidate is None or score is None:
         return PromotionDecision(False, "the evaluation names no candidate model or no score")
+    flags = raised_flags(evaluation_json)
+    if flags:
+        return PromotionDecision(False, f"{candidate} raised monitor flags ({', '.join(flags)}): "
+                                        "a model whose training was flagged (reward hacking, "
+                                        "format collapse, RM-vs-rule gap, hallucination above "
+                                        "its threshold) is never promoted; see evaluate's report")
     name = candidate.rsplit("/", 1)[0]
     tag = SCORE_TAG.format(metric=metric)
     try:

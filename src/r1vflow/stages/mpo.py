@@ -1,0 +1,179 @@
+"""mpo: R1V2's Mixed Preference Optimization on the start model (base, or SFT/aligned if run).
+
+Method (docs/mpo.md): preference pairs are made the R1V2 way: `mpo.pairs.samples_per_prompt`
+responses per train prompt sampled from the start model, checked by rules (answer correct,
+format, reasoning steps present, answer consistent with the reasoning) and, when the DAG trains
+one, scored by the reward model; a passing response is paired with a failing (or much lower
+scored) one (r1vflow.pref.pairs). `mpo.pairs.source` adds or uses synthesize_data's pairs.
+Then L = w_dpo*DPO + w_bco*BCO + w_nll*NLL(chosen) (r1vflow.pref.loss) with the reference
+log-probs computed once from the start model, only `mpo.trainable` updating (adapter-only by
+default, R1V2's best), through the shared training engine. An optional probe feeds the monitor
+the RM score and rule accuracy of fresh samples (the "MPO threshold": stop when the gap grows).
+After training: greedy validation accuracy, save, register with `r1vflow.parent` = the start
+model's version; monitor flags go into the model's metadata (`extra.monitor_flags`) for the
+promotion gate.
+
+Departures: the report gives no weights, beta, margins or threshold; all are config values
+(defaults: InternVL-MPO's weights 0.8/0.2/1.0, beta 0.1).
+
+    r1vflow run pipelines/configs/tiny-r1v2.yaml --set mpo.epochs=2
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from r1vflow.data.io import load_preferences, load_split, read_info
+from r1vflow.eval.grading import format_ok
+from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.models.generate import generate_completions
+from r1vflow.models.io import load_model, save_model
+from r1vflow.models.reward import RewardScorer, load_reward_scorer
+from r1vflow.models.tokenizer import load_tokenizer
+from r1vflow.models.vlm import num_image_tokens, set_trainable
+from r1vflow.pref.data import PairRow, SamplingSettings, encode_items, sample_pairs, synthetic_pairs
+from r1vflow.pref.loss import BCODelta
+from r1vflow.pref.pairs import PairReport, check_rules
+from r1vflow.pref.train import MPOResult, reference_logprobs, train_mpo
+from r1vflow.rl.monitor import RewardMonitor
+from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
+
+START_INPUTS = ("sft_model", "aligned_model", "base_model")  # the first one given is the start
+
+
+def start_model(ctx: StageContext) -> Path:
+    """The model MPO starts from: the latest stage before it that the DAG runs."""
+    for name in START_INPUTS:
+        if name in ctx.inputs:
+            return ctx.input(name)
+    raise ValueError(f"stage {ctx.stage} got none of its start models {START_INPUTS}")
+
+
+def rm_score_fn(scorer: RewardScorer):
+    """rm(questions, pixels, responses) on 0..1: calibrated 0..5 / 5, raw when uncalibrated."""
+    def score(questions, pixels, responses):
+        if scorer.calibration is None:
+            return scorer.score(questions, pixels, responses)
+        return [s / 5.0 for s in scorer.score_0to5(questions, pixels, responses)]
+    return score
+
+
+def build_pairs(ctx: StageContext, model, tokenizer, train, rm) -> tuple[list[PairRow],
+                                                                          PairReport]:
+    cfg, dataset = ctx.exp.mpo, ctx.input("dataset")
+    p = cfg.pairs
+    report, rows = PairReport(), []
+    if p.source in ("sampled", "both"):
+        prompts = train[: p.prompts]
+        settings = SamplingSettings(p.samples_per_prompt, p.temperature, p.max_new_tokens,
+                                    cfg.val_batch_size, p.min_steps, p.rule_margin,
+                                    p.rm_margin, p.gold_chosen, cfg.seed)
+        pixels = sample_pixels(dataset, prompts, ctx.exp.data.image_size)
+        rows, report = sample_pairs(model, tokenizer, prompts, pixels, settings, rm)
+    if p.source in ("synthetic", "both"):
+        rows += synthetic_pairs(load_preferences(dataset), report)
+    if not rows:
+        raise ValueError(f"mpo made no preference pairs (dropped: {dict(report.dropped)}); "
+                         "set mpo.pairs.gold_chosen, lower mpo.pairs.rule_margin or use "
+                         "mpo.pairs.source: both")
+    return rows, report
+
+
+def make_probe(ctx: StageContext, tokenizer, train, rm):
+    """probe(model) -> greedy rule accuracy, format rate (and RM score) on `probe_size`
+    train prompts: what the monitor watches during MPO."""
+    cfg, dataset = ctx.exp.mpo, ctx.input("dataset")
+    samples = train[: cfg.probe_size]
+    pixels = sample_pixels(dataset, samples, ctx.exp.data.image_size)
+
+    def probe(model) -> dict[str, float]:
+        texts = [g[0].text for g in generate_completions(
+            model, tokenizer, [s.question for s in samples], pixels, cfg.pairs.max_new_tokens,
+            cfg.val_batch_size)]
+        right = [check_rules(t, s.answer, 1)["answer_correct"]
+                 for t, s in zip(texts, samples, strict=True)]
+        out = {"accuracy": sum(right) / len(right),
+               "format_rate": sum(map(format_ok, texts)) / len(texts)}
+        if rm is not None:
+            scores = rm([s.question for s in samples], pixels, texts)
+            out["reward_model"] = sum(scores) / len(scores)
+        return out
+
+    return probe
+
+
+def run(ctx: StageContext) -> StageOutcome:
+    exp, cfg = ctx.exp, ctx.exp.mpo
+    start, dataset = start_model(ctx), ctx.input("dataset")
+    info = read_info(dataset)
+    model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
+    trainable = set_trainable(model, set(cfg.trainable))
+    train, val = load_split(dataset, "train"), load_split(dataset, "val")
+    rm = None
+    if "reward_model" in ctx.inputs:
+        rm = rm_score_fn(load_reward_scorer(ctx.input("reward_model"), cfg.val_batch_size,
+                                            cfg.max_length))
+    rows, report = build_pairs(ctx, model, tokenizer, train, rm)
+    pixels = sample_pixels(dataset, rows, exp.data.image_size)
+    items = encode_items(tokenizer, rows, pixels, num_image_tokens(model), cfg.max_length)
+    refs = reference_logprobs(model, items, tokenizer.pad_token_id, cfg.batch_size)
+    meta = {"stage": "mpo", "parent": str(start), "config_fingerprint": exp.fingerprint(),
+            "data_digests": {"dataset": info.digest}}
+    checkpoints = ctx.outputs.get("checkpoints")
+
+    def on_step(step: int, values: dict, engine) -> None:
+        ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
+        if cfg.checkpoint_every and checkpoints is not None and step % cfg.checkpoint_every == 0:
+            save_model(engine.module, tokenizer, checkpoints / f"step-{step:06d}",
+                       {**meta, "extra": {"step": step}})
+
+    result = train_mpo(
+        model, items, refs, pad_id=tokenizer.pad_token_id, epochs=cfg.epochs,
+        batch_size=cfg.batch_size, lr=cfg.lr, beta=cfg.beta, w_dpo=cfg.w_dpo, w_bco=cfg.w_bco,
+        w_nll=cfg.w_nll, delta=BCODelta(cfg.bco_delta_window, cfg.bco_delta_decay),
+        weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, backend=cfg.backend,
+        zero_stage=cfg.zero_stage, seed=cfg.seed,
+        probe=make_probe(ctx, tokenizer, train, rm) if cfg.probe_every else None,
+        probe_every=cfg.probe_every or 0, monitor=RewardMonitor.from_config(cfg.monitor),
+        on_step=on_step, progress=True)
+    scored, _ = score_model(model, tokenizer, val[: cfg.val_limit], dataset, exp.data.image_size,
+                            max_new_tokens=cfg.val_max_new_tokens, batch_size=cfg.val_batch_size)
+    flags = {**monitor_flags(start), **{f"mpo/{k}": v for k, v in result.flags.items()}}
+    out = save_model(model, tokenizer, ctx.outputs["model"],
+                     {**meta, "extra": {"monitor_flags": flags}})
+    _write_pairs(ctx, rows)
+    version = ctx.register(out, parent=parent_version(start), dataset_digest=info.digest)
+    metrics = {**result.summary, **report.metrics(), "val_accuracy": scored["accuracy"],
+               "val_format_rate": scored["format_rate"], "train_pairs": float(len(items)),
+               "monitor_flags": float(len(result.flags)),
+               **{f"trainable_params_{k}": float(v) for k, v in trainable.items()}}
+    return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
+                        report=_report(exp.name, metrics, result, report))
+
+
+def _write_pairs(ctx: StageContext, rows: list[PairRow]) -> None:
+    """pairs/pairs.jsonl: the training pairs with the rule that made each."""
+    folder = ctx.outputs.get("pairs")
+    if folder is None:
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [json.dumps(row.__dict__) for row in rows]
+    (folder / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def _report(name: str, metrics: dict, result: MPOResult, pairs: PairReport) -> str:
+    lines = [f"# mpo: {name}", ""]
+    if result.stop_reason:
+        lines += [f"**Stopped early by the monitor:** {result.stop_reason}", ""]
+    for flag, message in result.flags.items():
+        lines.append(f"- monitor flag `{flag}`: {message}")
+    lines += ["", "| pairs by rule | count |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in sorted(pairs.by_rule.items())]
+    lines += [f"| dropped: {k} | {v} |" for k, v in sorted(pairs.dropped.items())]
+    lines += ["", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4g} |" for k, v in metrics.items()]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["rm_score_fn", "run", "start_model"]
