@@ -55,7 +55,7 @@ def task(spec: dict, stage: str) -> dict:
 
 @pytest.mark.parametrize(("preset", "expected"), [
     ("r1v2-38b", ["train_reward_model", "mpo", "grpo"]),  # R1V2: no SFT
-    ("r1v-38b", ["train_reward_model", "sft"])])  # R1V: distill (generation) + iterative SFT
+    ("r1v-38b", ["align_projector", "train_reward_model", "sft", "grpo"])])  # R1V: + distill
 def test_38b_training_stages_carry_gpus_placement_and_secret_references(preset, expected):
     exp = load_experiment(PRESETS / f"{preset}.yaml")
     spec, platform = ir_docs(ir_text(exp))

@@ -4,11 +4,11 @@ changes what is trained (and the experiment's fingerprint)."""
 from __future__ import annotations
 
 from typing import Literal
-from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 
 from r1vflow.config.base import Part, Strict
+from r1vflow.config.benchmarks import BenchmarkConfig
 from r1vflow.config.data_source import ContaminationConfig, DataSourceConfig
 
 # --------------------------------------------------------------------------- model & data
@@ -467,51 +467,6 @@ class GRPOConfig(TrainConfig):
         if self.max_new_tokens >= self.max_length:
             raise ValueError(f"grpo.max_new_tokens ({self.max_new_tokens}) must be below "
                              f"grpo.max_length ({self.max_length}), which also holds the prompt")
-        return self
-
-
-BenchmarkName = Literal["mmmu", "mathvista", "math500", "mathvision", "aime2024", "olympiadbench"]
-
-
-class BenchmarkConfig(Strict):
-    """One published benchmark the evaluate stage scores every model on (docs/evaluation.md)."""
-
-    name: BenchmarkName = Field(description="Which benchmark (its loader and official scorer).")
-    path: str = Field(description="The benchmark's file or folder in its published layout. "
-                                  "Locally a path on disk (relative: to the directory the run "
-                                  "starts in); on a cluster a path inside the evaluate task's "
-                                  "container (a mounted volume or a file baked into the image); "
-                                  "package:<module>/<path> for files installed with a package.")
-    split: str | None = Field(None, description="Split; None: the benchmark's usual one "
-                                                "(MMMU validation, MathVista testmini, ...).")
-    subsets: list[str] | None = Field(None, description="Keep only these MMMU subjects, "
-                                                        "MathVista tasks, OlympiadBench subsets...")
-    limit: int | None = Field(None, gt=0, description="Score only the first N items.")
-    samples: int = Field(1, ge=1, description="Responses per item; pass@1 is their mean "
-                                              "(the reports: 5) and pass@k is added.")
-    temperature: float = Field(0.0, ge=0, description="0 means greedy decoding.")
-    max_new_tokens: int | None = Field(None, gt=0, description="None: evaluate.max_new_tokens.")
-    judge_base_url: str | None = Field(None, description="MathVista only: an OpenAI-compatible "
-                                                         "API that extracts answers (the official "
-                                                         "path); None: rule-based extraction.")
-    judge_model: str | None = Field(None, description="The judge's model name.")
-    judge_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the "
-                                                             "judge's API key (never the key).")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> BenchmarkConfig:
-        if self.samples > 1 and self.temperature == 0:
-            raise ValueError(f"benchmark {self.name}: samples={self.samples} needs temperature "
-                             "> 0 (greedy copies are identical); set temperature, e.g. 1.0")
-        if (self.judge_base_url is None) != (self.judge_model is None):
-            raise ValueError(f"benchmark {self.name}: set judge_base_url and judge_model "
-                             "together (or neither)")
-        if self.judge_base_url is not None and "@" in urlsplit(self.judge_base_url).netloc:
-            raise ValueError(f"benchmark {self.name}: judge_base_url holds credentials; put the "
-                             f"key in ${self.judge_key_env} instead")
-        if self.judge_base_url is not None and self.name != "mathvista":
-            raise ValueError(f"benchmark {self.name}: a judge extracts answers for mathvista "
-                             "only; drop judge_base_url/judge_model")
         return self
 
 
