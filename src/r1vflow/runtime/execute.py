@@ -74,6 +74,22 @@ def _log_dataset_input(ctx: StageContext) -> None:
         ctx.tracker.log_dataset(f"{ctx.exp.name}-synthetic", digest, str(dataset), "training")
 
 
+def _copy_with_pointers(work: Path, real: Path, published: dict[Path, dict]) -> None:
+    """Copy `work` into the KFP artifact `real`, with a pointer file in place of every
+    directory that was published (a model, sft's iterations, grpo's checkpoints): the bytes
+    stay in the object store."""
+    pointer = published.get(work.resolve())
+    if pointer is not None:
+        write_pointer(real, pointer)
+        return
+    real.mkdir(parents=True, exist_ok=True)
+    for child in sorted(work.iterdir()):
+        if child.is_dir():
+            _copy_with_pointers(child, real / child.name, published)
+        else:
+            shutil.copy2(child, real / child.name)
+
+
 def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
                     model_dir: Path | None) -> str | None:
     """Move scratch outputs into their KFP artifacts: a pointer for what was published, the
@@ -82,11 +98,7 @@ def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
         work = ctx.outputs[name].resolve()
         if work == real.resolve():
             continue
-        pointer = ctx.published.get(work)
-        if pointer is not None:
-            write_pointer(real, pointer)
-        else:
-            shutil.copytree(work, real, dirs_exist_ok=True)
+        _copy_with_pointers(work, real, ctx.published)
         shutil.rmtree(work, ignore_errors=True)
     if model_dir is None:
         return None

@@ -48,6 +48,7 @@ def experiment_store(exp: Experiment):
         env["R1VFLOW_S3_ENDPOINT"] = exp.storage.endpoint
     env.setdefault("R1VFLOW_S3_BUCKET", exp.storage.bucket)
     env.setdefault("R1VFLOW_S3_SECURE", "true" if exp.storage.secure else "false")
+    env.setdefault("R1VFLOW_S3_RETRY_BUDGET_S", str(exp.storage.retry_budget_s))
     store = store_from_env(env, show_progress=False)
     if store is None:
         raise StoreConfigError(

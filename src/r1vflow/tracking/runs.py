@@ -145,6 +145,23 @@ class StageTracker:
         return f"{version.name}/{version.version}"
 
 
+    def delete_version(self, name_version: str) -> bool:
+        """Delete a registered version (its files never made it to the store); False with a
+        warning when MLflow refuses or cannot be reached (the version keeps its
+        `r1vflow.status=incomplete` tag then)."""
+        if not (self.enabled and self.register):
+            return False
+        import mlflow
+
+        name, version = name_version.rsplit("/", 1)
+        try:
+            mlflow.MlflowClient().delete_model_version(name, version)
+        except Exception as err:  # noqa: BLE001 (best effort: the original error matters)
+            print(f"warning: could not delete {name_version}, left tagged "
+                  f"r1vflow.status=incomplete: {type(err).__name__}: {err}", flush=True)
+            return False
+        return True
+
     def set_version_tag(self, name_version: str, key: str, value: str) -> None:
         if self.enabled and self.register:
             import mlflow
