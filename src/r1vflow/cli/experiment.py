@@ -65,14 +65,17 @@ def register(app: typer.Typer) -> None:
             set_ = ["storage.backend=s3", *(set_ or [])]
         exp = load_or_exit(config, set_)
         out = output_dir or Path("runs") / exp.name
-        console.print(f"[bold]r1vflow[/bold] running {exp.name} "
-                      f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
+
+        def announce() -> None:
+            console.print(f"[bold]r1vflow[/bold] running {exp.name} "
+                          f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
+        from r1vflow.pipelines.local_run import RunRefused
         from r1vflow.storage.store import StoreConfigError
 
         try:
             summary = run_local(exp, out, experiment_file=str(config), applied=set_,
-                                verbose=verbose)
-        except StoreConfigError as err:  # e.g. credentials in MLFLOW_TRACKING_URI
+                                verbose=verbose, announce=announce)
+        except (StoreConfigError, RunRefused) as err:  # e.g. MLflow down, output dir busy
             console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         _print_summary(summary)

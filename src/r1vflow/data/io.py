@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -37,16 +36,10 @@ def split_file(split: Split) -> str:
 
 # ----------------------------------------------------------------------------- writing
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary dot-file in the same directory + rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (r1vflow.storage.atomic, the one helper)."""
+    from r1vflow.storage.atomic import write_bytes
+
+    write_bytes(path, data, durable=False)
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[BaseModel]) -> int:

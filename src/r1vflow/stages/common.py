@@ -36,6 +36,8 @@ class StageResult(BaseModel):
     outputs: dict[str, str] = Field(default_factory=dict)
     task_dir: str | None = Field(None, description="The KFP task's directory (where it wrote).")
     error: str | None = None
+    unlogged_metrics: int | None = Field(
+        None, description="Metric values MLflow never received (an outage outlasted the stage).")
 
 
 @dataclass

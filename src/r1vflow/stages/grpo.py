@@ -44,6 +44,7 @@ from r1vflow.rl.rewards import (
 from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.storage.atomic import write_text
 
 
 def reward_model_score_fn(scorer: RewardScorer):
@@ -162,7 +163,7 @@ def _write_checkpoint_index(ctx: StageContext, result: GRPOResult) -> None:
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
         names = [p.name for p in result.checkpoints if p.is_dir()]  # since a resume: its own
-        (folder / "index.json").write_text(json.dumps({"checkpoints": names}, indent=2) + "\n")
+        write_text(folder / "index.json", json.dumps({"checkpoints": names}, indent=2) + "\n")
 
 
 def _report(name: str, metrics: dict[str, float], result: GRPOResult) -> str:

@@ -39,6 +39,7 @@ from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.storage.atomic import write_text
 from r1vflow.train.iterative import (
     PoolItem,
     answered_wrongly,
@@ -235,4 +236,4 @@ def _write_index(folder: Path | None, names: list[str]) -> None:
     """iterations/index.json: the saved intermediate iterations (kfp.local needs a file)."""
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "index.json").write_text(json.dumps({"iterations": names}, indent=2) + "\n")
+        write_text(folder / "index.json", json.dumps({"iterations": names}, indent=2) + "\n")

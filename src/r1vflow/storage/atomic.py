@@ -23,8 +23,9 @@ from pathlib import Path
 TMP_PREFIX = ".r1vflow-tmp-"
 
 
-def write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write `data` to `path` atomically (temp file in the same directory + os.replace)."""
+def write_bytes(path: str | Path, data: bytes, durable: bool = True) -> Path:
+    """Write `data` to `path` atomically (temp file in the same directory + os.replace);
+    `durable` fsyncs before the rename (off for many small files, e.g. synthesized images)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{path.name}.", dir=path.parent)
@@ -32,7 +33,8 @@ def write_bytes(path: str | Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -75,3 +77,42 @@ def replace_dir(source: Path, target: Path) -> None:
     os.rename(source, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+class OutputDirBusy(RuntimeError):
+    """Another process holds the output dir's lock."""
+
+
+LOCK_NAME = ".r1vflow.lock"
+
+
+@contextlib.contextmanager
+def output_lock(directory: str | Path) -> Iterator[Path]:
+    """Hold an exclusive flock on `<directory>/.r1vflow.lock` while inside.
+
+    The kernel drops the lock when the holder exits, however it exits (SIGKILL included), so a
+    run after a killed one starts. A second holder gets OutputDirBusy at once, naming the
+    first one's pid and start time (written into the lock file)."""
+    import fcntl
+    import time
+
+    path = Path(directory) / LOCK_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 (held open for the whole block)
+    try:
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutputDirBusy(
+                f"output dir {directory} is in use by {holder}: wait for that run to end, or "
+                "give another --output-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"r1vflow run pid {os.getpid()} since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()

@@ -78,7 +78,9 @@ def publish(store, model_dir: Path, prefix: str) -> dict:
 
 def write_pointer(artifact_dir: Path, pointer: dict) -> None:
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    (artifact_dir / POINTER_FILE).write_text(json.dumps(pointer, indent=2, sort_keys=True))
+    from r1vflow.storage.atomic import write_text
+
+    write_text(artifact_dir / POINTER_FILE, json.dumps(pointer, indent=2, sort_keys=True))
 
 
 def read_pointer(artifact_dir: Path) -> dict | None:
