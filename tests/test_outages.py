@@ -160,7 +160,7 @@ def _sft_ctx(inputs: Path, out: Path, tracker, store):
 
     exp = load_experiment(ROOT / "pipelines/configs/smoke.yaml", [
         *resume_worker.BASE, "sft.iterative=null", "sft.epochs=2", "sft.checkpoint_every=2",
-        "storage.backend=s3"])
+        *(["storage.backend=s3"] if store is not None else [])])
     outputs = {"model": out / "model"}
     outputs["model"].mkdir(parents=True)
     return StageContext(exp=exp, stage="sft", tracker=tracker, store=store, outputs=outputs,
@@ -204,3 +204,29 @@ def test_s3_down_at_publish_leaves_no_version_and_a_rerun_publishes_without_trai
     tags = mlflow.MlflowClient(uri).get_model_version(name, number).tags
     assert tags["r1vflow.status"] == "complete"
     assert tags["r1vflow.manifest_sha256"] == pointer["manifest_sha256"]
+
+
+@pytest.mark.slow
+def test_mlflow_stopped_mid_stage_loses_no_model_and_registers_nothing_half_done(
+        inputs, mlflow_server, tmp_path, capsys, monkeypatch):
+    from r1vflow.stages import stage_function
+    from r1vflow.tracking.runs import stage_run
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail in seconds, not minutes
+    exp_name = "smoke"
+    with pytest.raises(Exception, match="(?i)connection|max retries|refused"), \
+            stage_run(mlflow_server.uri, "outage", "sft", exp_name) as tracker:
+        ctx = _sft_ctx(inputs, tmp_path / "a", _Hook(tracker, 3, mlflow_server.kill), None)
+        stage_function("sft")(ctx)
+    first = capsys.readouterr().out
+    assert first.count("warning: MLflow unreachable") == 1  # then training went on
+    assert "checkpoint: sft step 8" in first
+    mlflow_server.start()
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    assert client.search_model_versions(f"name='{exp_name}-sft'") == []
+    with stage_run(mlflow_server.uri, "outage", "sft", exp_name) as tracker:
+        outcome = stage_function("sft")(_sft_ctx(inputs, tmp_path / "b", tracker, None))
+    assert outcome.metrics["resumed_from_step"] == 8
+    assert "checkpoint: sft step" not in capsys.readouterr().out
+    versions = client.search_model_versions(f"name='{exp_name}-sft'")
+    assert [v.tags["r1vflow.status"] for v in versions] == ["complete"]

@@ -65,8 +65,13 @@ def _load_jsonl(path: Path, model: type[RecordT]) -> list[RecordT]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (is this a data set directory?)")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start}); rewrite the file as UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:
