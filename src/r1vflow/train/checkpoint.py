@@ -181,6 +181,9 @@ class Checkpointer:
         if self.policy.keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.policy.keep}")
         self.resumed = self.latest()
+        if self.resumed is not None and rank_world()[0] == 0:
+            print(f"checkpoint: {self.stage} resuming from step {self.resumed.step} "
+                  f"({self.resumed.directory})", flush=True)
 
     @property
     def resumed_from_step(self) -> int:
