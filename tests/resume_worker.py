@@ -29,7 +29,10 @@ BASE = ["data.image_size=16", "sft.batch_size=2", "sft.val_limit=2", "sft.val_ma
         "sft.val_batch_size=2", "sft.max_length=96", "grpo.val_limit=2",
         "grpo.val_max_new_tokens=4", "grpo.val_batch_size=2", "grpo.prompts_per_step=2",
         "grpo.group_size=2", "grpo.max_new_tokens=8", "grpo.max_length=96",
-        "grpo.batch_size=4"]
+        "grpo.batch_size=4", "align_projector.batch_size=2", "align_projector.val_limit=2",
+        "align_projector.val_max_new_tokens=4", "align_projector.val_batch_size=2",
+        "align_projector.max_length=96", "train_reward_model.batch_size=2",
+        "train_reward_model.max_length=96"]
 
 
 def _vlm(tokenizer):
@@ -55,6 +58,11 @@ def prepare(root: Path) -> None:
     save_model(_vlm(tokenizer), tokenizer, root / "base_model", meta)
     save_reward_model(RewardModel(_vlm(tokenizer)), tokenizer, root / "reward_model", meta,
                       ScoreCalibration(-1.0, 1.0))
+    from r1vflow.models.vlm import build_tiny_llm
+
+    torch.manual_seed(1)
+    save_model(build_tiny_llm(len(tokenizer), 32, 1, 2, 64, max_position_embeddings=128),
+               tokenizer, root / "substitute_llm", meta)
 
 
 class _Slow:

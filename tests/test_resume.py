@@ -253,3 +253,61 @@ def test_checkpoints_travel_through_the_object_store(tmp_path):
                          prefix="artifacts/x/checkpoints/sft/k")
     assert fresh.resumed.step == 3
     assert (fresh.resumed.directory / "engine.pt").read_text() == "3"
+
+
+# --------------------------------------------------------------------------- other stages
+
+
+class _CrashAt:
+    """A tracker raising Crash at training step `at` of the metric whose name has `tag`."""
+
+    def __init__(self, at: int | None, tag: str = "") -> None:
+        from r1vflow.tracking.runs import StageTracker
+
+        self._tracker, self._at, self._tag = StageTracker(None, "t", register=False), at, tag
+
+    def __getattr__(self, name):
+        return getattr(self._tracker, name)
+
+    def log_metrics(self, metrics, step=None):
+        if step == self._at and any(self._tag in k for k in metrics):
+            raise Crash(step)
+
+
+def _stage(inputs: Path, out: Path, stage: str, crash_at=None, tag: str = ""):
+    import resume_worker
+
+    from r1vflow.config import load_experiment
+    from r1vflow.stages import StageContext, stage_function
+
+    exp = load_experiment(resume_worker.ROOT / "pipelines/configs/smoke.yaml", [
+        *resume_worker.BASE, "align_projector.checkpoint_every=1",
+        "train_reward_model.checkpoint_every=1", "train_reward_model.epochs=2"])
+    given = {"align_projector": ("base_model", "substitute_llm", "dataset"),
+             "train_reward_model": ("base_model", "dataset")}[stage]
+    (out / "model").mkdir(parents=True)
+    ctx = StageContext(exp=exp, stage=stage, inputs={k: inputs / k for k in given},
+                       outputs={"model": out / "model"}, tracker=_CrashAt(crash_at, tag))
+    return stage_function(stage)(ctx)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("stage", "crash_at", "tag", "resumed"), [
+    ("align_projector", 1, "substitute/cot", None),  # in the 2nd sub-stage, after the 1st
+    ("align_projector", 2, "train/align/", None),     # after the transfer, inside align
+    ("train_reward_model", 3, "", 2),                  # mid-training
+])
+def test_other_stages_resume_to_the_same_weights(inputs, tmp_path, monkeypatch, stage,
+                                                 crash_at, tag, resumed):
+    monkeypatch.setenv("R1VFLOW_CHECKPOINT_DIR", str(tmp_path / "ref-ck"))
+    reference = _stage(inputs, tmp_path / "ref", stage)
+    monkeypatch.setenv("R1VFLOW_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    with pytest.raises(Crash):
+        _stage(inputs, tmp_path / "a", stage, crash_at, tag)
+    outcome = _stage(inputs, tmp_path / "b", stage)
+    assert outcome.metrics["resumed_from_step"] > 0
+    if resumed is not None:
+        assert outcome.metrics["resumed_from_step"] == resumed
+    assert_same_weights(tmp_path / "ref" / "model", tmp_path / "b" / "model")
+    same = {k: v for k, v in reference.metrics.items() if k != "resumed_from_step"}
+    assert {k: outcome.metrics[k] for k in same} == same
