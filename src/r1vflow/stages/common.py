@@ -75,8 +75,9 @@ class StageContext:
                 local_root,
             )
 
-            section = getattr(self.exp, self.stage)
-            key = checkpoint_key(self.stage, section.model_dump(mode="json"), self.inputs,
+            section = getattr(self.exp, self.stage, None)  # a stage without a section: defaults
+            dumped = section.model_dump(mode="json") if section is not None else {}
+            key = checkpoint_key(self.stage, dumped, self.inputs,
                                  {"data": self.exp.data.model_dump(mode="json"),
                                   "model": self.exp.model.model_dump(mode="json")})
             prefix = f"{self.exp.storage.prefix}/{self.exp.name}/checkpoints/{self.stage}/{key}"

@@ -11,7 +11,6 @@ final model back to the bootstrap bases.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
@@ -176,7 +175,7 @@ class StageTracker:
 
         self._last_try = time.monotonic()
         try:
-            with _fail_fast() if fast else contextlib.nullcontext():
+            with _fail_fast(retries=0 if fast else 3):
                 client = mlflow.MlflowClient()
                 while self._pending:
                     values, step, stamp = self._pending[0]
@@ -196,8 +195,8 @@ class StageTracker:
         return True
 
     def reconcile(self) -> int:
-        """Log what the buffer holds (with MLflow's own retries); returns the values that
-        still could not be logged (0 when all were)."""
+        """Log what the buffer holds (3 HTTP retries with backoff, ~15 s when MLflow stays
+        down); returns the values that still could not be logged (0 when all were)."""
         if self.enabled and self._pending:
             self._flush(fast=False)
         return self.unlogged
