@@ -311,3 +311,51 @@ def test_other_stages_resume_to_the_same_weights(inputs, tmp_path, monkeypatch, 
     assert_same_weights(tmp_path / "ref" / "model", tmp_path / "b" / "model")
     same = {k: v for k, v in reference.metrics.items() if k != "resumed_from_step"}
     assert {k: outcome.metrics[k] for k in same} == same
+
+
+@pytest.mark.slow
+def test_a_kill_between_registering_an_iteration_and_its_checkpoint_registers_no_duplicate(
+        inputs, tmp_path, monkeypatch):
+    """The one window the checkpoints cannot close: the iteration's version is registered and
+    stored, the process dies before the boundary checkpoint records it. The rerun finds the
+    version by its training lineage in the registry, verifies its files and reuses it."""
+    import mlflow
+    import resume_worker
+
+    from r1vflow.config import load_experiment
+    from r1vflow.stages import StageContext, stage_function
+    from r1vflow.storage import FileStore
+    from r1vflow.tracking.runs import stage_run
+    from r1vflow.train.checkpoint import Checkpointer
+
+    exp = load_experiment(resume_worker.ROOT / "pipelines/configs/smoke.yaml",
+                          [*resume_worker.BASE, *ITERATIVE, "storage.backend=s3"])
+    store = FileStore(tmp_path / "bucket", show_progress=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("R1VFLOW_ARTIFACT_CACHE", str(tmp_path / "cache"))
+    real = Checkpointer.save_boundary
+
+    def dies_once(self, *args, **kwargs):
+        monkeypatch.setattr(Checkpointer, "save_boundary", real)
+        raise Crash("killed right after registering iter_0")
+
+    def attempt(out: Path):
+        with stage_run(uri, "resume", "sft", exp.name) as tracker:
+            outputs = {"model": out / "model", "iterations": out / "iterations"}
+            for path in outputs.values():
+                path.mkdir(parents=True)
+            ctx = StageContext(exp=exp, stage="sft", tracker=tracker, store=store,
+                               outputs=outputs, inputs={k: inputs / k for k in (
+                                   "base_model", "dataset", "reward_model")})
+            return stage_function("sft")(ctx)
+
+    monkeypatch.setattr(Checkpointer, "save_boundary", dies_once)
+    with pytest.raises(Crash):
+        attempt(tmp_path / "a")
+    client = mlflow.MlflowClient(uri)
+    assert [str(v.version) for v in client.search_model_versions("name='smoke-sft'")] == ["1"]
+    outcome = attempt(tmp_path / "b")
+    versions = client.search_model_versions("name='smoke-sft'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]  # iter_0 reused, not doubled
+    assert outcome.model_version == "smoke-sft/3"
+    assert {str(v.version): v.tags["r1vflow.parent"] for v in versions}["2"] == "smoke-sft/1"

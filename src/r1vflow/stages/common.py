@@ -18,6 +18,7 @@ from r1vflow.models.io import parent_version, read_metadata, write_metadata
 from r1vflow.tracking.runs import StageTracker
 
 STATUS_TAG = "r1vflow.status"  # incomplete until the model's files are stored and verified
+RESUME_TAG = "r1vflow.resume_key"  # <training lineage>:<object prefix> (see register)
 
 __all__ = ["STATUS_TAG", "StageContext", "StageOutcome", "StageResult", "locate_output", "parent_version",
            "read_metadata", "write_metadata"]
@@ -111,12 +112,18 @@ class StageContext:
         model_dir = Path(model_dir).resolve()
         meta = read_metadata(model_dir)
         prefix = self._object_prefix(model_dir, suffix)
+        resume_key = (f"{self._checkpointer.lineage}:{prefix}"
+                      if self._checkpointer is not None else "")
+        adopted = self._adopt(model_dir, suffix, resume_key) if resume_key else None
+        if adopted is not None:
+            return adopted
         storage_uri = self.store.uri_for(prefix) if self.store is not None else str(model_dir)
         tags = {
             "r1vflow.parent": parent or "",
             "r1vflow.dataset_digest": dataset_digest or "",
             "r1vflow.config_fingerprint": self.exp.fingerprint(),
             STATUS_TAG: "incomplete",
+            **({RESUME_TAG: resume_key} if resume_key else {}),
             **self.extra_tags,
         }
         version = self.tracker.register_model(self.stage, storage_uri, tags, suffix)
@@ -133,6 +140,31 @@ class StageContext:
         if version:
             self.tracker.set_version_tag(version, "r1vflow.manifest_sha256", digest)
             self.tracker.set_version_tag(version, STATUS_TAG, "complete")
+        return version
+
+    def _adopt(self, model_dir: Path, suffix: str, resume_key: str) -> str | None:
+        """The version an earlier attempt of this same training (a killed process resumed
+        from its checkpoints) registered and stored completely for this output: verified in the
+        store and reused, so a rerun registers no duplicate. None without a store or such a
+        version."""
+        if self.store is None:
+            return None
+        from r1vflow.storage import manifest_digest
+
+        found = self.tracker.find_version(self.stage, suffix,
+                                          {RESUME_TAG: resume_key, STATUS_TAG: "complete"})
+        if found is None:
+            return None
+        version, tags = found
+        uri, digest = tags.get("r1vflow.storage_uri", ""), tags.get("r1vflow.manifest_sha256")
+        manifest = self.store.read_manifest(uri)
+        if manifest_digest(manifest) != digest:
+            return None
+        self.published[model_dir] = {"uri": uri, "manifest_sha256": digest,
+                                     "total_size": manifest.total_size,
+                                     "file_count": len(manifest.files)}
+        print(f"{version}: registered and stored by an earlier attempt of this training "
+              "(verified); not registered again", flush=True)
         return version
 
     def _object_prefix(self, model_dir: Path, suffix: str = "") -> str:

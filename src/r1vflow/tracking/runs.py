@@ -239,6 +239,24 @@ class StageTracker:
         return f"{version.name}/{version.version}"
 
 
+    def find_version(self, stage: str, suffix: str, tags: dict[str, str]) -> tuple[str, dict] | None:
+        """The newest version of `<prefix>-<stage><suffix>` carrying all `tags` ('name/version'
+        and its tags), None when there is none or the registry cannot say."""
+        if not (self.enabled and self.register):
+            return None
+        import mlflow
+
+        name = f"{self.model_prefix}-{stage}{suffix}"
+        query = f"name='{name}'" + "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items())
+        try:
+            found = mlflow.MlflowClient().search_model_versions(query)
+        except Exception:  # noqa: BLE001 (then a new version is registered)
+            return None
+        if not found:
+            return None
+        newest = max(found, key=lambda v: int(v.version))
+        return f"{name}/{newest.version}", dict(newest.tags)
+
     def delete_version(self, name_version: str) -> bool:
         """Delete a registered version (its files never made it to the store); False with a
         warning when MLflow refuses or cannot be reached (the version keeps its

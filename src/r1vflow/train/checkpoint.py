@@ -79,6 +79,7 @@ class Loaded:
     context: dict[str, Any]
     directory: Path
     boundary: bool
+    lineage: str = ""
 
 
 # --------------------------------------------------------------------------- RNG states
@@ -174,6 +175,7 @@ class Checkpointer:
     store: Any = None
     prefix: str | None = None
     resumed: Loaded | None = None
+    lineage: str = ""  # one id per training from scratch; a resume keeps it
     _last_save: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
@@ -181,6 +183,8 @@ class Checkpointer:
         if self.policy.keep < 1:
             raise ValueError(f"keep_checkpoints must be >= 1, got {self.policy.keep}")
         self.resumed = self.latest()
+        self.lineage = (self.resumed.lineage if self.resumed and self.resumed.lineage
+                        else uuid.uuid4().hex)
         if self.resumed is not None and rank_world()[0] == 0:
             print(f"checkpoint: {self.stage} resuming from step {self.resumed.step} "
                   f"({self.resumed.directory})", flush=True)
@@ -207,7 +211,8 @@ class Checkpointer:
         newest = found[-1]
         meta = json.loads((newest / META_FILE).read_text())
         return Loaded(int(meta["step"]), meta["phase"], int(meta["local_step"]),
-                      meta.get("context", {}), newest, bool(meta.get("boundary")))
+                      meta.get("context", {}), newest, bool(meta.get("boundary")),
+                      str(meta.get("lineage", "")))
 
     def _index(self) -> list[dict[str, Any]]:
         from r1vflow.storage.store import ArtifactIncomplete
@@ -272,7 +277,8 @@ class Checkpointer:
         target = self.root / f"step-{step:06d}"
         if rank == 0:
             meta = {"stage": self.stage, "step": step, "phase": phase, "local_step": local_step,
-                    "boundary": boundary, "context": dict(context), "created_at": time.time()}
+                    "boundary": boundary, "context": dict(context), "created_at": time.time(),
+                    "lineage": self.lineage}
             write_text(tmp / META_FILE, json.dumps(meta, indent=2, default=float))
             (tmp / MANIFEST_NAME).write_bytes(manifest_bytes(build_manifest(tmp)))
             if target.exists():
