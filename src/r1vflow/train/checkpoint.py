@@ -399,3 +399,28 @@ class PhaseCheckpoint:
                        directory / f"loop-rank{rank}.pt")
 
         return self.owner.save(global_step, self.name, local_step, self.context, write)
+
+
+# --------------------------------------------------------------------------- epoch loops
+
+
+def restore_epoch_position(checkpoint: PhaseCheckpoint | None, engine,
+                           generator: torch.Generator) -> tuple[int, int, dict[str, Any]]:
+    """For loops over shuffled epochs: (first epoch, batches of it already done, the rest of
+    the loop's state) after restoring `checkpoint`; (0, 0, {}) when starting fresh. The
+    shuffling `generator` is put back to where that epoch's permutation was drawn."""
+    restored = checkpoint.restore(engine) if checkpoint is not None else None
+    if restored is None:
+        return 0, 0, {}
+    generator.set_state(restored["epoch_generator"])
+    return int(restored["epoch"]), int(restored["batch"]), restored
+
+
+def save_epoch_position(checkpoint: PhaseCheckpoint | None, engine, step: int, total: int,
+                        epoch: int, batch: int, epoch_generator: torch.Tensor,
+                        **state: Any) -> None:
+    """After optimizer step `step` of `total` (batch `batch` of `epoch` done): let the policy
+    decide whether to save; `state` is the loop's own (losses, counters)."""
+    if checkpoint is not None:
+        position = {"epoch": epoch, "batch": batch, "epoch_generator": epoch_generator, **state}
+        checkpoint.step(step, engine, lambda: position, last=step == total)

@@ -24,7 +24,11 @@ from transformers import PreTrainedTokenizerBase
 
 from r1vflow.models.reward import RewardModel, ScoreCalibration, encode_reward_batch
 from r1vflow.models.vlm import num_image_tokens
-from r1vflow.train.checkpoint import PhaseCheckpoint
+from r1vflow.train.checkpoint import (
+    PhaseCheckpoint,
+    restore_epoch_position,
+    save_epoch_position,
+)
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 PairItem = tuple[str, str, str, torch.Tensor]  # question, chosen, rejected, pixel_values [3,H,W]
@@ -151,12 +155,8 @@ def train_reward(
     losses: list[float] = []
     accuracies: list[float] = []
     start = time.perf_counter()
-    first_epoch, skip = 0, 0
-    restored = checkpoint.restore(engine) if checkpoint is not None else None
-    if restored is not None:
-        generator.set_state(restored["epoch_generator"])
-        first_epoch, skip = int(restored["epoch"]), int(restored["batch"])
-        losses, accuracies = list(restored["losses"]), list(restored["accuracies"])
+    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
+    losses, accuracies = list(restored.get("losses", [])), list(restored.get("accuracies", []))
     total = epochs * steps_per_epoch
     with training_progress(progress) as bar:
         task = bar.add_task("reward", total=total, completed=len(losses), loss=float("nan"),
@@ -192,12 +192,8 @@ def train_reward(
                             "epoch": float(epoch),
                         },
                     )
-                if checkpoint is not None:
-                    position = {"epoch": epoch, "batch": index + 1,
-                                "epoch_generator": epoch_generator}
-                    checkpoint.step(len(losses), engine, lambda p=position: {
-                        **p, "losses": losses, "accuracies": accuracies},
-                        last=len(losses) == total)
+                save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
+                                    epoch_generator, losses=losses, accuracies=accuracies)
     engine.release()
     model.eval()
     return {

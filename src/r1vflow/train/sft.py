@@ -21,7 +21,11 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
 from r1vflow.models.vlm import num_image_tokens
-from r1vflow.train.checkpoint import PhaseCheckpoint
+from r1vflow.train.checkpoint import (
+    PhaseCheckpoint,
+    restore_epoch_position,
+    save_epoch_position,
+)
 from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
@@ -111,12 +115,8 @@ def train_sft(
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     tokens, start = 0, time.perf_counter()
-    first_epoch, skip = 0, 0
-    restored = checkpoint.restore(engine) if checkpoint is not None else None
-    if restored is not None:
-        generator.set_state(restored["epoch_generator"])
-        first_epoch, skip = int(restored["epoch"]), int(restored["batch"])
-        losses, tokens = list(restored["losses"]), int(restored["tokens"])
+    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
+    losses, tokens = list(restored.get("losses", [])), int(restored.get("tokens", 0))
     total = epochs * steps_per_epoch
     with training_progress(progress) as bar:
         task = bar.add_task("sft", total=total, completed=len(losses), loss=float("nan"),
@@ -135,12 +135,8 @@ def train_sft(
                 bar.update(task, advance=1, loss=losses[-1], tok_s=tok_s)
                 if on_step is not None:
                     on_step(len(losses), {"loss": losses[-1], **stats, "epoch": float(epoch)})
-                if checkpoint is not None:
-                    state = {"epoch": epoch, "batch": index + 1,
-                             "epoch_generator": epoch_generator, "losses": losses,
-                             "tokens": tokens}
-                    checkpoint.step(len(losses), engine, lambda s=state: s,
-                                    last=len(losses) == total)
+                save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
+                                    epoch_generator, losses=losses, tokens=tokens)
     engine.release().eval()
     seconds = time.perf_counter() - start
     return {
