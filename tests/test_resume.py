@@ -359,3 +359,19 @@ def test_a_kill_between_registering_an_iteration_and_its_checkpoint_registers_no
     assert sorted(int(v.version) for v in versions) == [1, 2, 3]  # iter_0 reused, not doubled
     assert outcome.model_version == "smoke-sft/3"
     assert {str(v.version): v.tags["r1vflow.parent"] for v in versions}["2"] == "smoke-sft/1"
+
+
+def test_a_newer_checkpoint_in_the_store_wins_over_an_older_local_one(tmp_path):
+    """Pod A stopped at step 1; pod B went on to step 2 and uploaded it: A's machine resumes
+    from 2."""
+    from r1vflow.storage import FileStore
+    from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
+
+    store = FileStore(tmp_path / "bucket", show_progress=False)
+    prefix, policy = "artifacts/x/checkpoints/sft/k", CheckpointPolicy(every=1, keep=2)
+    a = Checkpointer("sft", tmp_path / "pod-a", policy, store=store, prefix=prefix)
+    a.save(1, "p", 1, {}, lambda d: (d / "engine.pt").write_text("1"))
+    b = Checkpointer("sft", tmp_path / "pod-b", policy, store=store, prefix=prefix)
+    b.save(2, "p", 2, {}, lambda d: (d / "engine.pt").write_text("2"))
+    again = Checkpointer("sft", tmp_path / "pod-a", policy, store=store, prefix=prefix)
+    assert again.resumed.step == 2 and again.resumed.directory.parent == tmp_path / "pod-a"

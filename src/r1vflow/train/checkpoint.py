@@ -202,10 +202,12 @@ class Checkpointer:
         return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
     def latest(self) -> Loaded | None:
-        """The newest complete checkpoint, locally, else from the object store."""
+        """The newest complete checkpoint: the local one, unless the object store holds a
+        newer one (another machine went further), which is then fetched."""
         found = self._complete()
-        if not found and self.store is not None:
-            found = self._from_store()
+        if self.store is not None:
+            local_step = int(found[-1].name.split("-")[1]) if found else -1
+            found = self._from_store(newer_than=local_step) or found
         if not found:
             return None
         newest = found[-1]
@@ -227,9 +229,9 @@ class Checkpointer:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _from_store(self) -> list[Path]:
+    def _from_store(self, newer_than: int) -> list[Path]:
         index = self._index()
-        if not index:
+        if not index or int(index[-1]["step"]) <= newer_than:
             return []
         newest = index[-1]
         target = self.root / f"step-{int(newest['step']):06d}"
