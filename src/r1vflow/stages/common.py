@@ -149,7 +149,7 @@ class StageContext:
         version."""
         if self.store is None:
             return None
-        from r1vflow.storage import manifest_digest
+        from r1vflow.storage import StoreError, manifest_digest
 
         found = self.tracker.find_version(self.stage, suffix,
                                           {RESUME_TAG: resume_key, STATUS_TAG: "complete"})
@@ -157,7 +157,10 @@ class StageContext:
             return None
         version, tags = found
         uri, digest = tags.get("r1vflow.storage_uri", ""), tags.get("r1vflow.manifest_sha256")
-        manifest = self.store.read_manifest(uri)
+        try:
+            manifest = self.store.read_manifest(uri)
+        except (StoreError, ValueError):  # gone or unreadable: register it anew
+            return None
         if manifest_digest(manifest) != digest:
             return None
         self.published[model_dir] = {"uri": uri, "manifest_sha256": digest,
