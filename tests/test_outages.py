@@ -230,3 +230,22 @@ def test_mlflow_stopped_mid_stage_loses_no_model_and_registers_nothing_half_done
     assert "checkpoint: sft step" not in capsys.readouterr().out
     versions = client.search_model_versions(f"name='{exp_name}-sft'")
     assert [v.tags["r1vflow.status"] for v in versions] == ["complete"]
+
+
+def test_a_stage_task_fails_at_once_naming_an_unreachable_mlflow(tmp_path, monkeypatch):
+    """On a cluster the stage task is what meets the outage: one clear error, no training."""
+    from r1vflow.config import load_experiment
+    from r1vflow.runtime.execute import execute
+
+    uri = f"http://127.0.0.1:{procs.free_port()}"
+    exp = load_experiment(ROOT / "pipelines/configs/smoke.yaml",
+                          [f"tracking.tracking_uri={uri}"])
+    monkeypatch.setenv("R1VFLOW_RUN_DIR", str(tmp_path))
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match=f"MLflow at {uri} is unreachable"):
+        execute("synthesize_data", exp.model_dump_json(), {},
+                {"dataset": str(tmp_path / "dataset")})
+    assert time.monotonic() - started < 30
+    mirrored = json.loads((tmp_path / "stages" / "synthesize_data.json").read_text())
+    assert mirrored["status"] == "failed" and uri in mirrored["error"]
+    assert not (tmp_path / "dataset").exists()

@@ -23,7 +23,7 @@ from r1vflow.stages import StageContext, StageResult
 from r1vflow.storage.atomic import write_text
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
 from r1vflow.storage.settings import tracking_uri_from_env
-from r1vflow.tracking.runs import experiment_name, stage_run
+from r1vflow.tracking.runs import experiment_name, stage_run, unreachable
 
 RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
 
@@ -118,6 +118,9 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
     run_id = None
     try:
         tracking_uri = exp.tracking.tracking_uri or tracking_uri_from_env()
+        problem = unreachable(tracking_uri) if tracking_uri else None
+        if problem:  # at once, instead of MLflow's minutes of retries and a long traceback
+            raise RuntimeError(problem)
         mlflow_experiment = experiment_name(exp.name, exp.tracking.experiment_name)
         # On a cluster: find/create the KFP run's MLflow parent run (no-op locally).
         attach_parent_run(tracking_uri, mlflow_experiment, exp.name, exp.fingerprint())
