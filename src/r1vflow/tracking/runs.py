@@ -92,9 +92,16 @@ def unreachable(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
 
     if not tracking_uri.startswith(("http://", "https://")):
         return None
+    import ssl
+
     url = tracking_uri.rstrip("/") + "/health"
+    context = None  # TLS as MLflow's own client is told to do it
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl._create_unverified_context()  # noqa: S323 (the user asked for it)
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
     try:
-        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:  # noqa: S310
             if response.status < 500:
                 return None
             reason = f"HTTP {response.status}"
