@@ -20,6 +20,7 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
@@ -222,7 +223,7 @@ def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
             result = {"stage": stage, "status": "not_run", "seconds": 0.0, "metrics": {}}
         entries[stage] = {k: result.get(k) for k in (
             "status", "seconds", "metrics", "model_uri", "model_version", "mlflow_run_id",
-            "cached", "error") if result.get(k) is not None}
+            "cached", "error", "unlogged_metrics") if result.get(k) is not None}
     return entries
 
 
@@ -284,25 +285,69 @@ def _kfp_runner(runner: str, output_dir: Path, images: dict[str, str]):
         yield kfp_runner
 
 
+class RunRefused(RuntimeError):
+    """The run cannot start: its output dir is in use, or MLflow is unreachable (exit 2)."""
+
+
 def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = None,
               quiet: bool = False, overrides: list[str] | None = None,
               applied: list[str] | None = None, verbose: bool = False,
-              runner: str = "subprocess") -> dict[str, Any]:
+              runner: str = "subprocess",
+              announce: Callable[[], None] | None = None) -> dict[str, Any]:
     """Run the DAG. `overrides` go to the pipeline's `overrides` parameter (applied and
     validated by its configure task, as in a KFP UI run); `applied` are the `--set` values
     already in `exp`, recorded on the parent run like the others. Task logs go to
     `<output-dir>/logs/`; the console gets a line per stage, or with `verbose` everything
     (`quiet` is the old name of the default and does nothing). `runner`: "subprocess", or
-    "docker" for each task in its component's image (r1vflow.pipelines.containers)."""
+    "docker" for each task in its component's image (r1vflow.pipelines.containers).
+
+    The output dir is locked for the run (flock: a killed run leaves no lock behind); a
+    second run into it raises RunRefused at once, and so does an unreachable MLflow server
+    (after writing summary.json). summary.json is written atomically before the MLflow
+    parent run is closed, whatever MLflow does then. `announce()` is called once the run
+    passed those checks (the CLI prints its header line there)."""
+    from r1vflow.storage.atomic import OutputDirBusy, output_lock
+
+    output_dir = output_dir.resolve()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with output_lock(output_dir):
+            return _run_locked(exp, output_dir, experiment_file, overrides, applied, verbose,
+                               announce, runner)
+    except OutputDirBusy as err:
+        raise RunRefused(str(err)) from None
+
+
+def _refuse(exp: Experiment, output_dir: Path, tracking_uri: str, error: str) -> RunRefused:
+    """summary.json of a run that could not start, and the error to raise."""
+    from r1vflow.storage.atomic import write_text
+
+    summary = {"status": "failed", "experiment": exp.name, "error": error,
+               "config_fingerprint": exp.fingerprint(), "seconds": 0.0,
+               "output_dir": str(output_dir),
+               "mlflow": {"tracking_uri": tracking_uri},
+               "stages": {s: {"status": "not_run", "seconds": 0.0, "metrics": {}}
+                          for s in exp.stages()}}
+    write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
+    return RunRefused(error)
+
+
+def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
+                overrides: list[str] | None, applied: list[str] | None,
+                verbose: bool, announce: Callable[[], None] | None,
+                runner: str) -> dict[str, Any]:
     from kfp import local
 
     started = time.time()
-    output_dir = output_dir.resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "stages").mkdir(exist_ok=True)
     for stale in (output_dir / "stages").glob("*.json"):
         stale.unlink()
     tracking_uri = tracking.default_tracking_uri(output_dir, exp.tracking.tracking_uri)
+    problem = tracking.unreachable(tracking_uri)
+    if problem:
+        raise _refuse(exp, output_dir, tracking_uri, problem)
+    if announce is not None:
+        announce()
     mlflow_experiment = tracking.experiment_name(exp.name, exp.tracking.experiment_name)
     commit = tracking.git_commit()
     fingerprint = exp.fingerprint()
@@ -369,11 +414,29 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     configure = output_dir / "stages" / "configure.json"
     if configure.exists():  # the overrides were refused: no stage ran
         summary["error"] = "configure: " + json.loads(configure.read_text())["error"]
-    summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
+    return _finish(summary, tracking_uri, parent_id, output_dir)
+
+
+def _finish(summary: dict[str, Any], tracking_uri: str, parent_id: str,
+            output_dir: Path) -> dict[str, Any]:
+    """Promotion state, summary.json (atomically, first), then the MLflow parent run; an
+    MLflow failure here is recorded in summary.json and loses nothing."""
+    from r1vflow.storage.atomic import write_text
+
+    stages, status = summary["stages"], summary["status"]
+    try:
+        summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
+    except Exception as err:  # noqa: BLE001 (MLflow down at the end)
+        summary["promotion"] = {"error": f"{type(err).__name__}: {err}"[:300]}
+    write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
     final_metrics = {k: v for s in stages.values() for k, v in s.get("metrics", {}).items()
                      if k.startswith("accuracy/")}
-    tracking.finish_parent_run(tracking_uri, parent_id, status,
-                               {**final_metrics, "pipeline_seconds": seconds},
-                               {"r1vflow.status": status})
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        tracking.finish_parent_run(tracking_uri, parent_id, status,
+                                   {**final_metrics, "pipeline_seconds": summary["seconds"]},
+                                   {"r1vflow.status": status})
+    except Exception as err:  # noqa: BLE001
+        summary["mlflow"]["error"] = (f"the parent run was not closed: "
+                                      f"{type(err).__name__}: {err}")[:300]
+        write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -5,9 +5,21 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see r1vflow.cli
 
+import tempfile
+
 import pytest
 
 from r1vflow.config import load_experiment
+
+# Resumable checkpoints are found by content (stage, config, input digests): tests that train
+# the same stage on the same inputs must not resume from each other's, so each test (and the
+# session's shared fixtures) gets its own checkpoint dir.
+os.environ["R1VFLOW_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="r1vflow-test-checkpoints-")
+
+
+@pytest.fixture(autouse=True)
+def _own_checkpoint_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("R1VFLOW_CHECKPOINT_DIR", str(tmp_path / "resumable-checkpoints"))
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = ROOT / "pipelines" / "configs"

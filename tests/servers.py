@@ -91,3 +91,47 @@ def read_tree(root: Path, skip: tuple[str, ...] = ("_r1vflow_manifest.json",)) -
         for p in sorted(root.rglob("*"))
         if p.is_file() and p.relative_to(root).as_posix() not in skip
     }
+
+
+@dataclass
+class MlflowServer:
+    """One `mlflow server` (SQLite store under `root`) on a fixed free loopback port, so that
+    it can be killed mid-stage and started again at the same address with the same data."""
+
+    root: Path
+    port: int = field(default_factory=procs.free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 120.0) -> MlflowServer:
+        import os
+        import sys
+        import time
+        import urllib.request
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+               f"sqlite:///{self.root / 'mlflow.db'}", "--default-artifact-root",
+               str(self.root / "artifacts"), "--host", "127.0.0.1", "--port", str(self.port),
+               "--workers", "1"]
+        self.proc = procs.spawn(cmd, self.root / "mlflow.log", env=env, cwd=self.root)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, procs.tail(self.root / "mlflow.log")
+            try:
+                with urllib.request.urlopen(f"{self.uri}/health", timeout=2):
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise TimeoutError(f"mlflow server not ready: {procs.tail(self.root / 'mlflow.log')}")
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers, as a crash would."""
+        if self.proc and self.proc.poll() is None:
+            procs.stop(self.proc.pid, [str(self.root)], timeout_s=10, sig=signal.SIGKILL)
+            self.proc.wait(timeout=10)

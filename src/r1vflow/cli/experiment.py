@@ -81,15 +81,18 @@ def register(app: typer.Typer) -> None:
                           highlight=False, soft_wrap=True)
             raise typer.Exit(2)
         out = output_dir or Path("runs") / exp.name
-        console.print(f"[bold]r1vflow[/bold] running {exp.name} "
-                      f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
+
+        def announce() -> None:
+            console.print(f"[bold]r1vflow[/bold] running {exp.name} "
+                          f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
         from r1vflow.pipelines.containers import ContainerError
+        from r1vflow.pipelines.local_run import RunRefused
         from r1vflow.storage.store import StoreConfigError
 
         try:
             summary = run_local(exp, out, experiment_file=str(config), applied=set_,
-                                verbose=verbose, runner=runner)
-        except (StoreConfigError, ContainerError) as err:  # e.g. credentials in the URI
+                                verbose=verbose, runner=runner, announce=announce)
+        except (StoreConfigError, ContainerError, RunRefused) as err:  # e.g. MLflow down
             console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         _print_summary(summary)

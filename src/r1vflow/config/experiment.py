@@ -39,6 +39,7 @@ def is_slice(info: ValidationInfo) -> bool:
 # Resources only place the work (node pool, GPU count, retries); the recipe is the same.
 _NOT_FINGERPRINTED = ("name", "description", "tracking", "storage", "cluster", "schedule",
                       "resources")
+_NOT_FINGERPRINTED_STAGE_FIELDS = ("checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
 # --------------------------------------------------------------------------- experiment
 
@@ -170,5 +171,9 @@ class Experiment(Strict):
     def fingerprint(self) -> str:
         """sha256 of the resolved config, ignoring fields that do not change what is computed."""
         data = self.model_dump(mode="json", exclude=set(_NOT_FINGERPRINTED))
+        for section in data.values():  # when to checkpoint does not change what is trained
+            if isinstance(section, dict):
+                for key in _NOT_FINGERPRINTED_STAGE_FIELDS:
+                    section.pop(key, None)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()

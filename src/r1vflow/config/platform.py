@@ -142,6 +142,10 @@ class StorageConfig(Strict):
     secure: bool = Field(
         False, description="TLS to the S3 endpoint (an https:// endpoint implies it); "
                            "$R1VFLOW_S3_SECURE overrides it.")
+    retry_budget_s: float = Field(
+        120.0, gt=0, description="How long a stage keeps retrying an unreachable S3 server "
+                                 "(publishing its model, fetching inputs) before it fails; "
+                                 "$R1VFLOW_S3_RETRY_BUDGET_S overrides it.")
 
     _redact = model_validator(mode="before")(
         lambda data: _redacted_fields(data, ("endpoint",)))

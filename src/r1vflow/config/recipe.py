@@ -185,6 +185,14 @@ class TrainSettings(Strict):
     val_limit: int = Field(256, gt=0, description="Val samples generated for val_accuracy/*.")
     val_max_new_tokens: int = Field(64, gt=0, description="Completion budget of validation.")
     val_batch_size: int = Field(64, gt=0, description="Prompts per validation generate call.")
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint (model, optimizer, scheduler, "
+                                "data position, RNG) every N optimizer steps; None: by time only.")
+    checkpoint_minutes: float | None = Field(
+        30.0, gt=0, description="Save a resumable checkpoint when this many minutes passed "
+                                "since the last one; None: by steps only. Every phase's last "
+                                "step is saved too (docs/reliability.md).")
+    keep_checkpoints: int = Field(2, ge=1, description="Newest resumable checkpoints kept.")
 
 
 class TrainConfig(TrainSettings):
@@ -455,7 +463,8 @@ class GRPOConfig(TrainConfig):
     rollout: Literal["transformers", "vllm"] = Field(
         "transformers", description="Rollout backend; vllm needs a GPU and the 'gpu' extra.")
     checkpoint_every: int | None = Field(
-        None, ge=1, description="Save a checkpoint every N steps; None: final model only.")
+        None, ge=1, description="Every N steps: save a resumable checkpoint and the policy as a "
+                                "model in the checkpoints/ output; None: by time only.")
 
     @model_validator(mode="after")
     def _grpo_consistent(self) -> GRPOConfig:

@@ -37,16 +37,10 @@ def split_file(split: Split) -> str:
 
 # ----------------------------------------------------------------------------- writing
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary dot-file in the same directory + rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write ``data`` to ``path`` atomically (r1vflow.storage.atomic, the one helper)."""
+    from r1vflow.storage.atomic import write_bytes
+
+    write_bytes(path, data, durable=False)
 
 
 def write_jsonl(path: str | os.PathLike[str], records: Iterable[BaseModel]) -> int:
@@ -97,8 +91,13 @@ def _load_jsonl(path: Path, model: type[RecordT]) -> list[RecordT]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file (is this a data set directory?)")
     records = []
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{number}: not UTF-8 text ({err.reason} at byte "
+                                 f"{err.start}); rewrite the file as UTF-8 JSON lines") from None
             if not line.strip():
                 continue
             try:

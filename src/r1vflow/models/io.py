@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from r1vflow.storage.atomic import atomic_dir, write_text
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -85,19 +87,20 @@ def save_model(
     except ValidationError as err:
         raise ValueError(f"invalid model metadata for {out_dir}: {err}") from err
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(out)
-    from r1vflow.models.families import PROCESSOR_ATTR
+    with atomic_dir(out) as tmp:  # a killed save leaves the old directory, never half a model
+        model.save_pretrained(tmp)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        from r1vflow.models.families import PROCESSOR_ATTR
 
-    processor = getattr(model, PROCESSOR_ATTR, None)
-    if processor is not None:  # the family's image processor travels with the weights
-        processor.save_pretrained(out)
-    unsafe = [p.name for p in out.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
-    if unsafe:
-        raise RuntimeError(f"save_pretrained wrote non-safetensors weights in {out}: {unsafe}")
-    (out / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
+        processor = getattr(model, PROCESSOR_ATTR, None)
+        if processor is not None:  # the family's image processor travels with the weights
+            processor.save_pretrained(tmp)
+        unsafe = [p.name for p in tmp.iterdir() if p.suffix in {".bin", ".pt", ".pth", ".pkl"}]
+        if unsafe:
+            raise RuntimeError(f"save_pretrained wrote non-safetensors weights in {out}: "
+                               f"{unsafe}")
+        (tmp / METADATA_FILE).write_text(meta.model_dump_json(indent=2) + "\n")
     return out
 
 
@@ -119,10 +122,8 @@ def read_metadata(model_dir: str | Path) -> dict[str, Any]:
 
 def write_metadata(model_dir: str | Path, meta: dict[str, Any]) -> None:
     """Validate and atomically rewrite `r1vflow_model.json`."""
-    path = Path(model_dir) / METADATA_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(ModelMetadata(**meta).model_dump_json(indent=2) + "\n")
-    tmp.replace(path)
+    write_text(Path(model_dir) / METADATA_FILE,
+               ModelMetadata(**meta).model_dump_json(indent=2) + "\n")
 
 
 def parent_version(model_dir: str | Path) -> str | None:

@@ -208,18 +208,22 @@ def save_reward_model(
     calibration: ScoreCalibration | None,
 ) -> Path:
     """Write the VLM (safetensors + metadata), the value head and its config to `out_dir`."""
-    out = save_model(model.vlm, tokenizer, out_dir, metadata)
-    head = {k: v.detach().cpu().contiguous() for k, v in model.value_head.state_dict().items()}
-    save_file(head, str(out / HEAD_WEIGHTS))
-    config = {
-        "hidden_size": model.value_head.linear.in_features,
-        "likelihood_term": model.likelihood_term,
-        "calibration": None
-        if calibration is None
-        else {"low": calibration.low, "high": calibration.high},
-    }
-    (out / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return out
+    from r1vflow.storage.atomic import atomic_dir
+
+    with atomic_dir(out_dir) as out:  # whole or not at all
+        save_model(model.vlm, tokenizer, out, metadata)
+        head = {k: v.detach().cpu().contiguous()
+                for k, v in model.value_head.state_dict().items()}
+        save_file(head, str(out / HEAD_WEIGHTS))
+        config = {
+            "hidden_size": model.value_head.linear.in_features,
+            "likelihood_term": model.likelihood_term,
+            "calibration": None
+            if calibration is None
+            else {"low": calibration.low, "high": calibration.high},
+        }
+        (out / HEAD_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    return Path(out_dir)
 
 
 def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, ScoreCalibration | None]:

@@ -42,6 +42,7 @@ from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.rewards import HybridReward
 from r1vflow.rl.rollout import RolloutBackend
 from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
+from r1vflow.train.checkpoint import PhaseCheckpoint
 from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
@@ -107,6 +108,13 @@ class _PromptSampler:
         self.n, self.k = n, k
         self.rng = np.random.default_rng(seed)
         self.order: list[int] = []
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state, "order": list(self.order)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = [int(i) for i in state["order"]]
 
     def next(self) -> list[int]:
         while len(self.order) < self.k:
@@ -363,6 +371,33 @@ def grpo_settings(cfg: GRPOConfig) -> dict[str, Any]:
     return {name: getattr(cfg, name) for name in GRPO_SETTINGS}
 
 
+def _loop_state(result: GRPOResult, sampler: _PromptSampler,
+                ssb: SelectiveSampleBuffer | None, monitor: RewardMonitor | None) -> dict:
+    """Everything the loop needs to go on after a restart (plain values and tensors)."""
+    return {"history": result.history, "stop_reason": result.stop_reason,
+            "saved": [str(p) for p in result.checkpoints], "sampler": sampler.state_dict(),
+            "ssb": ssb.state_dict() if ssb is not None else None,
+            "monitor": monitor.state_dict() if monitor is not None else None}
+
+
+def _restore_loop(state: dict | None, result: GRPOResult, sampler: _PromptSampler,
+                  ssb: SelectiveSampleBuffer | None, monitor: RewardMonitor | None,
+                  prompts: Sequence[GRPOPrompt], steps: int) -> int:
+    """Put a checkpoint's loop state back; returns the first step still to run."""
+    if state is None:
+        return 1
+    result.history[:] = state["history"]
+    result.stop_reason = state["stop_reason"]
+    result.checkpoints[:] = [Path(p) for p in state["saved"]]
+    sampler.load_state_dict(state["sampler"])
+    if ssb is not None and state["ssb"] is not None:
+        by_id = {p.id: p for p in prompts}
+        ssb.load_state_dict(state["ssb"], by_id.__getitem__)
+    if monitor is not None and state["monitor"] is not None:
+        monitor.load_state_dict(state["monitor"])
+    return steps + 1 if result.stop_reason else len(result.history) + 1
+
+
 def train_grpo(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -390,6 +425,7 @@ def train_grpo(
     checkpoint_every: int | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_metadata: dict | None = None,
+    checkpoint: PhaseCheckpoint | None = None,
     on_step: StepCallback | None = None,
     progress: bool = True,
 ) -> GRPOResult:
@@ -402,6 +438,8 @@ def train_grpo(
     "reward_model" feed the metrics and the monitor. `ssb=None` disables the buffer.
     Checkpoints (safetensors, `save_model`) go to checkpoint_dir/step-NNNNNN every
     `checkpoint_every` steps with `checkpoint_metadata` (stage, parent, config_fingerprint).
+    `checkpoint` (r1vflow.train.checkpoint) saves and restores the whole loop state (engine,
+    RNG, prompt sampler, SSB contents, monitor window, history) so that a killed run resumes.
     `on_step(step, metrics)` is called on rank 0 after every step. Returns the history, a
     `summarize` summary and the monitor's stop reason if it stopped the run.
     """
@@ -418,9 +456,14 @@ def train_grpo(
     sampler = _PromptSampler(len(prompts), prompts_per_step, seed + 7919 * rank)
     history: list[dict[str, float]] = []
     result = GRPOResult(history=history, summary={})
+    restored = checkpoint.restore(engine) if checkpoint is not None else None
+    first = _restore_loop(restored, result, sampler, ssb, monitor, prompts, steps)
+    if restored is not None:
+        rollout.sync(engine.module)
     with training_progress(progress and rank == 0) as bar:
-        task = bar.add_task("grpo", total=steps, loss=float("nan"), tok_s=0.0)
-        for step in range(1, steps + 1):
+        task = bar.add_task("grpo", total=steps, completed=first - 1, loss=float("nan"),
+                            tok_s=0.0)
+        for step in range(first, steps + 1):
             batch = [prompts[i] for i in sampler.next()]
             metrics = _grpo_step(engine, ref, rollout, reward, batch, opt, ssb, group_size,
                                  scale_by_std, step, seed * 1_000_003 + step * 7_919 + rank)
@@ -442,6 +485,9 @@ def train_grpo(
                 path = checkpoint_dir / f"step-{step:06d}"
                 meta = {**(checkpoint_metadata or {}), "extra": {"step": step}}
                 result.checkpoints.append(save_model(engine.module, tokenizer, path, meta))
+            if checkpoint is not None:
+                checkpoint.step(step, engine, lambda: _loop_state(result, sampler, ssb, monitor),
+                                last=step == steps or stop)
             if stop:
                 break
     engine.release()

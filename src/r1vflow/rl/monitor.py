@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the config section is only read (duck-typed): no pydantic import at run time
     from r1vflow.config import MonitorConfig
@@ -99,6 +99,19 @@ class RewardMonitor:
         t = cfg.thresholds
         return cls(cfg.window, t.rm_rise, t.format_drop, t.accuracy_min_rise, cfg.stop_on_flag,
                    cfg.patience, t.rm_accuracy_gap)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The window, the best format mean and the flag streaks (for a checkpoint)."""
+        return {"accuracy": list(self._accuracy), "format": list(self._format),
+                "rm": list(self._rm), "best_format": self._best_format,
+                "streak": dict(self._streak)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name in ("accuracy", "format", "rm"):
+            getattr(self, f"_{name}").clear()
+            getattr(self, f"_{name}").extend(float(v) for v in state[name])
+        self._best_format = state["best_format"]
+        self._streak = {k: int(v) for k, v in state["streak"].items()}
 
     def update(
         self, step: int, accuracy: float, format_rate: float, rm_score: float | None = None

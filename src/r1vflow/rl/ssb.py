@@ -23,7 +23,7 @@ Deterministic given ``seed``.
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -129,6 +129,21 @@ class SelectiveSampleBuffer:
     def entries(self) -> list[Entry]:
         """A copy of the buffered entries."""
         return list(self._entries)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The buffer's contents and sampling RNG as plain values (for a checkpoint); prompts
+        are kept by `prompt_id` only and come back through `load_state_dict`'s `prompt_of`."""
+        return {"rng": self._rng.bit_generator.state,
+                "entries": [{"prompt_id": e.prompt_id, "response": e.response,
+                             "old_logprobs": e.old_logprobs, "advantage": e.advantage,
+                             "step": e.step} for e in self._entries]}
+
+    def load_state_dict(self, state: dict[str, Any], prompt_of: Callable[[Any], Any]) -> None:
+        """Restore `state_dict()`'s output; `prompt_of(prompt_id)` gives each entry's prompt."""
+        self._rng.bit_generator.state = state["rng"]
+        self._entries = [Entry(e["prompt_id"], prompt_of(e["prompt_id"]), e["response"],
+                               e["old_logprobs"], float(e["advantage"]), int(e["step"]))
+                         for e in state["entries"]]
 
     def add(self, samples: Sequence[Candidate], step: int) -> int:
         """Buffer the samples with |advantage| > eps (log-probs detached, on CPU), then evict

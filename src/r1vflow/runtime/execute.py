@@ -20,9 +20,10 @@ from r1vflow.config.slicing import experiment_from_slice
 from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch_dir
 from r1vflow.runtime.launch import run_stage
 from r1vflow.stages import StageContext, StageResult
+from r1vflow.storage.atomic import write_text
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
 from r1vflow.storage.settings import tracking_uri_from_env
-from r1vflow.tracking.runs import experiment_name, stage_run
+from r1vflow.tracking.runs import experiment_name, stage_run, unreachable
 
 RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
 
@@ -41,10 +42,10 @@ def _write_kfp_outputs(result: StageResult, metrics_artifact: Any, report_artifa
         # kfp.local treats an output artifact without a file as missing and never serves the task
         # from its cache; KFP on a cluster uploads this file alongside the metadata.
         Path(metrics_artifact.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(metrics_artifact.path).write_text(json.dumps(result.metrics, indent=2, sort_keys=True))
+        write_text(metrics_artifact.path, json.dumps(result.metrics, indent=2, sort_keys=True))
     if report_artifact is not None:
         Path(report_artifact.path).parent.mkdir(parents=True, exist_ok=True)
-        Path(report_artifact.path).write_text(report or f"# {result.stage}\n\n(no report)\n")
+        write_text(report_artifact.path, report or f"# {result.stage}\n\n(no report)\n")
 
 
 def _mirror(result: StageResult) -> None:
@@ -52,7 +53,7 @@ def _mirror(result: StageResult) -> None:
     if run_dir:
         out = Path(run_dir) / "stages"
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"{result.stage}.json").write_text(result.model_dump_json(indent=2))
+        write_text(out / f"{result.stage}.json", result.model_dump_json(indent=2))
 
 
 def tracking_env(exp: Experiment) -> str | None:
@@ -75,6 +76,22 @@ def _log_dataset_input(ctx: StageContext) -> None:
         ctx.tracker.log_dataset(f"{ctx.exp.name}-{kind}", digest, str(dataset), "training")
 
 
+def _copy_with_pointers(work: Path, real: Path, published: dict[Path, dict]) -> None:
+    """Copy `work` into the KFP artifact `real`, with a pointer file in place of every
+    directory that was published (a model, sft's iterations, grpo's checkpoints): the bytes
+    stay in the object store."""
+    pointer = published.get(work.resolve())
+    if pointer is not None:
+        write_pointer(real, pointer)
+        return
+    real.mkdir(parents=True, exist_ok=True)
+    for child in sorted(work.iterdir()):
+        if child.is_dir():
+            _copy_with_pointers(child, real / child.name, published)
+        else:
+            shutil.copy2(child, real / child.name)
+
+
 def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
                     model_dir: Path | None) -> str | None:
     """Move scratch outputs into their KFP artifacts: a pointer for what was published, the
@@ -83,11 +100,7 @@ def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
         work = ctx.outputs[name].resolve()
         if work == real.resolve():
             continue
-        pointer = ctx.published.get(work)
-        if pointer is not None:
-            write_pointer(real, pointer)
-        else:
-            shutil.copytree(work, real, dirs_exist_ok=True)
+        _copy_with_pointers(work, real, ctx.published)
         shutil.rmtree(work, ignore_errors=True)
     if model_dir is None:
         return None
@@ -106,6 +119,9 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
     run_id = None
     try:
         tracking_uri = exp.tracking.tracking_uri or tracking_uri_from_env()
+        problem = unreachable(tracking_uri) if tracking_uri else None
+        if problem:  # at once, instead of MLflow's minutes of retries and a long traceback
+            raise RuntimeError(problem)
         mlflow_experiment = experiment_name(exp.name, exp.tracking.experiment_name)
         # On a cluster: find/create the KFP run's MLflow parent run (no-op locally).
         attach_parent_run(tracking_uri, mlflow_experiment, exp.name, exp.fingerprint())
@@ -134,9 +150,10 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
             seconds = time.time() - started
             tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
+            unlogged = tracker.reconcile()  # buffered during an MLflow outage
         result = StageResult(
             stage=stage, status="succeeded", seconds=round(seconds, 3), metrics=outcome.metrics,
-            model_uri=model_uri,
+            model_uri=model_uri, unlogged_metrics=unlogged or None,
             model_version=outcome.model_version, mlflow_run_id=run_id,
             outputs={k: str(v) for k, v in outputs.items()},
             task_dir=str(Path(metrics.path).parent) if metrics is not None else None,

@@ -54,7 +54,11 @@ def run(ctx: StageContext) -> StageOutcome:
     captions = load_captions(dataset)
     pixels = _PixelCache(base, dataset, exp.data.image_size)
     val_items = pixels.items([(s.question, s.response(), s.image) for s in val])
-    metrics: dict[str, float] = {}
+    ck = ctx.checkpointer()
+    # What is done (sub-stages, the transfer, align) and its metrics, saved with every
+    # checkpoint: a rerun skips it.
+    state = {"done": [], "metrics": {}, "steps": 0, **(ck.resumed.context if ck.resumed else {})}
+    metrics: dict[str, float] = state["metrics"]
 
     def evaluate(vlm, label: str) -> None:
         metrics[f"val_loss/{label}"] = eval_loss(vlm, tokenizer, val_items, cfg.batch_size,
@@ -64,23 +68,36 @@ def run(ctx: StageContext) -> StageOutcome:
         metrics[f"val_accuracy/{label}"] = scored["accuracy"]
         metrics[f"val_format_rate/{label}"] = scored["format_rate"]
 
-    for sub in cfg.substages:  # step 1: MLP only, substitute LLM
-        texts = alignment_texts(sub.data, captions, train, sub.fraction, sub.limit,
-                                f"{cfg.seed}:{sub.name}")
-        stats = _train_projector(ctx, model, tokenizer, pixels.items(texts), sub.lr, sub.epochs,
-                                 f"substitute/{sub.name}")
-        metrics[f"train_loss/{sub.name}"] = stats["loss"]
-        metrics[f"train_size/{sub.name}"] = float(len(texts))
-    evaluate(model, "substitute")
-    model = place(transfer_projector(model, base, tokenizer))  # step 2: re-assembly, no tuning
-    evaluate(model, "transferred")
+    def fit(name: str, data, fraction, limit, lr, epochs, tag: str, next_phase: str) -> None:
+        if name in state["done"]:
+            return
+        texts = alignment_texts(data, captions, train, fraction, limit, f"{cfg.seed}:{name}")
+        stats = _train_projector(ctx, model, tokenizer, pixels.items(texts), lr, epochs, tag,
+                                 ck.phase(name, state["steps"], state))
+        state["steps"] += int(stats["steps"])
+        metrics[f"train_loss/{name}"] = stats["loss"]
+        metrics[f"train_size/{name}"] = float(len(texts))
+        state["done"].append(name)
+        ck.save_boundary(state["steps"], next_phase, model, state)
+
+    if "transferred" in state["done"]:
+        model = place(transfer_projector(model, base, tokenizer))
+    ck.load_model(model)  # resumed between phases: the model as that boundary saved it
+    names = [sub.name for sub in cfg.substages]
+    for i, sub in enumerate(cfg.substages):  # step 1: MLP only, substitute LLM
+        fit(sub.name, sub.data, sub.fraction, sub.limit, sub.lr, sub.epochs,
+              f"substitute/{sub.name}", names[i + 1] if i + 1 < len(names) else "transfer")
+    if "transferred" not in state["done"]:
+        evaluate(model, "substitute")
+        model = place(transfer_projector(model, base, tokenizer))  # step 2: re-assembly, no tuning
+        evaluate(model, "transferred")
+        state["done"].append("transferred")
+        ck.save_boundary(state["steps"], "align", model, state)
     align = cfg.align  # step 3: MLP only, reasoning LLM
-    texts = alignment_texts(align.data, captions, train, align.fraction, align.limit,
-                            f"{cfg.seed}:align")
-    stats = _train_projector(ctx, model, tokenizer, pixels.items(texts), align.lr, align.epochs,
-                             "align")
-    metrics.update({"train_loss/align": stats["loss"], "train_size/align": float(len(texts))})
+    fit("align", align.data, align.fraction, align.limit, align.lr, align.epochs, "align",
+          "aligned")
     evaluate(model, "aligned")
+    metrics["resumed_from_step"] = float(ck.resumed_from_step)
 
     out = save_model(model, tokenizer, ctx.outputs["model"], {
         "stage": "align_projector", "parent": str(base_dir),
@@ -92,7 +109,7 @@ def run(ctx: StageContext) -> StageOutcome:
 
 
 def _train_projector(ctx: StageContext, model, tokenizer, items, lr: float, epochs: int,
-                     tag: str) -> dict[str, float]:
+                     tag: str, checkpoint=None) -> dict[str, float]:
     """Train only the projector of `model` on `items` (question, response, pixels [3,H,W])."""
     cfg = ctx.exp.align_projector
     set_trainable(model, {"projector"})
@@ -103,7 +120,7 @@ def _train_projector(ctx: StageContext, model, tokenizer, items, lr: float, epoc
     return train_sft(model, tokenizer, items, epochs=epochs, batch_size=cfg.batch_size, lr=lr,
                      weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
                      max_length=cfg.max_length, seed=cfg.seed, on_step=on_step, progress=True,
-                     backend=cfg.backend, zero_stage=cfg.zero_stage)
+                     backend=cfg.backend, zero_stage=cfg.zero_stage, checkpoint=checkpoint)
 
 
 class _PixelCache:

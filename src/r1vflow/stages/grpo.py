@@ -47,6 +47,7 @@ from r1vflow.rl.rewards import (
 from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
+from r1vflow.storage.atomic import write_text
 
 
 def reward_model_score_fn(scorer: RewardScorer):
@@ -150,11 +151,15 @@ def run(ctx: StageContext) -> StageOutcome:
         model, tokenizer, prompts, reward, rollout, **grpo_settings(cfg), ssb=ssb,
         monitor=monitor,
         checkpoint_dir=ctx.outputs.get("checkpoints") if cfg.checkpoint_every else None,
-        checkpoint_metadata=meta, on_step=on_step, progress=True)
+        checkpoint_metadata=meta, checkpoint=ctx.checkpointer().phase("train"),
+        on_step=on_step, progress=True)
     scored, _ = score_model(model, tokenizer, val[:cfg.val_limit], dataset,
                             exp.data.image_size, max_new_tokens=cfg.val_max_new_tokens,
                             batch_size=cfg.val_batch_size)
     _write_checkpoint_index(ctx, result)
+    for path in result.checkpoints:  # with an object store: pointers in the KFP artifact
+        if path.is_dir():
+            ctx.publish(path)
     flags = {**monitor_flags(sft_dir), **{f"grpo/{k}": v for k, v in result.flags.items()}}
     out = save_model(model, tokenizer, ctx.outputs["model"],
                      {**meta, "extra": {"monitor_flags": flags}})
@@ -163,6 +168,7 @@ def run(ctx: StageContext) -> StageOutcome:
         **result.summary, **extra,
         "val_accuracy": scored["accuracy"], "val_format_rate": scored["format_rate"],
         "train_size": float(len(prompts)),
+        "resumed_from_step": float(ctx.checkpointer().resumed_from_step),
         **{f"trainable_params_{k}": float(v) for k, v in trainable.items()},
     }
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
@@ -174,8 +180,8 @@ def _write_checkpoint_index(ctx: StageContext, result: GRPOResult) -> None:
     folder = ctx.outputs.get("checkpoints")
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        names = [p.name for p in result.checkpoints]
-        (folder / "index.json").write_text(json.dumps({"checkpoints": names}, indent=2) + "\n")
+        names = [p.name for p in result.checkpoints if p.is_dir()]  # since a resume: its own
+        write_text(folder / "index.json", json.dumps({"checkpoints": names}, indent=2) + "\n")
 
 
 def _report(name: str, metrics: dict[str, float], result: GRPOResult) -> str:

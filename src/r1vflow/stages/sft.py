@@ -45,6 +45,7 @@ from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.storage.atomic import write_text
 from r1vflow.train.iterative import (
     PoolItem,
     answered_wrongly,
@@ -72,48 +73,100 @@ def run(ctx: StageContext) -> StageOutcome:
     pixels = _pixels(model, dataset, [p.image for p in pool] + [s.image for s in val],
                      exp.data.image_size)
     scores = _reward_scores(ctx, pool, pixels) if it else []
-    stats = _train(ctx, model, tokenizer, pool, pixels, cfg.lr, cfg.epochs, 0, 0)
-    steps = int(stats["steps"])
-    metrics = {"train_loss/iter_0": stats["loss"], "train_size/iter_0": float(len(pool)),
-               **_validate(ctx, model, tokenizer, val, pixels, "iter_0")}
-    if it is not None:
-        metrics.update(_score_summary(pool, scores))
-    parent, previous = parent_version(start), start
     iterations_dir = ctx.outputs.get("iterations")
     if it is not None and iterations_dir is None:
         raise ValueError("sft.iterative saves every iteration's model: the sft component must "
                          "give the stage an 'iterations' output")
-    saved: list[str] = []
-    for t in range(1, (it.iterations if it else 0) + 1):
-        saved.append(f"iter_{t - 1}")
-        parent = _register(ctx, model, tokenizer, iterations_dir / saved[-1], parent,
-                           info.digest, previous)
-        previous = iterations_dir / saved[-1]
-        if it.distill:
-            metrics.update(_redistill(ctx, model, tokenizer, train, pool, scores, pixels, t))
-        errors = _error_set(ctx, model, tokenizer, train, pixels, t) if it.error_set else []
-        chosen, n_filtered = select_iteration(scores, it.tau[t - 1], errors)
+    ck = ctx.checkpointer()
+    # The stage's own state, saved with every checkpoint: a rerun skips what it records.
+    state = {"iteration": 0, "steps": 0, "metrics": {}, "parent": parent_version(start),
+             "previous": str(start), "saved": [], "pointers": {},
+             **(ck.resumed.context if ck.resumed else {})}
+    ck.load_model(model)  # resumed between iterations: the model the next one starts from
+    _restore_iterations(ctx, ck, iterations_dir, state)
+    metrics = state["metrics"]
+    if it is not None:
+        metrics.update(_score_summary(pool, scores))
+    last_t = it.iterations if it else 0
+    for t in range(state["iteration"], last_t + 1):
+        phase = f"iter_{t}"
+        if not (ck.resumed and ck.resumed.phase == phase and not ck.resumed.boundary):
+            if t and it.distill:  # AL-CoTD again with M_{t-1}, before E_{t-1} and D_t
+                metrics.update(_redistill(ctx, model, tokenizer, train, pool, scores, pixels, t))
+            state.update(iteration=t, **_iteration_data(ctx, model, tokenizer, train, pixels,
+                                                        scores, t))
+        chosen = state["chosen"] if t else list(range(len(pool)))
         stats = _train(ctx, model, tokenizer, [pool[i] for i in chosen], pixels,
-                       it.lr[t - 1], it.epochs, t, steps)
-        steps += int(stats["steps"])
-        metrics.update({
-            f"train_size/iter_{t}": float(n_filtered), f"train_total/iter_{t}": float(len(chosen)),
-            f"error_set_size/iter_{t}": float(len(errors)), f"train_loss/iter_{t}": stats["loss"],
-            f"noisy_kept/iter_{t}": float(sum(not pool[i].gold for i in chosen)),
-            **_validate(ctx, model, tokenizer, val, pixels, f"iter_{t}")})
-    _write_index(iterations_dir, saved)
-    version = _register(ctx, model, tokenizer, ctx.outputs["model"], parent, info.digest,
-                        previous)
-    last = f"iter_{it.iterations}" if it else "iter_0"
+                       it.lr[t - 1] if t else cfg.lr, it.epochs if t else cfg.epochs, t,
+                       state["steps"], ck.phase(phase, state["steps"], state))
+        state["steps"] += int(stats["steps"])
+        metrics.update({f"train_loss/{phase}": stats["loss"],
+                        **_validate(ctx, model, tokenizer, val, pixels, phase)})
+        if t == 0:
+            metrics["train_size/iter_0"] = float(len(pool))
+        else:
+            metrics.update({f"{k}/{phase}": float(v) for k, v in state["sizes"].items()})
+        if t < last_t:  # every iteration but the last is registered as it ends
+            _register_iteration(ctx, ck, model, tokenizer, iterations_dir, info.digest, state)
+    _write_index(iterations_dir, state["saved"])
+    version = _register(ctx, model, tokenizer, ctx.outputs["model"], state["parent"],
+                        info.digest, Path(state["previous"]))
+    last = f"iter_{last_t}"
     metrics.update({
         "train_size": float(len(pool)), "train_tokens_per_s": float(stats["tokens_per_s"]),
         "val_loss": metrics[f"val_loss/{last}"], "val_accuracy": metrics[f"val_accuracy/{last}"],
         "val_format_rate": metrics[f"val_format_rate/{last}"],
+        "resumed_from_step": float(ck.resumed_from_step),
         **{f"trainable_params_{k}": float(v) for k, v in trainable.items()}})
     report = (f"# sft: {exp.name}\n\n| metric | value |\n|---|---|\n"
               + "".join(f"| {k} | {v:.4g} |\n" for k, v in metrics.items()))
     return StageOutcome(metrics=metrics, model_dir=ctx.outputs["model"], model_version=version,
                         report=report)
+
+
+def _iteration_data(ctx: StageContext, model, tokenizer, train, pixels, scores: list[float],
+                    t: int) -> dict:
+    """D_t of iteration t >= 1 (from the model M_{t-1} as it is now) and its sizes; {} for 0."""
+    if t == 0:
+        return {}
+    it = ctx.exp.sft.iterative
+    errors = _error_set(ctx, model, tokenizer, train, pixels, t) if it.error_set else []
+    chosen, n_filtered = select_iteration(scores, it.tau[t - 1], errors)
+    pool_gold = len(train)  # the gold items come first in D
+    return {"chosen": chosen, "sizes": {
+        "train_size": n_filtered, "train_total": len(chosen), "error_set_size": len(errors),
+        "noisy_kept": sum(i >= pool_gold for i in chosen)}}
+
+
+def _register_iteration(ctx: StageContext, ck, model, tokenizer, iterations_dir: Path,
+                        digest: str, state: dict) -> None:
+    """Save and register iteration `state["iteration"]`'s model, then checkpoint the boundary
+    (so a rerun neither retrains nor registers it again)."""
+    name = f"iter_{state['iteration']}"
+    out = iterations_dir / name
+    version = _register(ctx, model, tokenizer, out, state["parent"], digest,
+                        Path(state["previous"]))
+    pointer = ctx.published.get(out.resolve())
+    if pointer is None:  # no object store: the checkpointer keeps a copy for a rerun
+        ck.keep_artifact(name, out)
+    state.update(iteration=state["iteration"] + 1, parent=version, previous=str(out),
+                 saved=[*state["saved"], name], pointers={**state["pointers"], name: pointer})
+    ck.save_boundary(state["steps"], f"iter_{state['iteration']}", model, state)
+
+
+def _restore_iterations(ctx: StageContext, ck, iterations_dir: Path | None, state: dict) -> None:
+    """Put the iterations a previous attempt registered back into the iterations output: a
+    pointer when they were published, else the checkpointer's copy."""
+    from r1vflow.storage.pointers import write_pointer
+
+    for name in state["saved"]:
+        out = iterations_dir / name
+        pointer = state["pointers"].get(name)
+        if pointer is not None:
+            write_pointer(out, pointer)
+            ctx.published[out.resolve()] = pointer
+        else:
+            ck.restore_artifact(name, out)
 
 
 def _pixels(model, dataset: Path, images: list[str], image_size: int) -> dict:
@@ -143,7 +196,7 @@ def _score_summary(pool: list[PoolItem], scores: list[float]) -> dict[str, float
 
 
 def _train(ctx: StageContext, model, tokenizer, items: list[PoolItem], pixels, lr: float,
-           epochs: int, iteration: int, step_offset: int) -> dict[str, float]:
+           epochs: int, iteration: int, step_offset: int, checkpoint=None) -> dict[str, float]:
     """One iteration's training; step metrics continue one curve across iterations."""
     cfg = ctx.exp.sft
 
@@ -155,7 +208,7 @@ def _train(ctx: StageContext, model, tokenizer, items: list[PoolItem], pixels, l
                      epochs=epochs, batch_size=cfg.batch_size, lr=lr,
                      weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
                      max_length=cfg.max_length, seed=cfg.seed, on_step=on_step, progress=True,
-                     backend=cfg.backend, zero_stage=cfg.zero_stage)
+                     backend=cfg.backend, zero_stage=cfg.zero_stage, checkpoint=checkpoint)
 
 
 def _validate(ctx: StageContext, model, tokenizer, val, pixels, tag: str) -> dict[str, float]:
@@ -207,4 +260,4 @@ def _write_index(folder: Path | None, names: list[str]) -> None:
     """iterations/index.json: the saved intermediate iterations (kfp.local needs a file)."""
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "index.json").write_text(json.dumps({"iterations": names}, indent=2) + "\n")
+        write_text(folder / "index.json", json.dumps({"iterations": names}, indent=2) + "\n")

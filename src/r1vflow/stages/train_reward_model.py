@@ -68,7 +68,8 @@ def run(ctx: StageContext) -> StageOutcome:
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
         warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
         on_step=on_step, progress=True, backend=cfg.backend, zero_stage=cfg.zero_stage,
-        nll_weight=cfg.nll_weight, cross_prompt=cfg.cross_prompt)
+        nll_weight=cfg.nll_weight, cross_prompt=cfg.cross_prompt,
+        checkpoint=ctx.checkpointer().phase("train"))
     chosen, rejected = _score_pairs(model, tokenizer, val, pixels, cfg.max_length)
     metrics = pairwise_metrics(chosen, rejected)
     metrics.update(_accuracy_by_kind(val, chosen, rejected))
@@ -78,6 +79,7 @@ def run(ctx: StageContext) -> StageOutcome:
         "calibration_low": calibration.low, "calibration_high": calibration.high,
         "train_loss": stats["loss"], "train_pairwise_accuracy": stats["accuracy"],
         "train_pairs": float(len(train)), "val_pairs": float(len(val)),
+        "resumed_from_step": float(ctx.checkpointer().resumed_from_step),
         **{f"trainable_params_{k}": float(v) for k, v in trainable.items()},
     })
     out = save_reward_model(model, tokenizer, ctx.outputs["model"], {

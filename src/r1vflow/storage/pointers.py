@@ -48,6 +48,7 @@ def experiment_store(exp: Experiment):
         env["R1VFLOW_S3_ENDPOINT"] = exp.storage.endpoint
     env.setdefault("R1VFLOW_S3_BUCKET", exp.storage.bucket)
     env.setdefault("R1VFLOW_S3_SECURE", "true" if exp.storage.secure else "false")
+    env.setdefault("R1VFLOW_S3_RETRY_BUDGET_S", str(exp.storage.retry_budget_s))
     store = store_from_env(env, show_progress=False)
     if store is None:
         raise StoreConfigError(
@@ -77,7 +78,9 @@ def publish(store, model_dir: Path, prefix: str) -> dict:
 
 def write_pointer(artifact_dir: Path, pointer: dict) -> None:
     artifact_dir.mkdir(parents=True, exist_ok=True)
-    (artifact_dir / POINTER_FILE).write_text(json.dumps(pointer, indent=2, sort_keys=True))
+    from r1vflow.storage.atomic import write_text
+
+    write_text(artifact_dir / POINTER_FILE, json.dumps(pointer, indent=2, sort_keys=True))
 
 
 def read_pointer(artifact_dir: Path) -> dict | None:

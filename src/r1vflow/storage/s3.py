@@ -115,6 +115,7 @@ class S3Store(BaseStore[tuple[str, str]]):
         max_attempts: int = 5,
         backoff_s: float = 0.5,
         max_backoff_s: float = 8.0,
+        retry_budget_s: float | None = None,
         connect_timeout_s: float = 10.0,
         read_timeout_s: float = 300.0,
         show_progress: bool = True,
@@ -134,6 +135,7 @@ class S3Store(BaseStore[tuple[str, str]]):
         self.max_attempts = max_attempts
         self.backoff_s = backoff_s
         self.max_backoff_s = max_backoff_s
+        self.retry_budget_s = retry_budget_s
         self._access_key_hint = mask(access_key)
         self._buckets_ready: set[str] = set()
         # One connection per in-flight part; urllib3 retries only a failed connect, once: the
@@ -159,8 +161,15 @@ class S3Store(BaseStore[tuple[str, str]]):
         )
 
     def _retry(self, what: str, fn: Callable[[], T]) -> T:
-        """fn() with exponential backoff on transient errors; auth errors fail at once."""
-        for attempt in range(1, self.max_attempts + 1):
+        """fn() with exponential backoff on transient errors; auth errors fail at once.
+
+        With `retry_budget_s` a transient failure is retried until that many seconds have
+        passed since the first attempt (long enough for an S3 server to restart), else
+        `max_attempts` times."""
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 return fn()
             except Exception as exc:  # classified below; anything not transient is re-raised
@@ -174,13 +183,15 @@ class S3Store(BaseStore[tuple[str, str]]):
                     ) from None
                 if kind == "fatal":
                     raise
-                if attempt == self.max_attempts:
+                pause = min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1))
+                spent = time.monotonic() - started
+                if (attempt >= self.max_attempts if self.retry_budget_s is None
+                        else spent + pause > self.retry_budget_s):
                     raise StoreUnavailable(
-                        f"S3 server {self.endpoint}: {what} still failing after "
-                        f"{self.max_attempts} attempts: {type(exc).__name__}: {exc}"
+                        f"S3 server {self.endpoint}: {what} still failing after {attempt} "
+                        f"attempts in {spent:.0f} s: {type(exc).__name__}: {exc}"
                     ) from exc
-                time.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
-        raise AssertionError("unreachable")
+                time.sleep(pause)
 
     # -- primitives ------------------------------------------------------------------------
     def _loc_for_prefix(self, prefix: str) -> tuple[str, str]:

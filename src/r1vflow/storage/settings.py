@@ -115,6 +115,7 @@ def store_from_settings(
     workers: int = DEFAULT_WORKERS,
     part_size: int = DEFAULT_PART_SIZE,
     max_attempts: int = 5,
+    retry_budget_s: float | None = None,
     show_progress: bool = True,
     environ: Mapping[str, str] | None = None,
 ) -> BaseStore:
@@ -144,6 +145,7 @@ def store_from_settings(
         workers=workers,
         part_size=part_size,
         max_attempts=max_attempts,
+        retry_budget_s=retry_budget_s,
         show_progress=show_progress,
     )
 
@@ -164,6 +166,8 @@ def store_from_env(
             credentials_file=Path(creds) if creds else None,
             region=env.get("R1VFLOW_S3_REGION") or None,
             secure=bool(env_flag("R1VFLOW_S3_SECURE", env)),
+            retry_budget_s=float(env["R1VFLOW_S3_RETRY_BUDGET_S"])
+            if env.get("R1VFLOW_S3_RETRY_BUDGET_S") else None,
             show_progress=show_progress,
             environ=env,
         )

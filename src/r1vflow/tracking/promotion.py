@@ -29,6 +29,7 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 FLAG_METRIC = "monitor_flag/{flag}"  # evaluate's metric for each monitor flag of the candidate
 SCORE_TAG = "r1vflow.eval.{metric}"
 DECISION_TAG = "r1vflow.promotion.decision"
+STATUS_TAG = "r1vflow.status"  # set by stages.common.StageContext.register
 
 
 class ChampionUnreadable(RuntimeError):
@@ -121,6 +122,17 @@ def gate(evaluation_json: str, min_delta: float) -> PromotionDecision:
                                         "its threshold) is never promoted; see evaluate's report")
     name = candidate.rsplit("/", 1)[0]
     tag = SCORE_TAG.format(metric=metric)
+    decision = _compare(candidate, score, metric, name, tag, min_delta)
+    if decision.promote:
+        incomplete = _incomplete(candidate)
+        if incomplete:
+            return PromotionDecision(False, incomplete, decision.champion_version,
+                                     decision.champion_score)
+    return decision
+
+
+def _compare(candidate: str, score: float, metric: str, name: str, tag: str,
+             min_delta: float) -> PromotionDecision:
     try:
         version, current = champion_score(name, metric)
     except ChampionUnreadable as err:
@@ -140,6 +152,26 @@ def gate(evaluation_json: str, min_delta: float) -> PromotionDecision:
     return PromotionDecision(False, f"{candidate} ({metric} {score}) does not beat the champion "
                                     f"version {version} ({current}) by more than {min_delta}",
                              version, current)
+
+
+def _incomplete(candidate: str) -> str | None:
+    """Why `candidate` may not be promoted because its files were never verified in the store
+    (`r1vflow.status=incomplete`), or because that cannot be read; None when it may."""
+    from mlflow.exceptions import MlflowException
+
+    name, version = candidate.rsplit("/", 1)
+    try:
+        status = mlflow_client().get_model_version(name, version).tags.get(STATUS_TAG)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return None  # not in this registry: nothing recorded against it
+        return f"could not read {candidate}: {exc.error_code}: {exc.message}"
+    except Exception as exc:  # noqa: BLE001 (unknown is not "complete")
+        return f"could not read {candidate}: {type(exc).__name__}: {exc}"
+    if status == "incomplete":
+        return (f"{candidate} is tagged {STATUS_TAG}=incomplete: its files were never "
+                "verified in the store")
+    return None
 
 
 def decide(evaluation_json: str, min_delta: float) -> bool:

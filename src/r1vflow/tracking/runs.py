@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,14 +87,74 @@ def finish_parent_run(tracking_uri: str, run_id: str, status: str,
     client.set_terminated(run_id, "FINISHED" if status == "succeeded" else "FAILED")
 
 
-class StageTracker:
-    """What a stage may record: params, step metrics, data sets and model versions."""
+def unreachable(tracking_uri: str, timeout_s: float = 5.0) -> str | None:
+    """Why an http(s) MLflow server cannot be used (one line naming the URI), None when its
+    /health answers (or the store is a local file / database, which needs no server)."""
+    import urllib.error
+    import urllib.request
 
-    def __init__(self, run_id: str | None, model_prefix: str, register: bool = True):
+    if not tracking_uri.startswith(("http://", "https://")):
+        return None
+    import ssl
+
+    url = tracking_uri.rstrip("/") + "/health"
+    context = None  # TLS as MLflow's own client is told to do it
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        context = ssl._create_unverified_context()  # noqa: S323 (the user asked for it)
+    elif os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+        context = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s, context=context) as response:  # noqa: S310
+            if response.status < 500:
+                return None
+            reason = f"HTTP {response.status}"
+    except urllib.error.HTTPError as err:
+        if err.code < 500:
+            return None
+        reason = f"HTTP {err.code}"
+    except (OSError, ValueError) as err:
+        reason = f"{type(err).__name__}: {getattr(err, 'reason', err)}"
+    return (f"MLflow at {tracking_uri} is unreachable ({reason}): start it, or point "
+            "tracking.tracking_uri / MLFLOW_TRACKING_URI at a running server; nothing was "
+            "trained")
+
+
+@contextmanager
+def _fail_fast(retries: int = 0, timeout_s: int = 10) -> Iterator[None]:
+    """MLflow's HTTP client without its minutes-long retry loop, while inside (per-step
+    metrics: our own buffer retries them)."""
+    names = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries),
+             "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s)}
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update(names)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+class StageTracker:
+    """What a stage may record: params, step metrics, data sets and model versions.
+
+    Step metrics survive an MLflow outage: a failed `log_metrics` keeps the values (with
+    their step and time) in a buffer, prints one warning, and training goes on; the buffer is
+    retried every `retry_every_s` seconds and at the end (`reconcile`), which returns how
+    many values could still not be logged (summary.json reports them)."""
+
+    def __init__(self, run_id: str | None, model_prefix: str, register: bool = True,
+                 retry_every_s: float = 30.0):
         self.run_id = run_id
         self.model_prefix = model_prefix
         self.enabled = run_id is not None
         self.register = register
+        self.retry_every_s = retry_every_s
+        self._pending: list[tuple[dict[str, float], int | None, int]] = []
+        self._down_since: float | None = None
+        self._last_try = 0.0
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
@@ -104,11 +165,51 @@ class StageTracker:
                 mlflow.log_params(dict(items[i:i + 100]), run_id=self.run_id)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        if self.enabled and metrics:
-            import mlflow
+        """Log now, or buffer while MLflow is unreachable (never raises for an outage)."""
+        if not (self.enabled and metrics):
+            return
+        clean = {_metric_key(k): float(v) for k, v in metrics.items()}
+        self._pending.append((clean, step, int(time.time() * 1000)))
+        if self._down_since is not None and time.monotonic() - self._last_try < self.retry_every_s:
+            return
+        self._flush(fast=True)
 
-            clean = {_metric_key(k): float(v) for k, v in metrics.items()}
-            mlflow.log_metrics(clean, step=step, run_id=self.run_id)
+    @property
+    def unlogged(self) -> int:
+        """Metric values still in the buffer."""
+        return sum(len(m) for m, _, _ in self._pending)
+
+    def _flush(self, fast: bool) -> bool:
+        import mlflow
+        from mlflow.entities import Metric
+
+        self._last_try = time.monotonic()
+        try:
+            with _fail_fast(retries=0 if fast else 3):
+                client = mlflow.MlflowClient()
+                while self._pending:
+                    values, step, stamp = self._pending[0]
+                    client.log_batch(self.run_id, metrics=[
+                        Metric(k, v, stamp, step or 0) for k, v in values.items()])
+                    self._pending.pop(0)
+        except Exception as err:  # noqa: BLE001 (an outage must not stop training)
+            if self._down_since is None:
+                print(f"warning: MLflow unreachable ({type(err).__name__}); metrics are "
+                      f"buffered and retried every {self.retry_every_s:.0f} s, training goes "
+                      "on", flush=True)
+                self._down_since = time.monotonic()
+            return False
+        if self._down_since is not None:
+            print("MLflow reachable again: buffered metrics logged", flush=True)
+            self._down_since = None
+        return True
+
+    def reconcile(self) -> int:
+        """Log what the buffer holds (3 HTTP retries with backoff, ~15 s when MLflow stays
+        down); returns the values that still could not be logged (0 when all were)."""
+        if self.enabled and self._pending:
+            self._flush(fast=False)
+        return self.unlogged
 
     def log_dataset(self, name: str, digest: str, source: str, context: str) -> None:
         """Record a data set input (name, digest, where it lives) on the stage run.
@@ -148,6 +249,41 @@ class StageTracker:
         return f"{version.name}/{version.version}"
 
 
+    def find_version(self, stage: str, suffix: str, tags: dict[str, str]) -> tuple[str, dict] | None:
+        """The newest version of `<prefix>-<stage><suffix>` carrying all `tags` ('name/version'
+        and its tags), None when there is none or the registry cannot say."""
+        if not (self.enabled and self.register):
+            return None
+        import mlflow
+
+        name = f"{self.model_prefix}-{stage}{suffix}"
+        query = f"name='{name}'" + "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items())
+        try:
+            found = mlflow.MlflowClient().search_model_versions(query)
+        except Exception:  # noqa: BLE001 (then a new version is registered)
+            return None
+        if not found:
+            return None
+        newest = max(found, key=lambda v: int(v.version))
+        return f"{name}/{newest.version}", dict(newest.tags)
+
+    def delete_version(self, name_version: str) -> bool:
+        """Delete a registered version (its files never made it to the store); False with a
+        warning when MLflow refuses or cannot be reached (the version keeps its
+        `r1vflow.status=incomplete` tag then)."""
+        if not (self.enabled and self.register):
+            return False
+        import mlflow
+
+        name, version = name_version.rsplit("/", 1)
+        try:
+            mlflow.MlflowClient().delete_model_version(name, version)
+        except Exception as err:  # noqa: BLE001 (best effort: the original error matters)
+            print(f"warning: could not delete {name_version}, left tagged "
+                  f"r1vflow.status=incomplete: {type(err).__name__}: {err}", flush=True)
+            return False
+        return True
+
     def set_version_tag(self, name_version: str, key: str, value: str) -> None:
         if self.enabled and self.register:
             import mlflow
@@ -176,5 +312,15 @@ def stage_run(tracking_uri: str | None, experiment: str, stage: str, model_prefi
     mlflow.set_experiment(experiment)
     parent = os.environ.get(PARENT_ENV)
     tags = {"mlflow.parentRunId": parent} if parent else {}
-    with mlflow.start_run(run_name=stage, tags={**tags, f"{TAG_PREFIX}stage": stage}) as run:
+    run = mlflow.start_run(run_name=stage, tags={**tags, f"{TAG_PREFIX}stage": stage})
+    status = "FAILED"
+    try:
         yield StageTracker(run.info.run_id, model_prefix, register=register)
+        status = "FINISHED"
+    finally:
+        try:  # an MLflow outage at the very end must not fail a stage that did its work
+            with _fail_fast(retries=2):
+                mlflow.end_run(status)
+        except Exception as err:  # noqa: BLE001
+            print(f"warning: could not close MLflow run {run.info.run_id}: "
+                  f"{type(err).__name__}", flush=True)

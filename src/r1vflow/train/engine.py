@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import socket
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -31,6 +32,7 @@ from rich.progress import (
 
 Backend = Literal["torch", "deepspeed"]
 Schedule = Literal["cosine", "linear"]
+ENGINE_STATE = "engine.pt"
 
 
 def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: Schedule) -> float:
@@ -188,6 +190,39 @@ class TrainEngine:
                 delattr(param, attr)
         self.model, self.backend, self._released = module, "torch", True
         return module
+
+    def save_state(self, directory: Path) -> None:
+        """Model, optimizer, scheduler and step count into `directory` (created).
+
+        torch: one `engine.pt` (the module's full state dict); DeepSpeed: its own checkpoint
+        API under `directory/deepspeed` (ZeRO-sharded optimizer state, one file per rank), so
+        every rank must call this with the same `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.backend == "deepspeed":
+            self.model.save_checkpoint(str(directory / "deepspeed"), tag="state",
+                                       client_state={"steps_done": self.steps_done})
+            return
+        torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done},
+                   directory / ENGINE_STATE)
+
+    def load_state(self, directory: Path) -> None:
+        """Restore what `save_state` wrote (same backend and ZeRO stage; every rank calls)."""
+        if self.backend == "deepspeed":
+            _, client = self.model.load_checkpoint(str(directory / "deepspeed"), tag="state")
+            if client is None:
+                raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
+            self.steps_done = int(client["steps_done"])
+            return
+        path = directory / ENGINE_STATE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {ENGINE_STATE} in {directory}: it was written by the "
+                                    "deepspeed backend, or is not a training checkpoint")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps_done = int(state["steps_done"])
 
     def current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])

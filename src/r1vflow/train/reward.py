@@ -25,6 +25,11 @@ from transformers import PreTrainedTokenizerBase
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import concat_images, image_texts, stack_images
 from r1vflow.models.reward import RewardModel, ScoreCalibration, encode_reward_batch
+from r1vflow.train.checkpoint import (
+    PhaseCheckpoint,
+    restore_epoch_position,
+    save_epoch_position,
+)
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 PairItem = tuple[str, str, str, torch.Tensor]  # question, chosen, rejected, pixel_values [3,H,W]
@@ -127,6 +132,7 @@ def train_reward(
     zero_stage: int = 0,
     nll_weight: float = 0.0,
     cross_prompt: bool = False,
+    checkpoint: PhaseCheckpoint | None = None,
 ) -> dict[str, float]:
     """Train `model` in place on `pairs` with the pairwise loss, `batch_size` pairs per step
     (over all chosen x rejected combinations of a batch with `cross_prompt`), plus
@@ -134,6 +140,7 @@ def train_reward(
 
     Returns loss and accuracy (means over the last 10 steps), first_loss, steps, seconds.
     `on_step(step, {"loss","accuracy","lr","grad_norm","epoch"})` after each optimizer step.
+    With `checkpoint` it resumes from and saves checkpoints (r1vflow.train.checkpoint).
     """
     if not pairs:
         raise ValueError("train_reward got no pairs")
@@ -152,11 +159,18 @@ def train_reward(
     losses: list[float] = []
     accuracies: list[float] = []
     start = time.perf_counter()
+    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
+    losses, accuracies = list(restored.get("losses", [])), list(restored.get("accuracies", []))
+    total = epochs * steps_per_epoch
     with training_progress(progress) as bar:
-        task = bar.add_task("reward", total=epochs * steps_per_epoch, loss=float("nan"), tok_s=0.0)
-        for epoch in range(epochs):
+        task = bar.add_task("reward", total=total, completed=len(losses), loss=float("nan"),
+                            tok_s=0.0)
+        for epoch in range(first_epoch, epochs):
+            epoch_generator = generator.get_state()  # before this epoch's permutation
             order = torch.randperm(len(pairs), generator=generator).tolist()
-            for begin in range(0, len(order), batch_size):
+            for index, begin in enumerate(range(0, len(order), batch_size)):
+                if epoch == first_epoch and index < skip:
+                    continue  # done before the restart
                 chunk = [pairs[i] for i in order[begin : begin + batch_size]]
                 param = next(engine.module.parameters())
                 batch = {  # images move in RewardModel.forward (ImageBatch or tensor)
@@ -182,6 +196,8 @@ def train_reward(
                             "epoch": float(epoch),
                         },
                     )
+                save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
+                                    epoch_generator, losses=losses, accuracies=accuracies)
     engine.release()
     model.eval()
     return {

@@ -28,6 +28,11 @@ from r1vflow.models.families.images import (
     token_type_kwargs,
 )
 from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
+from r1vflow.train.checkpoint import (
+    PhaseCheckpoint,
+    restore_epoch_position,
+    save_epoch_position,
+)
 from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
@@ -92,6 +97,7 @@ def train_sft(
     progress: bool = True,
     backend: Backend = "torch",
     zero_stage: int = 0,
+    checkpoint: PhaseCheckpoint | None = None,
 ) -> dict[str, float]:
     """Train `model` in place on `items` for `epochs` shuffled epochs (AdamW, warmup + cosine).
 
@@ -100,6 +106,8 @@ def train_sft(
     (non-padding tokens this rank processed) and tokens_per_s. `on_step(step, metrics)` with
     metrics {"loss","lr","grad_norm","epoch"} runs after every optimizer step (1-based step).
     The model is left in eval mode (and, after ZeRO-3, with its full weights gathered back).
+    With `checkpoint` (r1vflow.train.checkpoint) the loop resumes from its newest checkpoint
+    (engine, RNG, shuffling generator, position in the epoch, losses) and saves as it says.
     """
     if not items:
         raise ValueError("train_sft got no training items")
@@ -117,10 +125,17 @@ def train_sft(
     generator = torch.Generator().manual_seed(seed)
     losses: list[float] = []
     tokens, start = 0, time.perf_counter()
+    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
+    losses, tokens = list(restored.get("losses", [])), int(restored.get("tokens", 0))
+    total = epochs * steps_per_epoch
     with training_progress(progress) as bar:
-        task = bar.add_task("sft", total=epochs * steps_per_epoch, loss=float("nan"), tok_s=0.0)
-        for epoch in range(epochs):
-            for chunk in _batches(items, batch_size, generator):
+        task = bar.add_task("sft", total=total, completed=len(losses), loss=float("nan"),
+                            tok_s=0.0)
+        for epoch in range(first_epoch, epochs):
+            epoch_generator = generator.get_state()  # before this epoch's permutation
+            for index, chunk in enumerate(_batches(items, batch_size, generator)):
+                if epoch == first_epoch and index < skip:
+                    continue  # done before the restart
                 batch = _to(_encode(tokenizer, _shard(chunk), n_image, max_length), engine.module)
                 loss = engine.model(**batch).loss
                 stats = engine.step(loss)
@@ -130,6 +145,8 @@ def train_sft(
                 bar.update(task, advance=1, loss=losses[-1], tok_s=tok_s)
                 if on_step is not None:
                     on_step(len(losses), {"loss": losses[-1], **stats, "epoch": float(epoch)})
+                save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
+                                    epoch_generator, losses=losses, tokens=tokens)
     engine.release().eval()
     seconds = time.perf_counter() - start
     return {

@@ -1,0 +1,165 @@
+"""Property tests (hypothesis): every input gives a result or one clear error naming the file,
+never a traceback from deep inside and never a partial file.
+
+Inputs fuzzed: experiment files (raw text and mutations of a valid preset), data rows
+(train.jsonl lines, bytes included), stored manifests (bytes, then keys through a real
+download) and model answers. This branch has no predictions-file reader in `r1vflow.eval`, so
+for prediction files the grader that reads every answer (`extract_answer`, `is_correct`,
+`score_responses`) is fuzzed instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from conftest import PRESETS
+
+FUZZ = settings(max_examples=60, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+SMOKE = yaml.safe_load((PRESETS / "smoke.yaml").read_text())
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6),
+                    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20))
+values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=8)
+
+
+def _fields(data: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in data.items():
+        out.append(prefix + key)
+        if isinstance(value, dict):
+            out += _fields(value, f"{prefix}{key}.")
+    return out
+
+
+FIELDS = _fields(SMOKE)
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+@FUZZ
+@given(text=st.text(max_size=300))
+def test_any_experiment_text_loads_or_raises_one_config_error(text, tmp_path_factory):
+    from r1vflow.config import ConfigError, Experiment, load_experiment
+
+    path = tmp_path_factory.mktemp("exp") / "exp.yaml"
+    path.write_text(text)
+    try:
+        assert isinstance(load_experiment(path), Experiment)
+    except ConfigError as err:
+        assert str(path) in str(err) and "\n" not in str(err).strip().splitlines()[0]
+
+
+@FUZZ
+@given(field=st.sampled_from(FIELDS), value=values)
+def test_a_preset_with_any_field_changed_loads_or_names_the_field(field, value,
+                                                                   tmp_path_factory):
+    from r1vflow.config import ConfigError, Experiment, load_experiment
+
+    data = json.loads(json.dumps(SMOKE))
+    node, *path = data, *field.split(".")
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    file = tmp_path_factory.mktemp("exp") / "exp.yaml"
+    file.write_text(yaml.safe_dump(data))
+    try:
+        assert isinstance(load_experiment(file), Experiment)
+    except ConfigError as err:
+        assert str(file) in str(err)
+
+
+# --------------------------------------------------------------------------- data rows
+
+
+@FUZZ
+@given(lines=st.lists(st.one_of(st.binary(max_size=60),
+                                values.map(lambda v: json.dumps(v).encode())), max_size=4))
+def test_any_data_rows_load_or_name_the_file_and_line(lines, tmp_path_factory):
+    from r1vflow.data.io import load_split
+
+    root = tmp_path_factory.mktemp("data")
+    (root / "train.jsonl").write_bytes(b"\n".join(lines))
+    try:
+        samples = load_split(root, "train")
+    except ValueError as err:
+        assert str(root / "train.jsonl") in str(err), err
+    else:
+        assert all(s.split == "train" for s in samples)
+
+
+# --------------------------------------------------------------------------- manifests
+
+
+@FUZZ
+@given(data=st.one_of(st.binary(max_size=200), values.map(lambda v: json.dumps(v).encode())))
+def test_any_manifest_bytes_parse_or_name_their_source(data):
+    from r1vflow.storage.manifest import Manifest, parse_manifest
+
+    try:
+        assert isinstance(parse_manifest(data, "s3://b/x/_r1vflow_manifest.json"), Manifest)
+    except ValueError as err:
+        assert "s3://b/x/_r1vflow_manifest.json" in str(err)
+
+
+keys = st.lists(st.text(alphabet="ab./\\:\x00 ", min_size=0, max_size=8), min_size=1,
+                max_size=3, unique=True)
+
+
+@FUZZ
+@given(names=keys)
+def test_a_download_with_any_manifest_keys_writes_all_or_nothing(names, tmp_path_factory):
+    """Whatever the keys, a download refuses before writing or writes every file inside."""
+    from r1vflow.storage import FileStore
+    from r1vflow.storage.manifest import FileEntry, Manifest, manifest_bytes
+    from r1vflow.storage.store import StoreError
+
+    root = tmp_path_factory.mktemp("store")
+    artifact = root / "bucket" / "model"
+    artifact.mkdir(parents=True)
+    entry = FileEntry(sha256="0" * 64, size=0)
+    try:
+        manifest = Manifest.model_construct(files=dict.fromkeys(names, entry), total_size=0,
+                                            created_at="x")
+        (artifact / "_r1vflow_manifest.json").write_bytes(manifest_bytes(manifest))
+    except (ValueError, OSError):
+        return  # not even writable as a manifest
+    target = root / "out" / "target"
+    before = {p for p in root.rglob("*")}
+    try:
+        FileStore(root / "bucket", show_progress=False).download_dir(artifact.as_uri(), target)
+    except (ValueError, StoreError):
+        written = {p for p in root.rglob("*") if p.is_file()} - before
+        assert not written, f"a refused download wrote {sorted(written)}"
+    else:
+        for path in target.rglob("*"):
+            assert path.resolve().is_relative_to(target.resolve())
+
+
+# --------------------------------------------------------------------------- answers
+
+
+@FUZZ
+@given(text=st.text(max_size=200), gold=st.text(min_size=1, max_size=10))
+def test_any_answer_text_is_graded_without_raising(text, gold):
+    from r1vflow.eval.grading import extract_answer, format_ok, is_correct, score_responses
+
+    assert isinstance(is_correct(extract_answer(text), gold), bool)
+    assert isinstance(format_ok(text), bool)
+    scored = score_responses([gold], [text])
+    assert 0.0 <= scored["accuracy"] <= 1.0
+
+
+def test_the_fuzzed_preset_is_valid():
+    """The mutations start from a valid experiment (else every example is an error)."""
+    from r1vflow.config import load_experiment
+
+    assert load_experiment(Path(PRESETS / "smoke.yaml")).name == "smoke"
