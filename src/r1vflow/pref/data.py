@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import torch
 from transformers import PreTrainedTokenizerBase
 
 from r1vflow.data.schema import PreferencePair, Sample
+from r1vflow.models.families.images import ImageBatch, Images, image_texts, repeat_each
 from r1vflow.models.generate import generate_completions
 from r1vflow.pref.pairs import Candidate, PairReport, check_rules, pair_group
 from r1vflow.pref.train import PrefItem
@@ -21,8 +21,8 @@ from r1vflow.rl.batch import encode_vlm_prompts
 
 __all__ = ["PairRow", "SamplingSettings", "encode_items", "sample_pairs", "synthetic_pairs"]
 
-# rm(questions, pixel_values [N,3,H,W], responses) -> scores on 0..1
-RMScore = Callable[[list[str], torch.Tensor, list[str]], list[float]]
+# rm(questions, images ([N,3,H,W] or an ImageBatch of N), responses) -> scores on 0..1
+RMScore = Callable[[list[str], Images, list[str]], list[float]]
 
 
 @dataclass(frozen=True)
@@ -49,9 +49,10 @@ class SamplingSettings:
 
 
 def sample_pairs(model, tokenizer: PreTrainedTokenizerBase, samples: Sequence[Sample],
-                 pixels: torch.Tensor, settings: SamplingSettings,
+                 pixels: Images, settings: SamplingSettings,
                  rm: RMScore | None = None) -> tuple[list[PairRow], PairReport]:
-    """Sample `samples_per_prompt` responses per sample (images [N,3,H,W]), check the rules,
+    """Sample `samples_per_prompt` responses per sample (images [N,3,H,W] or an ImageBatch of
+    N, as `sample_pixels` gives them for the model), check the rules,
     score with `rm` when given, and pair them (`pair_group`). Returns rows and the report."""
     k = settings.samples_per_prompt
     groups = generate_completions(
@@ -62,7 +63,7 @@ def sample_pairs(model, tokenizer: PreTrainedTokenizerBase, samples: Sequence[Sa
     if rm is not None:
         texts = [c.text for g in groups for c in g]
         questions = [s.question for s in samples for _ in range(k)]
-        scores = list(rm(questions, pixels.repeat_interleave(k, dim=0), texts))
+        scores = list(rm(questions, repeat_each(pixels, k), texts))
     report, rows = PairReport(), []
     for i, (sample, group) in enumerate(zip(samples, groups, strict=True)):
         candidates = [Candidate(c.text, check_rules(c.text, sample.answer, settings.min_steps),
@@ -88,11 +89,15 @@ def synthetic_pairs(pairs: Sequence[PreferencePair], report: PairReport) -> list
 
 
 def encode_items(tokenizer: PreTrainedTokenizerBase, rows: Sequence[PairRow],
-                 pixels: torch.Tensor | None, n_image_tokens: int,
+                 pixels: Images | None, n_image_tokens: int | None,
                  max_length: int) -> list[PrefItem]:
-    """PrefItems of `rows` (pixels [N,3,H,W] in row order, or None for a text policy); a
-    response is cut so prompt + response fits `max_length` (its eos kept)."""
-    prompts = encode_vlm_prompts(tokenizer, [r.question for r in rows], n_image_tokens)
+    """PrefItems of `rows` (pixels [N,3,H,W] or an ImageBatch of N in row order, or None for a
+    text policy); `n_image_tokens` is the tiny path's fixed count (`fixed_image_tokens`, None
+    for a family, whose images carry their own image-token text). A response is cut so
+    prompt + response fits `max_length` (its eos kept)."""
+    texts = n_image_tokens if pixels is None else image_texts(pixels, n_image_tokens)
+    prompts = encode_vlm_prompts(tokenizer, [r.question for r in rows], texts)
+    images = pixels.items if isinstance(pixels, ImageBatch) else pixels
     items = []
     for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True)):
         room = max_length - len(prompt) - 1
@@ -102,6 +107,6 @@ def encode_items(tokenizer: PreTrainedTokenizerBase, rows: Sequence[PairRow],
         eos = [tokenizer.eos_token_id]
         chosen = tokenizer.encode(row.chosen, add_special_tokens=False)[:room] + eos
         rejected = tokenizer.encode(row.rejected, add_special_tokens=False)[:room] + eos
-        image = None if pixels is None else pixels[i]
+        image = None if images is None else images[i]
         items.append(PrefItem(row.id, prompt, chosen, rejected, image, row.rule))
     return items

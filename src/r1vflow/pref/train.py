@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.pref.loss import BCODelta, mpo_loss
 from r1vflow.rl.batch import completion_logprobs, sequence_batch
 from r1vflow.rl.monitor import RewardMonitor
@@ -40,14 +41,14 @@ StepCallback = Callable[[int, dict[str, float], TrainEngine], None]
 @dataclass(frozen=True)
 class PrefItem:
     """One tokenized preference pair: prompt ids (chat template with `<image>` placeholders),
-    chosen and rejected completion ids (each ending with eos), image [3,H,W] or None, and the
-    rule that made the pair (for reporting)."""
+    chosen and rejected completion ids (each ending with eos), image ([3,H,W] on the tiny
+    path, a family's `ImageInput`, or None), and the rule that made the pair (for reporting)."""
 
     id: str
     prompt_ids: list[int]
     chosen_ids: list[int]
     rejected_ids: list[int]
-    pixel_values: torch.Tensor | None = None
+    pixel_values: torch.Tensor | ImageInput | None = None
     rule: str = ""
 
 
@@ -70,7 +71,7 @@ def pair_logprobs(model: torch.nn.Module, items: Sequence[PrefItem], pad_id: int
     batch = sequence_batch(prompts, completions, pad_id)
     pixels = None
     if items[0].pixel_values is not None:
-        pixels = torch.stack([it.pixel_values for it in items] * 2)
+        pixels = stack_images([it.pixel_values for it in items] * 2)
     logprobs = completion_logprobs(model, batch, pixels)  # [2B, T]
     mask = batch["completion_mask"].to(logprobs.device, logprobs.dtype)
     sums = (logprobs * mask).sum(dim=1)

@@ -24,8 +24,6 @@ import json
 import shutil
 from pathlib import Path
 
-import torch
-
 from r1vflow.data.alcotd import SCORERS, vision_rule
 from r1vflow.data.io import (
     INFO_FILE,
@@ -38,6 +36,7 @@ from r1vflow.data.io import (
 )
 from r1vflow.data.schema import Sample
 from r1vflow.eval.scoring import sample_pixels
+from r1vflow.models.families.images import Images
 from r1vflow.models.io import load_model
 from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
@@ -67,7 +66,7 @@ def _rm(ctx: StageContext, reward_model: Path | None):
         return None
     scorer = load_reward_scorer(reward_model, ctx.exp.distill.batch_size, 256)
 
-    def rm(samples: list[Sample], pixels: torch.Tensor, responses: list[str]) -> list[float]:
+    def rm(samples: list[Sample], pixels: Images, responses: list[str]) -> list[float]:
         questions = [s.question for s in samples]
         if scorer.calibration is None:
             return scorer.score(questions, pixels, responses)
@@ -77,7 +76,7 @@ def _rm(ctx: StageContext, reward_model: Path | None):
 
 
 def distill_samples(ctx: StageContext, model, tokenizer, samples: list[Sample],
-                    pixels: torch.Tensor, reward_model: Path | None) -> DistillResult:
+                    pixels: Images, reward_model: Path | None) -> DistillResult:
     """Score `samples` with the configured scorers and self-distil their chains."""
     cfg, image_size = ctx.exp.distill, ctx.exp.data.image_size
     rm = _rm(ctx, reward_model)
@@ -86,7 +85,7 @@ def distill_samples(ctx: StageContext, model, tokenizer, samples: list[Sample],
     text = SCORERS["text_rule"]
     if cfg.text_scorer == "judge":
         def text(batch: list[Sample]) -> list[float]:  # harder when the judge is less sure
-            scores = rm(batch, sample_pixels(ctx.input("dataset"), batch, image_size),
+            scores = rm(batch, sample_pixels(ctx.input("dataset"), batch, image_size, model),
                         [s.response() for s in batch])
             return [min(1.0, max(0.0, 1.0 - v)) for v in scores]
     scores = score_samples(samples, vision, text, SCORERS[cfg.integration_scorer])
@@ -95,7 +94,7 @@ def distill_samples(ctx: StageContext, model, tokenizer, samples: list[Sample],
 
 
 def redistill(ctx: StageContext, model, tokenizer, train: list[Sample],
-              pixels: torch.Tensor) -> tuple[list[str], dict[str, float]]:
+              pixels: Images) -> tuple[list[str], dict[str, float]]:
     """sft.iterative.distill: a fresh response per train sample from the current model (the
     accepted chain, else its current response) and the distillation metrics."""
     reward_model = ctx.inputs.get("reward_model")
@@ -113,7 +112,7 @@ def run(ctx: StageContext) -> StageOutcome:
     model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
     train = load_split(dataset, "train")
     chosen = train[: cfg.limit]
-    pixels = sample_pixels(dataset, chosen, exp.data.image_size)
+    pixels = sample_pixels(dataset, chosen, exp.data.image_size, model)
     result = distill_samples(ctx, model, tokenizer, chosen, pixels,
                              ctx.inputs.get("reward_model"))
     n = min(cfg.compare_limit, len(chosen))

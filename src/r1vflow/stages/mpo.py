@@ -27,11 +27,12 @@ from pathlib import Path
 from r1vflow.data.io import load_preferences, load_split, read_info
 from r1vflow.eval.grading import format_ok
 from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.generate import generate_completions
 from r1vflow.models.io import load_model, save_model
 from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
-from r1vflow.models.vlm import num_image_tokens, set_trainable
+from r1vflow.models.vlm import set_trainable
 from r1vflow.pref.data import PairRow, SamplingSettings, encode_items, sample_pairs, synthetic_pairs
 from r1vflow.pref.loss import BCODelta
 from r1vflow.pref.pairs import PairReport, check_rules
@@ -69,7 +70,7 @@ def build_pairs(ctx: StageContext, model, tokenizer, train, rm) -> tuple[list[Pa
         settings = SamplingSettings(p.samples_per_prompt, p.temperature, p.max_new_tokens,
                                     cfg.val_batch_size, p.min_steps, p.rule_margin,
                                     p.rm_margin, p.gold_chosen, cfg.seed)
-        pixels = sample_pixels(dataset, prompts, ctx.exp.data.image_size)
+        pixels = sample_pixels(dataset, prompts, ctx.exp.data.image_size, model)
         rows, report = sample_pairs(model, tokenizer, prompts, pixels, settings, rm)
     if p.source in ("synthetic", "both"):
         rows += synthetic_pairs(load_preferences(dataset), report)
@@ -80,12 +81,12 @@ def build_pairs(ctx: StageContext, model, tokenizer, train, rm) -> tuple[list[Pa
     return rows, report
 
 
-def make_probe(ctx: StageContext, tokenizer, train, rm):
+def make_probe(ctx: StageContext, model, tokenizer, train, rm):
     """probe(model) -> greedy rule accuracy, format rate (and RM score) on `probe_size`
-    train prompts: what the monitor watches during MPO."""
+    train prompts: what the monitor watches during MPO (images encoded for `model`)."""
     cfg, dataset = ctx.exp.mpo, ctx.input("dataset")
     samples = train[: cfg.probe_size]
-    pixels = sample_pixels(dataset, samples, ctx.exp.data.image_size)
+    pixels = sample_pixels(dataset, samples, ctx.exp.data.image_size, model)
 
     def probe(model) -> dict[str, float]:
         texts = [g[0].text for g in generate_completions(
@@ -115,8 +116,8 @@ def run(ctx: StageContext) -> StageOutcome:
         rm = rm_score_fn(load_reward_scorer(ctx.input("reward_model"), cfg.val_batch_size,
                                             cfg.max_length))
     rows, report = build_pairs(ctx, model, tokenizer, train, rm)
-    pixels = sample_pixels(dataset, rows, exp.data.image_size)
-    items = encode_items(tokenizer, rows, pixels, num_image_tokens(model), cfg.max_length)
+    pixels = sample_pixels(dataset, rows, exp.data.image_size, model)
+    items = encode_items(tokenizer, rows, pixels, fixed_image_tokens(model), cfg.max_length)
     refs = reference_logprobs(model, items, tokenizer.pad_token_id, cfg.batch_size)
     meta = {"stage": "mpo", "parent": str(start), "config_fingerprint": exp.fingerprint(),
             "data_digests": {"dataset": info.digest}}
@@ -134,7 +135,7 @@ def run(ctx: StageContext) -> StageOutcome:
         w_nll=cfg.w_nll, delta=BCODelta(cfg.bco_delta_window, cfg.bco_delta_decay),
         weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, backend=cfg.backend,
         zero_stage=cfg.zero_stage, seed=cfg.seed,
-        probe=make_probe(ctx, tokenizer, train, rm) if cfg.probe_every else None,
+        probe=make_probe(ctx, model, tokenizer, train, rm) if cfg.probe_every else None,
         probe_every=cfg.probe_every or 0, monitor=RewardMonitor.from_config(cfg.monitor),
         on_step=on_step, progress=True)
     scored, _ = score_model(model, tokenizer, val[: cfg.val_limit], dataset, exp.data.image_size,

@@ -31,13 +31,15 @@ from r1vflow.data.alcotd import (
 )
 from r1vflow.data.schema import Sample
 from r1vflow.eval.grading import extract_answer, format_ok, is_correct
+from r1vflow.models.families import encode_pixels, fixed_image_tokens
+from r1vflow.models.families.images import ImageBatch, Images, stack_images
 from r1vflow.models.generate import Completion, generate_completions
 
 __all__ = ["DistillResult", "DistillSettings", "Scores", "distill", "fixed_penalty_comparison",
            "question_only_probe", "score_samples"]
 
-# judge(samples, pixels [N,3,H,W], responses) -> scores on 0..1
-Judge = Callable[[list[Sample], torch.Tensor, list[str]], list[float]]
+# judge(samples, images ([N,3,H,W] or an ImageBatch of N), responses) -> scores on 0..1
+Judge = Callable[[list[Sample], Images, list[str]], list[float]]
 
 
 @dataclass(frozen=True)
@@ -88,11 +90,12 @@ def question_only_probe(model, tokenizer, image_size: int, max_new_tokens: int,
                         batch_size: int) -> Scorer:
     """S_v with necessity measured: the model answers each question with a blank image;
     answered right -> the image was not needed (necessity 0). S_v = 0.5 * necessity + 0.5 *
-    the rule's visual load."""
+    the rule's visual load. The blank image is zeros on the tiny path, and a black PIL image
+    through the family's image processor otherwise."""
     from r1vflow.data.alcotd import vision_rule
 
     def probe(samples: list[Sample]) -> list[float]:
-        blank = torch.zeros(len(samples), 3, image_size, image_size)
+        blank = _blank_images(model, len(samples), image_size)
         groups = generate_completions(model, tokenizer, [s.question for s in samples], blank,
                                       max_new_tokens, batch_size)
         loads = [2 * v - 1 for v in vision_rule(samples)]  # vision_rule = 0.5 + 0.5 * load
@@ -100,6 +103,23 @@ def question_only_probe(model, tokenizer, image_size: int, max_new_tokens: int,
                 for g, s, load in zip(groups, samples, loads, strict=True)]
 
     return probe
+
+
+def _blank_images(model, n: int, image_size: int) -> Images:
+    """n blank images for `model`: zeros [n,3,S,S] on the tiny path, else black S x S RGB
+    images encoded by its family (an ImageBatch)."""
+    if fixed_image_tokens(model) is not None:
+        return torch.zeros(n, 3, image_size, image_size)
+    from PIL import Image
+
+    black = [Image.new("RGB", (image_size, image_size)) for _ in range(n)]
+    return stack_images(list(encode_pixels(model, black, image_size)))
+
+
+def _take(pixels: Images, index: list[int]) -> Images:
+    """The images at `index`, in that order ([k,3,S,S] or an ImageBatch of k)."""
+    items = pixels.items if isinstance(pixels, ImageBatch) else pixels
+    return stack_images([items[i] for i in index])
 
 
 def _generate(model, tokenizer, samples, pixels, index: list[int], penalties: list[float],
@@ -111,7 +131,7 @@ def _generate(model, tokenizer, samples, pixels, index: list[int], penalties: li
     out: dict[int, Completion] = {}
     for penalty, group in sorted(by_penalty.items()):
         groups = generate_completions(
-            model, tokenizer, [samples[i].question for i in group], pixels[group],
+            model, tokenizer, [samples[i].question for i in group], _take(pixels, group),
             settings.max_new_tokens, settings.batch_size, temperature=settings.temperature,
             seed=seed, repetition_penalty=penalty)
         out.update({i: g[0] for i, g in zip(group, groups, strict=True)})
@@ -124,7 +144,7 @@ def _accept(completions: dict[int, Completion], samples, pixels, judge: Judge | 
           if format_ok(c.text) and is_correct(extract_answer(c.text), samples[i].answer)}
     if judge is not None and ok:
         index = sorted(ok)
-        scores = judge([samples[i] for i in index], pixels[index],
+        scores = judge([samples[i] for i in index], _take(pixels, index),
                        [completions[i].text for i in index])
         ok = {i for i, s in zip(index, scores, strict=True) if s >= threshold}
     return ok
@@ -134,9 +154,10 @@ def _chain(text: str) -> str:
     return text.split("<think>", 1)[1].split("</think>", 1)[0].strip()
 
 
-def distill(model, tokenizer, samples: Sequence[Sample], pixels: torch.Tensor, scores: Scores,
+def distill(model, tokenizer, samples: Sequence[Sample], pixels: Images, scores: Scores,
             settings: DistillSettings, judge: Judge | None = None) -> DistillResult:
-    """Self-distil chains for `samples` (images [N,3,H,W]); see the module docstring."""
+    """Self-distil chains for `samples` (images [N,3,H,W], or an ImageBatch of N for a
+    family: `sample_pixels(..., model)`); see the module docstring."""
     if settings.max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {settings.max_attempts}")
     samples = list(samples)
@@ -208,7 +229,7 @@ def distill_metrics(records: list[dict]) -> dict[str, float]:
     return metrics
 
 
-def fixed_penalty_comparison(model, tokenizer, samples: Sequence[Sample], pixels: torch.Tensor,
+def fixed_penalty_comparison(model, tokenizer, samples: Sequence[Sample], pixels: Images,
                              penalty: float, settings: DistillSettings) -> dict[str, float]:
     """Accuracy and mean completion tokens of one generation at a fixed penalty, on the same
     prompts with the same seed and temperature as the adaptive first attempt."""
