@@ -2,7 +2,7 @@
 the final model of every training stage; KFP Metrics plus a Markdown report for the UI."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Markdown, Metrics, Model, Output
 
 from r1vflow.runtime.images import image_for
 
@@ -10,6 +10,7 @@ from r1vflow.runtime.images import image_for
 @dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
 def evaluate(experiment_json: str, base_model: Input[Model], dataset: Input[Dataset],
              metrics: Output[Metrics], report: Output[Markdown],
+             html_report: Output[HTML],
              sft_model: Input[Model] = None, grpo_model: Input[Model] = None,
              align_projector_model: Input[Model] = None) -> str:
     from r1vflow.runtime.execute import execute
@@ -19,4 +20,4 @@ def evaluate(experiment_json: str, base_model: Input[Model], dataset: Input[Data
     return execute("evaluate", experiment_json,
                    inputs={"base_model": base_model.path, "dataset": dataset.path,
                            **{k: m.path for k, m in models.items() if m is not None}},
-                   outputs={}, metrics=metrics, report=report)
+                   outputs={}, metrics=metrics, report=report, html_report=html_report)

@@ -3,7 +3,7 @@ the reward model, when the DAG trains one, adds its score to the reward (and to 
 Outputs the trained model and the periodic checkpoints (`grpo.checkpoint_every`)."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from r1vflow.runtime.images import image_for
 
@@ -11,11 +11,12 @@ from r1vflow.runtime.images import image_for
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
 def grpo(experiment_json: str, sft_model: Input[Model], dataset: Input[Dataset],
          model: Output[Model], checkpoints: Output[Artifact], metrics: Output[Metrics],
-         report: Output[Markdown], reward_model: Input[Model] = None) -> str:
+         report: Output[Markdown],
+         html_report: Output[HTML], reward_model: Input[Model] = None) -> str:
     from r1vflow.runtime.execute import execute
 
     extra = {"reward_model": reward_model.path} if reward_model is not None else {}
     return execute("grpo", experiment_json,
                    inputs={"sft_model": sft_model.path, "dataset": dataset.path, **extra},
                    outputs={"model": model.path, "checkpoints": checkpoints.path},
-                   metrics=metrics, report=report)
+                   metrics=metrics, report=report, html_report=html_report)

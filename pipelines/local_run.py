@@ -22,26 +22,18 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from r1vflow.config import Experiment
+from r1vflow.config import Experiment, flatten
 from r1vflow.pipelines.dag import build_pipeline, pipeline_name
+from r1vflow.reports import headline_metric
 from r1vflow.runtime.execute import RUN_DIR_ENV
+from r1vflow.runtime.reporting import publish_summary
 from r1vflow.tracking import runs as tracking
-
-_HEADLINE = ("accuracy/", "val_accuracy", "train_loss", "num_", "format_rate/")
 
 
 def _headline(metrics: dict[str, Any]) -> str:
-    """The one metric a stage's end line shows: the last accuracy/<label> (the latest model),
-    else the last val_accuracy (the last step's), else the first train_loss, num_, ..., else
-    the first loss, else the first metric."""
-    for prefix in _HEADLINE:
-        keys = [k for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, int | float)]
-        if keys:
-            key = keys[-1] if "accuracy" in prefix else keys[0]
-            return f"{key}={metrics[key]:.3g}"
-    numeric = [k for k, v in metrics.items() if isinstance(v, int | float)]
-    key = next((k for k in numeric if "loss" in k), numeric[0] if numeric else None)
-    return f"{key}={metrics[key]:.3g}" if key else ""
+    """The one metric a stage's end line shows (r1vflow.reports.headline_metric)."""
+    found = headline_metric(metrics)
+    return f"{found[0]}={found[1]:.3g}" if found else ""
 
 
 @contextlib.contextmanager
@@ -217,7 +209,7 @@ def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
             result = {"stage": stage, "status": "not_run", "seconds": 0.0, "metrics": {}}
         entries[stage] = {k: result.get(k) for k in (
             "status", "seconds", "metrics", "model_uri", "model_version", "mlflow_run_id",
-            "cached", "error") if result.get(k) is not None}
+            "cached", "error", "report_html") if result.get(k) is not None}
     return entries
 
 
@@ -269,7 +261,7 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     }
     with _quiet_mlflow(enabled=not verbose):  # "Creating initial MLflow database tables", ...
         parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
-                                              parent_tags)
+                                              parent_tags, flatten(exp.model_dump(mode="json")))
     os.environ.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
         tracking.PARENT_ENV: parent_id,
@@ -307,6 +299,7 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     if configure.exists():  # the overrides were refused: no stage ran
         summary["error"] = "configure: " + json.loads(configure.read_text())["error"]
     summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
+    summary["report"] = str(publish_summary(output_dir, exp.name, stages, tracking_uri, parent_id))
     final_metrics = {k: v for s in stages.values() for k, v in s.get("metrics", {}).items()
                      if k.startswith("accuracy/")}
     tracking.finish_parent_run(tracking_uri, parent_id, status,

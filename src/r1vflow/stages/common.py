@@ -33,6 +33,7 @@ class StageResult(BaseModel):
     mlflow_run_id: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
     task_dir: str | None = Field(None, description="The KFP task's directory (where it wrote).")
+    report_html: str | None = Field(None, description="The stage's HTML report (r1vflow.reports).")
     error: str | None = None
 
 
@@ -42,6 +43,11 @@ class StageOutcome:
     model_dir: Path | None = None
     model_version: str | None = None
     report: str = ""
+    # What the stage's HTML report draws besides its metrics (r1vflow.reports): per-step
+    # histories (key -> [(step, value)]; the component adds what its tracker recorded) and
+    # stage-specific extras (JSON-able) that the stage's figure builder reads.
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    report_data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

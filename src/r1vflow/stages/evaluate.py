@@ -14,6 +14,7 @@ from pathlib import Path
 
 from r1vflow.config.stage_table import evaluated_models
 from r1vflow.data.io import load_split
+from r1vflow.eval.grading import score_responses
 from r1vflow.eval.scoring import score_model
 from r1vflow.models.io import load_model
 from r1vflow.models.tokenizer import load_tokenizer
@@ -31,6 +32,8 @@ def run(ctx: StageContext) -> StageOutcome:
     samples = load_split(dataset, cfg.split)[: cfg.limit]
     metrics: dict[str, float] = {"eval_size": float(len(samples))}
     examples: dict[str, list[str]] = {}
+    predictions: dict[str, list] = {}
+    evaluated: dict[str, str | None] = {}  # label -> registered version
     final: tuple[str, Path] | None = None  # the last training stage's model: the candidate
     for input_name, label in MODEL_INPUTS.items():
         if input_name not in ctx.inputs:
@@ -44,9 +47,46 @@ def run(ctx: StageContext) -> StageOutcome:
             seed=exp.data.seed)
         metrics.update({f"{k}/{label}": v for k, v in scored.items()})
         examples[label] = responses[:EXAMPLES_IN_REPORT]
+        _add_predictions(predictions, label, samples, responses)
+        evaluated[label] = parent_version(path)
     candidate = _mark_candidate(ctx, final, metrics) if final else None
-    return StageOutcome(metrics=metrics, model_version=candidate,
-                        report=_report(exp.name, cfg.split, samples, metrics, examples))
+    ctx.tracker.log_table(predictions, "predictions.json")
+    lineage = _lineage(ctx, candidate)
+    report = _report(exp.name, cfg.split, samples, metrics, examples) + _lineage_md(lineage)
+    return StageOutcome(metrics=metrics, model_version=candidate, report=report,
+                        report_data={"lineage": lineage, "evaluated": {
+                            k: v for k, v in evaluated.items() if v}})
+
+
+def _add_predictions(table: dict[str, list], label: str, samples, responses: list[str]) -> None:
+    """One row per (model, sample): the first response, graded (the MLflow table evaluate
+    logs as predictions.json, filterable in the UI)."""
+    graded = score_responses([s.answer for s in samples], responses)
+    for sample, response, correct, fmt in zip(samples, responses, graded["correct"],
+                                              graded["format"], strict=True):
+        for key, value in (("model", label), ("sample_id", sample.id),
+                           ("family", sample.family), ("question", sample.question),
+                           ("gold", sample.answer), ("response", response),
+                           ("correct", bool(correct)), ("format_ok", bool(fmt))):
+            table.setdefault(key, []).append(value)
+
+
+def _lineage(ctx: StageContext, candidate: str | None) -> list[dict[str, str]]:
+    """The candidate's registered chain back to its root, newest first ([] without a
+    registry): [{version, stage}]."""
+    if not (candidate and ctx.tracker.enabled and ctx.tracker.register):
+        return []
+    from r1vflow.tracking.lineage import walk_lineage
+
+    return [{"version": node["model_version"], "stage": node["stage"]}
+            for node in walk_lineage(*candidate.rsplit("/", 1))]
+
+
+def _lineage_md(lineage: list[dict[str, str]]) -> str:
+    if not lineage:
+        return ""
+    chain = " <- ".join(f"`{node['version']}` ({node['stage']})" for node in lineage)
+    return f"\n## Lineage of the candidate\n\n{chain}\n"
 
 
 def _mark_candidate(ctx: StageContext, final: tuple[str, Path], metrics: dict) -> str | None:

@@ -1,0 +1,127 @@
+"""Level 1: the report library (r1vflow.reports) on hand-made metric histories, no stage."""
+
+import base64
+import re
+
+import pytest
+
+from r1vflow.reports import ReportData, close_figures, headline_metric, stage_page, summary_page
+from r1vflow.reports.stages import (
+    BUILDERS,
+    accuracy_table,
+    calibration_curve,
+    figure_builder,
+    grpo_figures,
+    per_iteration,
+    stage_figures,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _lines(fig) -> dict[str, tuple[list, list]]:
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+            for line in fig.axes[0].get_lines()}
+
+
+def _grpo_history() -> dict:
+    steps = [1, 2, 3, 4]
+    values = {
+        "train/loss": [0.5, 0.4, 0.3, 0.2], "train/lr": [1e-4, 1e-4, 5e-5, 0.0],
+        "train/reward/accuracy": [0.1, 0.2, 0.3, 0.4], "train/reward/format": [0.5, 0.6, 0.7, 0.8],
+        "train/reward_mean": [0.6, 0.8, 1.0, 1.2], "train/accuracy": [0.1, 0.2, 0.3, 0.4],
+        "train/format_rate": [0.5, 0.6, 0.7, 0.8],
+        "train/effective_ratio_before": [0.25, 0.5, 0.375, 0.125],
+        "train/effective_ratio_after": [1.0, 1.0, 0.75, 0.5],
+        "train/replay_fraction": [0.75, 0.5, 0.375, 0.375],
+        "train/monitor/reward_hacking": [0.0, 0.0, 1.0, 1.0],
+        "train/monitor/format_collapse": [0.0, 0.0, 0.0, 0.0],
+        "train/monitor/rm_rise": [0.0, 0.0, 0.3, 0.4],  # a measured value, not a flag
+    }
+    return {k: list(zip(steps, v, strict=True)) for k, v in values.items()}
+
+
+def test_grpo_figures_draw_the_ssb_before_and_after_and_the_monitor_flags():
+    figures = dict(grpo_figures(ReportData("grpo", "t", {}, _grpo_history())))
+    assert list(figures) == ["rewards", "accuracy_format", "ssb_effective_ratio",
+                             "replay_fraction", "monitor_flags"]
+    ssb = _lines(figures["ssb_effective_ratio"])
+    assert ssb == {"before SSB": ([1, 2, 3, 4], [0.25, 0.5, 0.375, 0.125]),
+                   "after SSB": ([1, 2, 3, 4], [1.0, 1.0, 0.75, 0.5])}
+    assert set(_lines(figures["rewards"])) == {"accuracy", "format", "total"}
+    assert _lines(figures["replay_fraction"])["replay fraction"][1] == [0.75, 0.5, 0.375, 0.375]
+    flags = _lines(figures["monitor_flags"])
+    assert set(flags) == {"reward_hacking", "format_collapse"}  # rm_rise is no flag
+    assert flags["reward_hacking"][1] == [0.0, 0.0, 1.0, 1.0]
+    close_figures(list(figures.items()))
+
+
+def test_every_stage_gets_loss_and_lr_curves_one_line_per_prefix():
+    history = {"train/vision/loss": [(1, 2.0), (2, 1.0)], "train/llm/loss": [(1, 5.0)],
+               "train/llm/lr": [(1, 1e-3)], "train/llm/grad_norm": [(1, 3.0)]}
+    figures = dict(stage_figures(ReportData("some_new_stage", "t", {}, history)))
+    assert list(figures) == ["loss", "learning_rate"]
+    assert _lines(figures["loss"]) == {"train/vision": ([1, 2], [2.0, 1.0]),
+                                       "train/llm": ([1], [5.0])}
+    assert _lines(figures["learning_rate"]) == {"train/llm": ([1], [1e-3])}
+
+
+def test_a_stage_has_one_figure_builder():
+    with pytest.raises(ValueError, match="'grpo' already has a figure builder"):
+        figure_builder("grpo")(lambda data: [])
+    assert {"grpo", "sft", "train_reward_model", "evaluate"} <= set(BUILDERS)
+
+
+def test_calibration_curve_by_hand():
+    # bins of width 1 on 0..5; a 5.0 falls in the last bin
+    centers, shares, counts = calibration_curve([4.5, 5.0, 2.2, 0.1], [0.2, 2.9, 4.1])
+    assert centers == [0.5, 1.5, 2.5, 3.5, 4.5]
+    assert counts == [2, 0, 2, 0, 3]
+    assert shares[0] == 0.5 and shares[2] == 0.5 and shares[4] == pytest.approx(2 / 3)
+    assert shares[1] != shares[1]  # nan: an empty bin
+
+
+def test_per_iteration_and_accuracy_table_read_metric_names():
+    metrics = {"train_size/iter_0": 72, "train_size/iter_1": 61, "error_set_size/iter_1": 8,
+               "val_accuracy/iter_1": 0.5, "val_accuracy": 0.5, "train_loss/iter_0": 3.0}
+    assert per_iteration(metrics, ("train_size", "error_set_size", "val_accuracy")) == {
+        "train_size": {0: 72.0, 1: 61.0}, "error_set_size": {1: 8.0}, "val_accuracy": {1: 0.5}}
+    table = accuracy_table({"accuracy/base": 0.2, "accuracy_counting/base": 0.5,
+                            "accuracy/sft": 0.4, "format_rate/sft": 0.9, "eval_size": 16})
+    assert table == {"base": {"all": 0.2, "counting": 0.5}, "sft": {"all": 0.4}}
+
+
+def test_headline_metric_prefers_the_latest_accuracy():
+    assert headline_metric({"accuracy/base": 0.1, "accuracy/sft": 0.3, "x": 1}) == (
+        "accuracy/sft", 0.3)
+    assert headline_metric({"val_loss": 1.0, "train_loss": 2.0}) == ("train_loss", 2.0)
+    assert headline_metric({"steps": 3.0, "val_loss": 1.5}) == ("val_loss", 1.5)
+    assert headline_metric({}) is None
+
+
+def test_stage_page_is_self_contained_with_every_metric_and_figure():
+    metrics = {"val_accuracy": 0.123456789, "steps": 4.0}
+    page = stage_page(ReportData("grpo", "tiny", metrics, _grpo_history()), "# grpo\n| a | b |")
+    sources = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page.html)
+    assert [name for name, _ in sources] == [name for name, _ in page.figures]
+    assert len(sources) == 7  # loss, lr + the five grpo figures
+    assert all(base64.b64decode(data).startswith(PNG_MAGIC) for _, data in sources)
+    assert 'data-metric="val_accuracy">0.123457<' in page.html
+    assert 'data-metric="steps">4<' in page.html
+    assert "<pre># grpo\n| a | b |</pre>" in page.html  # the Markdown, as plain text
+    assert not re.search(r"(src|href)=\"https?:", page.html)
+    close_figures(page.figures)
+
+
+def test_summary_page_links_stage_pages_and_charts_accuracy():
+    stages = {"sft": {"status": "succeeded", "seconds": 12.5, "metrics": {"val_accuracy": 0.4}},
+              "evaluate": {"status": "succeeded", "seconds": 3.0, "cached": True,
+                           "metrics": {"accuracy/base": 0.1, "accuracy/sft": 0.4}}}
+    page = summary_page("smoke", stages, links={"sft": "sft.html"})
+    assert [name for name, _ in page.figures] == ["accuracy", "seconds"]
+    assert '<a href="sft.html">sft</a>' in page.html
+    assert 'data-metric="evaluate:accuracy/sft">0.4<' in page.html
+    assert "succeeded (cached)" in page.html
+    bars = page.figures[0][1].axes[0].patches
+    assert [round(b.get_height(), 6) for b in bars] == [0.1, 0.4]
+    close_figures(page.figures)
