@@ -188,3 +188,35 @@ def test_validate_rejects_bad_config_and_runs_nothing(tmp_path):
     assert not (tmp_path / "o").exists()
     negative = _run("validate", str(PRESETS / "smoke.yaml"), "--set", "sft.lr=-0.1")
     assert negative.returncode != 0 and "sft.lr" in negative.stderr
+
+
+def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, tmp_path):
+    """Each stage's page and the summary page, in a real browser: a screenshot, every image
+    decoded (naturalWidth > 0), and every number on the page equal to summary.json's."""
+    from browser import browser, images_loaded, page_metrics
+
+    from r1vflow.reports import headline_metric
+
+    out, summary, _ = smoke_run
+    assert summary["report"] == str(out / "reports" / "summary.html")
+    pages = {stage: Path(entry["report"]) for stage, entry in summary["stages"].items()}
+    assert set(pages) == set(summary["stages"])
+    with browser() as driver:
+        for stage, page in [*pages.items(), ("summary", Path(summary["report"]))]:
+            driver.get(page.as_uri())
+            shot = tmp_path / f"{stage}.png"
+            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+            images = images_loaded(driver)
+            assert images, f"{stage}: no figure on the page"
+            broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0)]
+            assert not broken, f"{stage}: images that did not load: {broken}"
+            shown = page_metrics(driver)
+            if stage == "summary":  # each stage's headline metric
+                expected = {f"{name}:{key}": value for name, entry in summary["stages"].items()
+                            for key, value in [headline_metric(entry["metrics"])]}
+            else:
+                expected = summary["stages"][stage]["metrics"]
+            assert set(shown) == set(expected), stage
+            for key, value in expected.items():
+                assert float(shown[key]) == pytest.approx(value, rel=1e-5), (stage, key)
+    assert '<img alt="ssb_effective_ratio"' in pages["grpo"].read_text()

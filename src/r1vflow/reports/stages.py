@@ -58,6 +58,15 @@ def training_curves(data: ReportData) -> list[NamedFigure]:
     return out
 
 
+@figure_builder("synthesize_data")
+def data_figures(data: ReportData) -> list[NamedFigure]:
+    """Records per file of the synthesized data set (metrics `num_<file>`)."""
+    counts = {k[len("num_"):]: {"records": float(v)} for k, v in data.metrics.items()
+              if k.startswith("num_")}
+    return [("records", grouped_bars(counts, "synthesize_data: records per file",
+                                     "records"))] if counts else []
+
+
 @figure_builder("grpo")
 def grpo_figures(data: ReportData) -> list[NamedFigure]:
     """Reward components, accuracy and format rate, the SSB's effective ratio before vs after,
