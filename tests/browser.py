@@ -1,11 +1,13 @@
 """Headless Chromium for page tests: Debian's `chromium` and `chromium-driver` (`.ci/run`
 installs them; nothing is downloaded at test time), driven by Selenium.
 
-`browser()` yields a WebDriver, or skips the test naming what is missing."""
+`browser()` yields a WebDriver, or skips the test naming what is missing; with
+R1VFLOW_REQUIRE_BROWSER=1 (what `.ci/run` sets) it fails instead."""
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from collections.abc import Iterator
 
@@ -30,6 +32,8 @@ def _missing() -> str | None:
 @contextlib.contextmanager
 def browser(width: int = 1280, height: int = 1800) -> Iterator:
     reason = _missing()
+    if reason and os.environ.get("R1VFLOW_REQUIRE_BROWSER") == "1":
+        pytest.fail(f"R1VFLOW_REQUIRE_BROWSER=1 but {reason}")
     if reason:
         pytest.skip(f"headless browser tests need Chromium: {reason}")
     from selenium import webdriver

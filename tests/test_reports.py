@@ -125,3 +125,13 @@ def test_summary_page_links_stage_pages_and_charts_accuracy():
     bars = page.figures[0][1].axes[0].patches
     assert [round(b.get_height(), 6) for b in bars] == [0.1, 0.4]
     close_figures(page.figures)
+
+
+def test_the_browser_helper_names_what_is_missing(monkeypatch, tmp_path):
+    from browser import _missing
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
+    assert _missing() == "no chromium on PATH (apt-get install chromium chromium-driver)"
+    (tmp_path / "chromium").write_text("#!/bin/sh\n")
+    (tmp_path / "chromium").chmod(0o755)
+    assert _missing() == "no chromedriver on PATH (apt-get install chromium-driver)"
