@@ -220,3 +220,23 @@ def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, tmp
             for key, value in expected.items():
                 assert float(shown[key]) == pytest.approx(value, rel=1e-5), (stage, key)
     assert '<img alt="ssb_effective_ratio"' in pages["grpo"].read_text()
+
+
+def test_compare_prints_runs_metrics_and_the_config_diff(smoke_run, changed_runs):
+    _, summary, _ = smoke_run
+    changed = changed_runs["lr"]
+    result = subprocess.run(
+        [*CLI, "compare", summary["mlflow"]["parent_run_id"], changed["mlflow"]["parent_run_id"],
+         "--tracking-uri", summary["mlflow"]["tracking_uri"]],
+        capture_output=True, text=True, timeout=300, env={**clean_env(), "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    diff = lines[next(i for i, line in enumerate(lines) if "config diff" in line):]
+    keys = {line.split("│")[1].strip() for line in diff if line.count("│") >= 3}
+    assert keys == {"key", "grpo.lr", "r1vflow.overrides"}  # header, the change, its record
+    (lr_row,) = [line for line in diff if "grpo.lr" in line]
+    assert "0.0003" in lr_row
+    (accuracy_row,) = [line for line in lines if "│ accuracy/grpo " in line]
+    values = [cell.strip() for cell in accuracy_row.split("│")[2:4]]
+    assert values == [f"{s['stages']['evaluate']['metrics']['accuracy/grpo']:.4g}"
+                      for s in (summary, changed)]

@@ -75,7 +75,8 @@ def compare_runs(run_ids: list[str], tracking_uri: str | None = None
                  ) -> tuple[dict[str, list[float | None]], list[dict[str, Any]]]:
     """What MLflow's run comparison shows for pipeline (parent) runs: metric name -> one value
     per run (None where a run lacks it), and per run its name, id, status, start (ms), duration
-    (s), and its params (the flattened experiment config the driver logs)."""
+    (s), and its params (the flattened experiment config the driver logs, plus the run-time
+    overrides it was given, tag `r1vflow.overrides`)."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
@@ -91,5 +92,6 @@ def compare_runs(run_ids: list[str], tracking_uri: str | None = None
              "status": run.info.status, "start_time": run.info.start_time,
              "duration_s": ((run.info.end_time - run.info.start_time) / 1000
                             if run.info.end_time else None),
-             "params": dict(run.data.params)} for run in runs]
+             "params": {**run.data.params, **{k: v for k, v in run.data.tags.items()
+                                              if k == "r1vflow.overrides"}}} for run in runs]
     return rows, meta
