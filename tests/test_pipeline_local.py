@@ -233,7 +233,7 @@ def test_compare_prints_runs_metrics_and_the_config_diff(smoke_run, changed_runs
     lines = result.stdout.splitlines()
     diff = lines[next(i for i, line in enumerate(lines) if "config diff" in line):]
     keys = {line.split("│")[1].strip() for line in diff if line.count("│") >= 3}
-    assert keys == {"key", "grpo.lr", "r1vflow.overrides"}  # header, the change, its record
+    assert keys == {"grpo.lr", "r1vflow.overrides"}  # the change and its record
     (lr_row,) = [line for line in diff if "grpo.lr" in line]
     assert "0.0003" in lr_row
     (accuracy_row,) = [line for line in lines if "│ accuracy/grpo " in line]
