@@ -135,3 +135,31 @@ def test_the_browser_helper_names_what_is_missing(monkeypatch, tmp_path):
     (tmp_path / "chromium").write_text("#!/bin/sh\n")
     (tmp_path / "chromium").chmod(0o755)
     assert _missing() == "no chromedriver on PATH (apt-get install chromium-driver)"
+
+
+def test_run_title_and_description_name_stage_experiment_and_headline():
+    from r1vflow.runtime.reporting import run_description, run_title
+
+    metrics = {"train_loss": 1.23456, "val_accuracy": 0.5}
+    assert run_title("sft", "tiny", metrics) == "sft · tiny · val_accuracy 0.5"
+    assert run_title("synthesize_data", "tiny", {}) == "synthesize_data · tiny"
+    text = run_description("sft", "tiny", metrics, "tiny-sft/3")
+    assert text.startswith("**sft** stage of the r1vflow experiment **tiny**.")
+    assert "Headline: `val_accuracy` = **0.5**." in text and "`tiny-sft/3`" in text
+
+
+def test_version_description_links_parent_run_and_local_kfp_run():
+    from r1vflow.tracking.runs import registered_name, version_description
+
+    tags = {"r1vflow.parent": "tiny-align-projector/2", "r1vflow.dataset_digest": "abc",
+            "r1vflow.kfp_run": "local:p123", "r1vflow.storage_uri": "s3://b/m",
+            "r1vflow.config_fingerprint": "f" * 64}
+    text = version_description("sft", tags, "r" * 32, "7")
+    assert "| parent version | [tiny-align-projector/2](#/models/tiny-align-projector/" \
+           "versions/2) |" in text
+    assert f"| trained by | the **sft** stage, run [rrrrrrrr](#/experiments/7/runs/{'r' * 32}) |" \
+           in text
+    assert "| KFP run | [local:p123](#/experiments/7/runs/p123) |" in text
+    assert "| data digest | `abc` |" in text and "| stored at | `s3://b/m` |" in text
+    assert registered_name("tiny", "train_reward_model") == "tiny-train-reward-model"
+    assert registered_name("tiny", "bootstrap", "-substitute") == "tiny-bootstrap-substitute"
