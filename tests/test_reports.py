@@ -163,3 +163,36 @@ def test_version_description_links_parent_run_and_local_kfp_run():
     assert "| data digest | `abc` |" in text and "| stored at | `s3://b/m` |" in text
     assert registered_name("tiny", "train_reward_model") == "tiny-train-reward-model"
     assert registered_name("tiny", "bootstrap", "-substitute") == "tiny-bootstrap-substitute"
+
+
+def test_on_a_cluster_the_last_stage_gives_the_parent_run_its_summary_page(tmp_path):
+    """No driver writes summary.json on a cluster: the page is rebuilt from the stage runs."""
+    import mlflow
+
+    from r1vflow.config import STAGES
+    from r1vflow.runtime.cluster import POD_NAMESPACE_ENV
+    from r1vflow.runtime.reporting import stages_from_runs, summarize_parent
+    from r1vflow.tracking.runs import PARENT_ENV, stage_run, start_parent_run
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    parent = start_parent_run(uri, "r1vflow-c", "c", {})
+    env = {PARENT_ENV: parent}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(PARENT_ENV, parent)
+        for stage, metrics in (("sft", {"val_accuracy": 0.25, "stage_seconds": 4.0}),
+                               ("evaluate", {"accuracy/sft": 0.5, "stage_seconds": 2.0})):
+            with stage_run(uri, "r1vflow-c", stage, "c") as tracker:
+                tracker.log_metrics({"train/loss": 1.0}, step=1)
+                tracker.log_metrics(metrics)
+    assert stages_from_runs(uri, parent) == {
+        "sft": {"status": "succeeded", "seconds": 4.0, "metrics": {"val_accuracy": 0.25}},
+        "evaluate": {"status": "succeeded", "seconds": 2.0, "metrics": {"accuracy/sft": 0.5}}}
+    assert not summarize_parent(uri, STAGES[-1], "c", env)  # not on a cluster: the driver's job
+    assert not summarize_parent(uri, "sft", "c", {**env, POD_NAMESPACE_ENV: "ns"})
+    assert summarize_parent(uri, STAGES[-1], "c", {**env, POD_NAMESPACE_ENV: "ns"})
+    client = mlflow.MlflowClient(uri)
+    page = client.download_artifacts(parent, "report/summary.html", str(tmp_path))
+    text = open(page).read()
+    assert 'data-metric="sft:val_accuracy">0.25<' in text
+    assert 'data-metric="evaluate:accuracy/sft">0.5<' in text
+    assert "**sft** (succeeded)" in client.get_run(parent).data.tags["mlflow.note.content"]

@@ -20,7 +20,7 @@ from r1vflow.config.slicing import experiment_from_slice
 from r1vflow.config.stage_table import stage as stage_spec
 from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch_dir
 from r1vflow.runtime.launch import run_stage
-from r1vflow.runtime.reporting import RUN_DIR_ENV, publish_report
+from r1vflow.runtime.reporting import RUN_DIR_ENV, publish_report, summarize_parent
 from r1vflow.stages import StageContext, StageResult
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
 from r1vflow.storage.settings import tracking_uri_from_env
@@ -151,6 +151,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
         raise
     report_to_parent(tracking_uri, stage, "succeeded", result.metrics,
                      last_stage=stage == STAGES[-1])
+    summarize_parent(tracking_uri, stage, exp.name)  # on a cluster, after the last stage
     _write_kfp_outputs(result, metrics)
     _mirror(result)
     return result.model_dump_json()

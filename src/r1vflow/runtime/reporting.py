@@ -92,17 +92,57 @@ def publish_summary(output_dir: Path, experiment: str, stages: dict[str, dict[st
     path = _write(folder / "summary.html", page.html)
     try:
         if tracking_uri and parent_run_id:
-            from r1vflow.tracking.client import mlflow_client
-
-            client = mlflow_client(tracking_uri)
-            for name, figure in page.figures:
-                client.log_figure(parent_run_id, figure, f"{ARTIFACT_DIR}/{name}.png")
-            client.log_text(parent_run_id, page.html, f"{ARTIFACT_DIR}/summary.html")
-            client.set_tag(parent_run_id, "mlflow.note.content",
-                           _summary_description(experiment, stages))
+            _log_summary(tracking_uri, parent_run_id, experiment, stages, page)
     finally:
         close_figures(page.figures)
     return path
+
+
+def _log_summary(tracking_uri: str, parent_run_id: str, experiment: str,
+                 stages: dict[str, dict[str, Any]], page) -> None:
+    from r1vflow.tracking.client import mlflow_client
+
+    client = mlflow_client(tracking_uri)
+    for name, figure in page.figures:
+        client.log_figure(parent_run_id, figure, f"{ARTIFACT_DIR}/{name}.png")
+    client.log_text(parent_run_id, page.html, f"{ARTIFACT_DIR}/summary.html")
+    client.set_tag(parent_run_id, "mlflow.note.content", _summary_description(experiment, stages))
+
+
+_NOT_STAGE_METRICS = ("train/", "system/", "stage_seconds")
+
+
+def stages_from_runs(tracking_uri: str, parent_run_id: str) -> dict[str, dict[str, Any]]:
+    """summary.json's `stages` rebuilt from the parent run's stage runs in MLflow (where no
+    driver wrote one: a KFP run on a cluster), in the stage table's order: status, seconds
+    (`stage_seconds`) and the final metrics (per-step `train/*` and `system/*` left out)."""
+    from r1vflow.config import STAGES
+    from r1vflow.tracking.client import mlflow_client
+
+    client = mlflow_client(tracking_uri)
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs([parent.info.experiment_id], max_results=500,
+                                  filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'")
+    found = {}
+    for run in sorted(children, key=lambda r: r.info.start_time):  # a retried stage: the last
+        metrics = run.data.metrics
+        found[run.data.tags.get("r1vflow.stage", run.info.run_name)] = {
+            "status": {"FINISHED": "succeeded", "FAILED": "failed"}.get(run.info.status,
+                                                                         run.info.status.lower()),
+            "seconds": metrics.get("stage_seconds", 0.0),
+            "metrics": {k: v for k, v in metrics.items() if not k.startswith(_NOT_STAGE_METRICS)}}
+    order = [s for s in STAGES if s in found] + sorted(set(found) - set(STAGES))
+    return {stage: found[stage] for stage in order}
+
+
+def publish_parent_summary(tracking_uri: str, parent_run_id: str, experiment: str) -> None:
+    """The summary page, its figures and description on the parent run, from MLflow alone."""
+    stages = stages_from_runs(tracking_uri, parent_run_id)
+    page = summary_page(experiment, stages)
+    try:
+        _log_summary(tracking_uri, parent_run_id, experiment, stages, page)
+    finally:
+        close_figures(page.figures)
 
 
 def _summary_description(experiment: str, stages: dict[str, dict[str, Any]]) -> str:
@@ -115,3 +155,27 @@ def _summary_description(experiment: str, stages: dict[str, dict[str, Any]]) -> 
         lines.append(f"- **{stage}** ({entry.get('status')}): {headline}")
     lines += ["", f"Summary page: `{ARTIFACT_DIR}/summary.html`."]
     return "\n".join(lines)
+
+
+def summarize_parent(tracking_uri: str | None, stage: str, experiment: str,
+                     environ: dict[str, str] | None = None) -> bool:
+    """On a cluster, after the last stage: the parent run's summary page (the local driver
+    writes it itself). Never raises: the stages' own results are already recorded; a failure
+    is a warning in the task's log. Returns whether a page was logged."""
+    import logging
+
+    from r1vflow.config import STAGES
+    from r1vflow.runtime.cluster import on_cluster
+    from r1vflow.tracking.runs import PARENT_ENV
+
+    env = os.environ if environ is None else environ
+    parent = env.get(PARENT_ENV)
+    if not (tracking_uri and parent and stage == STAGES[-1] and on_cluster(env)):
+        return False
+    try:
+        publish_parent_summary(tracking_uri, parent, experiment)
+    except Exception as err:  # noqa: BLE001 (reported, not raised: see docstring)
+        logging.getLogger(__name__).warning("no summary page on the parent run %s: %s",
+                                            parent, err)
+        return False
+    return True
