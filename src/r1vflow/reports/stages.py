@@ -86,7 +86,7 @@ def grpo_figures(data: ReportData) -> list[NamedFigure]:
                         "after SSB": "train/effective_ratio_after"})
     if ssb:
         out.append(("ssb_effective_ratio", line_chart(
-            ssb, "Selective Sample Buffer: share of samples with non-zero advantage",
+            ssb, "SSB: share of samples with non-zero advantage",
             "effective ratio", ylim=UNIT)))
     replay = _lines(data, {"replay fraction": "train/replay_fraction"})
     if replay:
