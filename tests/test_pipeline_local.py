@@ -234,8 +234,9 @@ def test_compare_prints_runs_metrics_and_the_config_diff(smoke_run, changed_runs
     diff = lines[next(i for i, line in enumerate(lines) if "config diff" in line):]
     keys = {line.split("│")[1].strip() for line in diff if line.count("│") >= 3}
     assert keys == {"grpo.lr", "r1vflow.overrides"}  # the change and its record
-    (lr_row,) = [line for line in diff if "grpo.lr" in line]
-    assert "0.0003" in lr_row
+    (lr_row,) = [line for line in diff if line.count("│") >= 3
+                 and line.split("│")[1].strip() == "grpo.lr"]
+    assert [cell.strip() for cell in lr_row.split("│")[2:4]][1] == "0.0003"
     (accuracy_row,) = [line for line in lines if "│ accuracy/grpo " in line]
     values = [cell.strip() for cell in accuracy_row.split("│")[2:4]]
     assert values == [f"{s['stages']['evaluate']['metrics']['accuracy/grpo']:.4g}"
