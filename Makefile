@@ -1,6 +1,7 @@
 # r1vflow: `make demo` runs the tiny pipeline end to end; `make test` runs the test suite.
-# Both set up .venv first: the torch 2.13.0 CPU wheel, then the project with its dev extra, every
-# package at the version requirements.lock pins (`make lock` regenerates it).
+# Both set up .venv first: the torch 2.13.0 CPU wheel, then the project with its dev, bench and
+# judge extras (not gpu: vLLM is CUDA-only), every package at the version requirements.lock pins
+# (`make lock` regenerates it).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.r1vflow-installed
@@ -14,7 +15,7 @@ $(STAMP): pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c requirements.lock torch
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev]'
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench,judge]'
 	touch $(STAMP)
 
 # Re-resolve every dependency (pyproject.toml + requirements.in) into requirements.lock with
@@ -23,7 +24,7 @@ LOCKVENV ?= .lockvenv
 lock:
 	python3 -m venv $(LOCKVENV)
 	$(LOCKVENV)/bin/pip install -q pip-tools==7.6.2
-	$(LOCKVENV)/bin/pip-compile --quiet --extra dev --strip-extras --no-emit-index-url \
+	$(LOCKVENV)/bin/pip-compile --quiet --extra dev --extra bench --extra judge --strip-extras --no-emit-index-url \
 	  --no-emit-find-links --allow-unsafe --output-file requirements.lock pyproject.toml requirements.in
 
 STACK  ?= runs/stack

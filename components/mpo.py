@@ -4,7 +4,7 @@ one), the DPO + BCO + NLL loss on the parts `mpo.trainable` names. Outputs the t
 the periodic checkpoints (`mpo.checkpoint_every`) and the training pairs."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from r1vflow.runtime.images import image_for
 
@@ -12,7 +12,8 @@ from r1vflow.runtime.images import image_for
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
 def mpo(experiment_json: str, dataset: Input[Dataset], base_model: Input[Model],
         model: Output[Model], checkpoints: Output[Artifact], pairs: Output[Dataset],
-        metrics: Output[Metrics], report: Output[Markdown], aligned_model: Input[Model] = None,
+        metrics: Output[Metrics], report: Output[Markdown], html_report: Output[HTML],
+        aligned_model: Input[Model] = None,
         sft_model: Input[Model] = None, reward_model: Input[Model] = None) -> str:
     from r1vflow.runtime.execute import execute
 
@@ -23,4 +24,4 @@ def mpo(experiment_json: str, dataset: Input[Dataset], base_model: Input[Model],
                            **{k: m.path for k, m in models.items() if m is not None}},
                    outputs={"model": model.path, "checkpoints": checkpoints.path,
                             "pairs": pairs.path},
-                   metrics=metrics, report=report)
+                   metrics=metrics, report=report, html_report=html_report)

@@ -3,7 +3,7 @@ with `sft.iterative`, R1V's iterations filtered by the reward model. Starts from
 model when given, else from the base model; `iterations` holds the intermediate models."""
 
 from kfp import dsl
-from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
 from r1vflow.runtime.images import image_for
 
@@ -11,6 +11,7 @@ from r1vflow.runtime.images import image_for
 @dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
 def sft(experiment_json: str, dataset: Input[Dataset], model: Output[Model],
         iterations: Output[Artifact], metrics: Output[Metrics], report: Output[Markdown],
+        html_report: Output[HTML],
         base_model: Input[Model] = None, aligned_model: Input[Model] = None,
         reward_model: Input[Model] = None, distilled_dataset: Input[Dataset] = None) -> str:
     from r1vflow.runtime.execute import execute
@@ -21,4 +22,4 @@ def sft(experiment_json: str, dataset: Input[Dataset], model: Output[Model],
                    inputs={"dataset": dataset.path,
                            **{k: m.path for k, m in models.items() if m is not None}},
                    outputs={"model": model.path, "iterations": iterations.path},
-                   metrics=metrics, report=report)
+                   metrics=metrics, report=report, html_report=html_report)

@@ -24,26 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from r1vflow.config import Experiment
+from r1vflow.config import Experiment, flatten
 from r1vflow.pipelines.dag import build_pipeline, pipeline_name
+from r1vflow.reports import headline_metric
 from r1vflow.runtime.execute import RUN_DIR_ENV
+from r1vflow.runtime.reporting import publish_summary
 from r1vflow.tracking import runs as tracking
-
-_HEADLINE = ("accuracy/", "val_accuracy", "train_loss", "num_", "format_rate/")
 
 
 def _headline(metrics: dict[str, Any]) -> str:
-    """The one metric a stage's end line shows: the last accuracy/<label> (the latest model),
-    else the last val_accuracy (the last step's), else the first train_loss, num_, ..., else
-    the first loss, else the first metric."""
-    for prefix in _HEADLINE:
-        keys = [k for k, v in metrics.items() if k.startswith(prefix) and isinstance(v, int | float)]
-        if keys:
-            key = keys[-1] if "accuracy" in prefix else keys[0]
-            return f"{key}={metrics[key]:.3g}"
-    numeric = [k for k, v in metrics.items() if isinstance(v, int | float)]
-    key = next((k for k in numeric if "loss" in k), numeric[0] if numeric else None)
-    return f"{key}={metrics[key]:.3g}" if key else ""
+    """The one metric a stage's end line shows (r1vflow.reports.headline_metric)."""
+    found = headline_metric(metrics)
+    return f"{found[0]}={found[1]:.3g}" if found else ""
 
 
 @contextlib.contextmanager
@@ -223,7 +215,7 @@ def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
             result = {"stage": stage, "status": "not_run", "seconds": 0.0, "metrics": {}}
         entries[stage] = {k: result.get(k) for k in (
             "status", "seconds", "metrics", "model_uri", "model_version", "mlflow_run_id",
-            "cached", "error", "unlogged_metrics") if result.get(k) is not None}
+            "cached", "error", "unlogged_metrics", "report_html") if result.get(k) is not None}
     return entries
 
 
@@ -360,13 +352,8 @@ def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
         "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
     }
     with _quiet_mlflow(enabled=not verbose):  # "Creating initial MLflow database tables", ...
-        parent_id = tracking.start_parent_run(
-            tracking_uri, mlflow_experiment, exp.name, parent_tags,
-            # the default SQLite store keeps its artifacts beside it, not in the current
-            # directory (which task containers do not see)
-            artifact_location=((output_dir / "mlartifacts").as_uri()
-                               if tracking_uri == f"sqlite:///{output_dir / 'mlflow.db'}"
-                               else None))
+        parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
+                                              parent_tags, flatten(exp.model_dump(mode="json")))
     os.environ.update({
         "MLFLOW_TRACKING_URI": tracking_uri,
         tracking.PARENT_ENV: parent_id,
@@ -428,6 +415,13 @@ def _finish(summary: dict[str, Any], tracking_uri: str, parent_id: str,
         summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
     except Exception as err:  # noqa: BLE001 (MLflow down at the end)
         summary["promotion"] = {"error": f"{type(err).__name__}: {err}"[:300]}
+    try:
+        summary["report"] = str(publish_summary(output_dir, summary["experiment"], stages,
+                                                tracking_uri, parent_id))
+    except Exception as err:  # noqa: BLE001 (MLflow down: the pages are written before it)
+        page = output_dir / "reports" / "summary.html"
+        summary["report"] = str(page) if page.is_file() else None
+        summary["mlflow"]["summary_page_error"] = f"{type(err).__name__}: {err}"[:300]
     write_text(output_dir / "summary.json", json.dumps(summary, indent=2))
     final_metrics = {k: v for s in stages.values() for k, v in s.get("metrics", {}).items()
                      if k.startswith("accuracy/")}

@@ -120,7 +120,7 @@ def test_stage_reports_the_three_steps_and_registers_the_aligned_model(micro_inp
         assert outcome.metrics[f"val_loss/{step}"] > 0
         assert 0 <= outcome.metrics[f"val_accuracy/{step}"] <= 1
     assert {"train_loss/captions", "train_loss/cot", "train_loss/align"} <= set(outcome.metrics)
-    assert outcome.model_version.startswith("micro-align_projector/")
+    assert outcome.model_version.startswith("micro-align-projector/")
     meta = read_metadata(outcome.model_dir)
     assert meta["parent"] == read_metadata(micro_inputs.root / "base_model")["model_version"]
     assert meta["extra"]["substitute_llm"] == "micro-bootstrap-substitute/1"

@@ -50,10 +50,10 @@ def _chain(tmp_path, exp, with_align: bool = False) -> dict:
 
 def _check_lineage(out: dict, family: str, tmp_path) -> None:
     root = out["import_model"].model_version
-    assert root == "fam-import_model/1"
+    assert root == "fam-import-model/1"
     mlflow.set_tracking_uri(out["uri"])
     client = mlflow.MlflowClient()
-    tags = client.get_model_version("fam-import_model", "1").tags
+    tags = client.get_model_version("fam-import-model", "1").tags
     assert (tags["r1vflow.parent"], tags["r1vflow.family"]) == ("", family)
     sft = read_metadata(tmp_path / "sft")
     assert read_metadata(tmp_path / "base")["parent"] is None

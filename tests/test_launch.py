@@ -62,9 +62,14 @@ def test_torchrun_command_runs_the_worker_module():
 
 def test_outcome_maps_rank0_model_into_task_outputs(tmp_path):
     result = WorkerResult(stage="sft", world_size=16, metrics={"loss": 0.5}, report="r",
-                          model_output="model", model_relpath="final", model_version="m/3")
-    outcome = outcome_from_result(result, {"model": tmp_path / "out"})
+                          model_output="model", model_relpath="final", model_version="m/3",
+                          history={"train/loss": [(1, 0.9), (2, 0.7)]},
+                          report_data={"val_chosen": [1.0]})
+    outcome = outcome_from_result(WorkerResult.model_validate_json(result.model_dump_json()),
+                                  {"model": tmp_path / "out"})
     assert outcome.model_dir == tmp_path / "out" / "final"
+    assert outcome.history == {"train/loss": [(1, 0.9), (2, 0.7)]}
+    assert outcome.report_data == {"val_chosen": [1.0]}
     assert (outcome.metrics, outcome.model_version, outcome.report) == ({"loss": 0.5}, "m/3", "r")
     with pytest.raises(RuntimeError, match="output 'weights'"):
         outcome_from_result(result.model_copy(update={"model_output": "weights"}),
@@ -95,10 +100,11 @@ def zero2_entry(ctx):
     engine = TrainEngine(model, lr=0.05, weight_decay=0.0, warmup_ratio=0.0, total_steps=3,
                          backend="deepspeed", zero_stage=2)
     data = torch.Generator().manual_seed(100 + rank)
-    for _ in range(3):
+    for step in range(1, 4):
         x = torch.randn(8, 4, generator=data)
         loss = torch.nn.functional.mse_loss(engine.model(x), x.sum(1, keepdim=True))
         engine.step(loss)
+        ctx.tracker.log_metrics({"train/loss": float(loss)}, step=step)  # the report's curve
     flat = torch.cat([p.detach().flatten() for p in engine.release().parameters()])
     (ctx.input("markers") / f"rank{rank}.json").write_text(json.dumps({
         "rank": rank, "world": world, "weights": flat.tolist(),
@@ -138,6 +144,7 @@ def test_two_process_launch_runs_both_ranks_and_rank0_writes_output(tmp_path):
     assert result.world_size == 2 and result.metrics["rank"] == 0.0
     assert (result.model_output, result.model_relpath) == ("model", ".")
     assert result.report == "rank 0 of 2"
+    assert [step for step, _ in result.history["train/loss"]] == [1, 2, 3]  # rank 0's, once
     history = client.get_metric_history(run_id, "rank_seen")
     assert [m.value for m in history] == [0.0]
 
@@ -388,7 +395,7 @@ def test_component_with_two_procs_runs_its_stage_under_torchrun(tmp_path, monkey
     """components/runtime.execute dispatches a 2-process stage to torchrun; rank 0's outputs
     and MLflow records are the task's, exactly as for an in-process stage."""
     import mlflow
-    from kfp.dsl import Dataset, Markdown, Metrics
+    from kfp.dsl import HTML, Dataset, Markdown, Metrics
 
     from r1vflow.components.synthesize_data import synthesize_data
 
@@ -400,8 +407,12 @@ def test_component_with_two_procs_runs_its_stage_under_torchrun(tmp_path, monkey
     result = json.loads(synthesize_data.python_func(
         experiment_json=exp.model_dump_json(), dataset=dataset,
         metrics=Metrics(name="m", uri=str(tmp_path / "m")),
-        report=Markdown(name="r", uri=str(tmp_path / "r"))))
+        report=Markdown(name="r", uri=str(tmp_path / "r")),
+        html_report=HTML(name="h", uri=str(tmp_path / "h"))))
     assert result["status"] == "succeeded"
+    page = (tmp_path / "h").read_text()  # rank 0's metrics reached the task's report
+    for key, value in result["metrics"].items():
+        assert f'data-metric="{key}">{value:.6g}<' in page
     info = json.loads((Path(dataset.path) / "dataset.json").read_text())
     assert info["counts"]["train"] == exp.synthesize_data.num_train
     run = mlflow.MlflowClient(uri).get_run(result["mlflow_run_id"])

@@ -201,3 +201,56 @@ def test_smoke_scores_its_published_layout_benchmark(smoke_run):
     rows = [json.loads(line) for line in files[0].read_text().splitlines()]
     assert [r["id"] for r in rows] == ["1", "2", "3", "4"]
     assert metrics["bench/mathvista/accuracy/grpo"] == sum(r["correct"] for r in rows) / 4
+
+
+def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, tmp_path):
+    """Each stage's page and the summary page, in a real browser: a screenshot, every image
+    decoded (naturalWidth > 0), and every number on the page equal to summary.json's."""
+    from browser import browser, images_loaded, page_metrics
+
+    from r1vflow.reports import headline_metric
+
+    out, summary, _ = smoke_run
+    assert summary["report"] == str(out / "reports" / "summary.html")
+    pages = {stage: Path(entry["report"]) for stage, entry in summary["stages"].items()}
+    assert set(pages) == set(summary["stages"])
+    with browser() as driver:
+        for stage, page in [*pages.items(), ("summary", Path(summary["report"]))]:
+            driver.get(page.as_uri())
+            shot = tmp_path / f"{stage}.png"
+            assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
+            images = images_loaded(driver)
+            assert images, f"{stage}: no figure on the page"
+            broken = [i["alt"] for i in images if not (i["complete"] and i["width"] > 0)]
+            assert not broken, f"{stage}: images that did not load: {broken}"
+            shown = page_metrics(driver)
+            if stage == "summary":  # each stage's headline metric
+                expected = {f"{name}:{key}": value for name, entry in summary["stages"].items()
+                            for key, value in [headline_metric(entry["metrics"])]}
+            else:
+                expected = summary["stages"][stage]["metrics"]
+            assert set(shown) == set(expected), stage
+            for key, value in expected.items():
+                assert float(shown[key]) == pytest.approx(value, rel=1e-5), (stage, key)
+    assert '<img alt="ssb_effective_ratio"' in pages["grpo"].read_text()
+
+
+def test_compare_prints_runs_metrics_and_the_config_diff(smoke_run, changed_runs):
+    _, summary, _ = smoke_run
+    changed = changed_runs["lr"]
+    result = subprocess.run(
+        [*CLI, "compare", summary["mlflow"]["parent_run_id"], changed["mlflow"]["parent_run_id"],
+         "--tracking-uri", summary["mlflow"]["tracking_uri"]],
+        capture_output=True, text=True, timeout=300, env={**clean_env(), "COLUMNS": "250"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    diff = lines[next(i for i, line in enumerate(lines) if "config diff" in line):]
+    keys = {line.split("│")[1].strip() for line in diff if line.count("│") >= 3}
+    assert keys == {"grpo.lr", "r1vflow.overrides"}  # the change and its record
+    (lr_row,) = [line for line in diff if line.count("│") >= 3
+                 and line.split("│")[1].strip() == "grpo.lr"]
+    assert [cell.strip() for cell in lr_row.split("│")[2:4]][1] == "0.0003"
+    (accuracy_row,) = [line for line in lines if "│ accuracy/grpo " in line]
+    values = [cell.strip() for cell in accuracy_row.split("│")[2:4]]
+    assert values == [f"{s['stages']['evaluate']['metrics']['accuracy/grpo']:.4g}"
+                      for s in (summary, changed)]

@@ -80,3 +80,53 @@ def test_lineage_walks_from_the_final_model_to_bootstrap(stack_run):
     assert chain[0]["model_version"] == final["model_version"]
     assert chain[-1]["stage"] == "bootstrap" and chain[-1]["parent"] is None
     assert all(node["datasets"] for node in chain)
+
+
+def _wait_for_text(driver, texts: list[str], timeout: float = 90.0) -> str:
+    """The page's visible text once it holds every one of `texts` (MLflow's UI is a React app
+    that renders after its API calls return)."""
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def ready(d):
+        body = d.find_element("tag name", "body").text
+        return body if all(t in body for t in texts) else False
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=1).until(ready)
+    except TimeoutException:
+        body = driver.find_element("tag name", "body").text
+        missing = [t for t in texts if t not in body]
+        raise AssertionError(f"{driver.current_url} never showed {missing}; it shows:\n"
+                             f"{body[:3000]}") from None
+
+
+def test_mlflow_ui_shows_version_lineage_and_the_pipeline_run_with_its_stages(stack_run,
+                                                                               tmp_path):
+    """The MLflow UI of the `stack up` server, in headless Chromium: the final model version's
+    page shows its r1vflow.parent tag and its description's lineage; the pipeline's parent run
+    page lists every stage run as a child run and carries the summary page."""
+    from browser import browser
+
+    _, summary, info = stack_run
+    ui = info["mlflow_uri"].rstrip("/")
+    client = mlflow.MlflowClient(info["mlflow_uri"])
+    final = summary["stages"]["grpo"]["model_version"]
+    name, version = final.rsplit("/", 1)
+    parent_tag = client.get_model_version(name, version).tags["r1vflow.parent"]
+    assert parent_tag == summary["stages"]["sft"]["model_version"]
+    parent_id = summary["mlflow"]["parent_run_id"]
+    parent = client.get_run(parent_id)
+    stage_runs = [client.get_run(e["mlflow_run_id"]).info.run_name
+                  for e in summary["stages"].values()]
+    assert all(" · micro" in run_name for run_name in stage_runs)
+    artifacts = {a.path for a in client.list_artifacts(parent_id, "report")}
+    assert {"report/summary.html", "report/accuracy.png"} <= artifacts
+    with browser(1400, 1400) as driver:
+        driver.get(f"{ui}/#/models/{name}/versions/{version}")
+        _wait_for_text(driver, [f"Version {version}", "r1vflow.parent", parent_tag,
+                                "parent version"])
+        driver.save_screenshot(str(tmp_path / "version.png"))
+        driver.get(f"{ui}/#/experiments/{parent.info.experiment_id}/runs/{parent_id}")
+        _wait_for_text(driver, ["Child runs", *stage_runs, "r1vflow pipeline run of micro"])
+        driver.save_screenshot(str(tmp_path / "parent-run.png"))

@@ -45,7 +45,7 @@ def test_every_input_names_a_real_output_of_its_producer():
 @pytest.mark.parametrize("spec", TABLE, ids=lambda s: s.name)
 def test_component_signature_matches_the_table(spec):
     params = inspect.signature(_component(spec.name).python_func).parameters
-    declared = {n for n in params if n not in ("experiment_json", "metrics", "report")}
+    declared = {n for n in params if n not in ("experiment_json", "metrics", "report", "html_report")}
     assert declared == {i.name for i in spec.inputs} | {o.name for o in spec.outputs}
     for inp in spec.inputs:
         assert (params[inp.name].default is None) == inp.optional, inp.name

@@ -120,6 +120,8 @@ def _print_summary(summary: dict) -> None:
     out_console.print(table)
     out = Path(summary["output_dir"])
     typer.echo(f"summary: {out / 'summary.json'}")
+    if summary.get("report"):
+        typer.echo(f"reports: {summary['report']} (one page per stage beside it)")
     uri = summary["mlflow"]["tracking_uri"]
     if uri.startswith(("http://", "https://")):  # a running server: its UI is at that address
         typer.echo(f"MLflow UI: {uri}")

@@ -156,17 +156,40 @@ def register(app: typer.Typer) -> None:
     def compare(run_ids: list[str],
                 tracking_uri: Annotated[str | None, typer.Option(
                     "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
-        """Pipeline (parent) runs' metrics side by side."""
-        from r1vflow.tracking.lineage import LineageError, compare_runs
+        """Pipeline (parent) runs side by side, as MLflow's run comparison shows them (runs,
+        metrics), then the experiment configs' differences."""
+        import time
+
+        from r1vflow.tracking.lineage import LineageError, compare_runs, config_diff
 
         try:
             rows, runs = compare_runs(run_ids, tracking_uri)
         except LineageError as err:
             _fail(str(err))
-        table = Table(title="pipeline runs")
-        table.add_column("metric")
-        for run in runs:
-            table.add_column(f"{run['name']} ({run['run_id'][:8]})")
+        heads = [f"{run['name']} ({run['run_id'][:8]})" for run in runs]
+        details = _table("runs", "", heads)
+        details.add_row("status", *[run["status"] for run in runs])
+        details.add_row("start", *[time.strftime("%Y-%m-%d %H:%M:%S",
+                                                 time.gmtime(run["start_time"] / 1000))
+                                   for run in runs])
+        details.add_row("duration (s)", *["-" if run["duration_s"] is None
+                                           else f"{run['duration_s']:.1f}" for run in runs])
+        metrics = _table("metrics", "metric", heads)
         for metric, values in rows.items():
-            table.add_row(metric, *["-" if v is None else f"{v:.4g}" for v in values])
-        Console().print(table)
+            metrics.add_row(metric, *["-" if v is None else f"{v:.4g}" for v in values])
+        diff = config_diff([run["params"] for run in runs])
+        config = _table("config diff" if diff else "config diff: the configs are identical",
+                        "key", heads)
+        for key, values in diff.items():
+            config.add_row(key, *["-" if v is None else v for v in values])
+        console_out = Console()
+        for table in (details, metrics, config):
+            console_out.print(table)
+
+
+def _table(title: str, first: str, heads: list[str]) -> Table:
+    table = Table(title=title)
+    table.add_column(first)
+    for head in heads:
+        table.add_column(head, overflow="fold")
+    return table

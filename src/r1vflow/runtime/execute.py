@@ -17,15 +17,15 @@ from typing import Any
 
 from r1vflow.config import STAGES, Experiment, flatten
 from r1vflow.config.slicing import experiment_from_slice
+from r1vflow.config.stage_table import stage as stage_spec
 from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch_dir
 from r1vflow.runtime.launch import run_stage
+from r1vflow.runtime.reporting import RUN_DIR_ENV, publish_report, summarize_parent
 from r1vflow.stages import StageContext, StageResult
 from r1vflow.storage.atomic import write_text
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
 from r1vflow.storage.settings import tracking_uri_from_env
 from r1vflow.tracking.runs import experiment_name, stage_run, unreachable
-
-RUN_DIR_ENV = "R1VFLOW_RUN_DIR"  # the driver's output dir; stage results are mirrored there
 
 
 def _stage_params(config: dict[str, Any], exp: Experiment) -> dict[str, Any]:
@@ -34,8 +34,7 @@ def _stage_params(config: dict[str, Any], exp: Experiment) -> dict[str, Any]:
     return {**flatten(sections), "experiment": exp.name, "config_fingerprint": exp.fingerprint()}
 
 
-def _write_kfp_outputs(result: StageResult, metrics_artifact: Any, report_artifact: Any,
-                       report: str) -> None:
+def _write_kfp_outputs(result: StageResult, metrics_artifact: Any) -> None:
     if metrics_artifact is not None:
         for key, value in result.metrics.items():
             metrics_artifact.log_metric(key, value)
@@ -43,9 +42,6 @@ def _write_kfp_outputs(result: StageResult, metrics_artifact: Any, report_artifa
         # from its cache; KFP on a cluster uploads this file alongside the metadata.
         Path(metrics_artifact.path).parent.mkdir(parents=True, exist_ok=True)
         write_text(metrics_artifact.path, json.dumps(result.metrics, indent=2, sort_keys=True))
-    if report_artifact is not None:
-        Path(report_artifact.path).parent.mkdir(parents=True, exist_ok=True)
-        write_text(report_artifact.path, report or f"# {result.stage}\n\n(no report)\n")
 
 
 def _mirror(result: StageResult) -> None:
@@ -109,11 +105,13 @@ def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
 
 
 def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
-            outputs: dict[str, str], metrics: Any = None, report: Any = None) -> str:
+            outputs: dict[str, str], metrics: Any = None, report: Any = None,
+            html_report: Any = None) -> str:
     """Run one stage inside a component; returns the StageResult as JSON (the task's output).
 
     `experiment_json` is the stage's config slice (r1vflow.config.slicing), or a whole
-    experiment."""
+    experiment. `report` (Markdown) and `html_report` (HTML) are the KFP report artifacts
+    (r1vflow.runtime.reporting)."""
     exp = experiment_from_slice(experiment_json)
     started = time.time()
     run_id = None
@@ -125,8 +123,9 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
         mlflow_experiment = experiment_name(exp.name, exp.tracking.experiment_name)
         # On a cluster: find/create the KFP run's MLflow parent run (no-op locally).
         attach_parent_run(tracking_uri, mlflow_experiment, exp.name, exp.fingerprint())
-        with stage_run(tracking_uri, mlflow_experiment,
-                       stage, exp.name, register=exp.tracking.register_models) as tracker:
+        with stage_run(tracking_uri, mlflow_experiment, stage, exp.name,
+                       register=exp.tracking.register_models,
+                       system_metrics=stage_spec(stage).model_output is not None) as tracker:
             run_id = tracker.run_id
             tracker.log_params(_stage_params(json.loads(experiment_json), exp))
             store = experiment_store(exp)
@@ -148,6 +147,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.runtime.launch).
             outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
             model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
+            page = publish_report(ctx, outcome, report, html_report)
             seconds = time.time() - started
             tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
             unlogged = tracker.reconcile()  # buffered during an MLflow outage
@@ -157,6 +157,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             model_version=outcome.model_version, mlflow_run_id=run_id,
             outputs={k: str(v) for k, v in outputs.items()},
             task_dir=str(Path(metrics.path).parent) if metrics is not None else None,
+            report_html=str(page) if page else None,
         )
     except Exception as err:
         failed = StageResult(stage=stage, status="failed", seconds=round(time.time() - started, 3),
@@ -168,6 +169,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
         raise
     report_to_parent(tracking_uri, stage, "succeeded", result.metrics,
                      last_stage=stage == STAGES[-1])
-    _write_kfp_outputs(result, metrics, report, outcome.report)
+    summarize_parent(tracking_uri, stage, exp.name)  # on a cluster, after the last stage
+    _write_kfp_outputs(result, metrics)
     _mirror(result)
     return result.model_dump_json()

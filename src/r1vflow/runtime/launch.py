@@ -120,7 +120,8 @@ def outcome_from_result(result: WorkerResult, outputs: Mapping[str, Path]) -> St
                                f"{result.model_output!r}, which this task does not have")
         model_dir = Path(outputs[result.model_output]) / (result.model_relpath or "")
     return StageOutcome(metrics=dict(result.metrics), model_dir=model_dir,
-                        model_version=result.model_version, report=result.report)
+                        model_version=result.model_version, report=result.report,
+                        history=dict(result.history), report_data=dict(result.report_data))
 
 
 # --------------------------------------------------------------------------- worker side
@@ -187,7 +188,9 @@ def run_worker(worker: WorkerSpec, environ: Mapping[str, str] | None = None) -> 
     name, rel = _locate(outcome.model_dir, outputs)
     result = WorkerResult(stage=worker.stage, world_size=world, metrics=outcome.metrics,
                           report=outcome.report, model_output=name, model_relpath=rel,
-                          model_version=outcome.model_version)
+                          model_version=outcome.model_version,
+                          history={**tracker.history, **outcome.history},
+                          report_data=outcome.report_data)
     if store is not None:
         for key, path in outputs.items():
             store.upload_dir(path, f"{worker.staging}/outputs/{key}")

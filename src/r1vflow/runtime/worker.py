@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -43,6 +44,9 @@ class WorkerResult(BaseModel):
     model_output: str | None = Field(None, description="The output holding the model, if any.")
     model_relpath: str | None = Field(None, description="Model dir relative to that output.")
     model_version: str | None = None
+    history: dict[str, list[tuple[int, float]]] = Field(
+        default_factory=dict, description="Rank 0's per-step metrics, for the stage's report.")
+    report_data: dict[str, Any] = Field(default_factory=dict)
 
 
 def staging_prefix(exp_name: str, stage: str, environ: Mapping[str, str] | None = None) -> str:

@@ -54,14 +54,16 @@ def run(ctx: StageContext) -> StageOutcome:
     images, targets = vision_pretraining_set(cfg.vision_examples, exp.data.image_size,
                                              seed + _VISION_SEED)
     vision_stats = pretrain_vision(vision, images, targets, steps=cfg.vision_steps,
-                                   lr=cfg.vision_lr, batch_size=cfg.vision_batch_size, seed=seed)
+                                   lr=cfg.vision_lr, batch_size=cfg.vision_batch_size, seed=seed,
+                                   on_step=_log_steps(ctx, "vision"))
 
     torch.manual_seed(seed + _INIT_LLM)
     llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
                          tiny.llm_intermediate_size, tiny.max_position_embeddings)
     texts = text_corpus("reasoning", cfg.llm_texts, seed + _TEXT_SEED)
     llm_stats = pretrain_llm(llm, tokenizer, texts, steps=cfg.llm_steps, lr=cfg.lr,
-                             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed)
+                             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed,
+                             on_step=_log_steps(ctx, "llm"))
 
     torch.manual_seed(seed + _INIT_PROJECTOR)
     vlm = assemble_vlm(vision, llm, tokenizer)
@@ -87,6 +89,15 @@ def run(ctx: StageContext) -> StageOutcome:
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version, report=report)
 
 
+def _log_steps(ctx: StageContext, part: str):
+    """on_step for a pretraining loop: `train/<part>/<metric>` per step (the report's curves)."""
+
+    def on_step(step: int, values: dict) -> None:
+        ctx.tracker.log_metrics({f"train/{part}/{k}": v for k, v in values.items()}, step=step)
+
+    return on_step
+
+
 def _substitute_llm(ctx: StageContext, tokenizer) -> dict[str, float]:
     """Pretrain, save and register the substitute LLM when the DAG asks for it; its metrics."""
     if "substitute_llm" not in ctx.outputs:
@@ -98,7 +109,8 @@ def _substitute_llm(ctx: StageContext, tokenizer) -> dict[str, float]:
     texts = text_corpus("caption", cfg.llm_texts, exp.data.seed + _CAPTION_SEED)
     steps = cfg.llm_steps if cfg.substitute_llm_steps is None else cfg.substitute_llm_steps
     stats = pretrain_llm(llm, tokenizer, texts, steps=steps, lr=cfg.lr,
-                         batch_size=cfg.batch_size, max_length=cfg.max_length, seed=exp.data.seed)
+                         batch_size=cfg.batch_size, max_length=cfg.max_length, seed=exp.data.seed,
+                         on_step=_log_steps(ctx, "substitute_llm"))
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     out = save_model(llm, tokenizer, ctx.outputs["substitute_llm"], {
         "stage": "bootstrap", "parent": None, "config_fingerprint": exp.fingerprint(),

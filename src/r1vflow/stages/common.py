@@ -36,6 +36,7 @@ class StageResult(BaseModel):
     mlflow_run_id: str | None = None
     outputs: dict[str, str] = Field(default_factory=dict)
     task_dir: str | None = Field(None, description="The KFP task's directory (where it wrote).")
+    report_html: str | None = Field(None, description="The stage's HTML report (r1vflow.reports).")
     error: str | None = None
     unlogged_metrics: int | None = Field(
         None, description="Metric values MLflow never received (an outage outlasted the stage).")
@@ -47,6 +48,11 @@ class StageOutcome:
     model_dir: Path | None = None
     model_version: str | None = None
     report: str = ""
+    # What the stage's HTML report draws besides its metrics (r1vflow.reports): per-step
+    # histories (key -> [(step, value)]; the component adds what its tracker recorded) and
+    # stage-specific extras (JSON-able) that the stage's figure builder reads.
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    report_data: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

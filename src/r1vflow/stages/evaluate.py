@@ -24,6 +24,7 @@ from pathlib import Path
 from r1vflow.config.stage_table import evaluated_models
 from r1vflow.data.io import load_split
 from r1vflow.eval.benchmarks.suite import benchmark_table, load_benchmarks, score_on_benchmarks
+from r1vflow.eval.grading import score_responses
 from r1vflow.eval.scoring import score_model
 from r1vflow.models.devices import place
 from r1vflow.models.io import load_model
@@ -42,9 +43,11 @@ def run(ctx: StageContext) -> StageOutcome:
     samples = load_split(dataset, cfg.split)[: cfg.limit]
     metrics: dict[str, float] = {"eval_size": float(len(samples))}
     benchmarks = load_benchmarks(cfg.benchmarks)
-    predictions = ctx.outputs["predictions"]
-    (predictions / "benchmarks.json").write_text(json.dumps([b.name for b in cfg.benchmarks]))
+    predictions_dir = ctx.outputs["predictions"]
+    (predictions_dir / "benchmarks.json").write_text(json.dumps([b.name for b in cfg.benchmarks]))
     examples: dict[str, list[str]] = {}
+    predictions: dict[str, list] = {}  # the MLflow table of the test-split responses
+    evaluated: dict[str, str | None] = {}  # label -> registered version
     final: tuple[str, Path] | None = None  # the last training stage's model: the candidate
     for input_name, label in MODEL_INPUTS.items():
         if input_name not in ctx.inputs:
@@ -59,17 +62,23 @@ def run(ctx: StageContext) -> StageOutcome:
         metrics.update({f"{k}/{label}": v for k, v in scored.items()})
         metrics.update(score_on_benchmarks(
             benchmarks, model, tokenizer, label, exp.data.image_size, cfg.max_new_tokens,
-            cfg.batch_size, exp.data.seed, predictions))
+            cfg.batch_size, exp.data.seed, predictions_dir))
         examples[label] = responses[:EXAMPLES_IN_REPORT]
+        _add_predictions(predictions, label, samples, responses)
+        evaluated[label] = parent_version(path)
     flags = candidate_flags(final, metrics, cfg.max_hallucination_rate) if final else {}
     metrics.update({FLAG_METRIC.format(flag=k): 1.0 for k in flags})
     candidate = _mark_candidate(ctx, final, metrics) if final else None
-    report = _report(exp.name, cfg.split, samples, metrics, examples)
+    ctx.tracker.log_table(predictions, "predictions.json")
+    lineage = _lineage(ctx, candidate)
+    report = _report(exp.name, cfg.split, samples, metrics, examples) + _lineage_md(lineage)
     if flags:
         report += "\n## Monitor flags (the promotion gate refuses this candidate)\n\n" + "".join(
             f"- `{k}`: {v}\n" for k, v in flags.items())
     report += benchmark_table(benchmarks, metrics, list(examples))
-    return StageOutcome(metrics=metrics, model_version=candidate, report=report)
+    return StageOutcome(metrics=metrics, model_version=candidate, report=report,
+                        report_data={"lineage": lineage, "evaluated": {
+                            k: v for k, v in evaluated.items() if v}})
 
 
 def candidate_flags(final: tuple[str, Path], metrics: dict[str, float],
@@ -83,6 +92,37 @@ def candidate_flags(final: tuple[str, Path], metrics: dict[str, float],
         flags["hallucination"] = (f"hallucination rate {rate:.3f} of {label} is above "
                                   f"evaluate.max_hallucination_rate {max_hallucination}")
     return flags
+
+
+def _add_predictions(table: dict[str, list], label: str, samples, responses: list[str]) -> None:
+    """One row per (model, sample): the first response, graded (the MLflow table evaluate
+    logs as predictions.json, filterable in the UI)."""
+    graded = score_responses([s.answer for s in samples], responses)
+    for sample, response, correct, fmt in zip(samples, responses, graded["correct"],
+                                              graded["format"], strict=True):
+        for key, value in (("model", label), ("sample_id", sample.id),
+                           ("family", sample.family), ("question", sample.question),
+                           ("gold", sample.answer), ("response", response),
+                           ("correct", bool(correct)), ("format_ok", bool(fmt))):
+            table.setdefault(key, []).append(value)
+
+
+def _lineage(ctx: StageContext, candidate: str | None) -> list[dict[str, str]]:
+    """The candidate's registered chain back to its root, newest first ([] without a
+    registry): [{version, stage}]."""
+    if not (candidate and ctx.tracker.enabled and ctx.tracker.register):
+        return []
+    from r1vflow.tracking.lineage import walk_lineage
+
+    return [{"version": node["model_version"], "stage": node["stage"]}
+            for node in walk_lineage(*candidate.rsplit("/", 1))]
+
+
+def _lineage_md(lineage: list[dict[str, str]]) -> str:
+    if not lineage:
+        return ""
+    chain = " <- ".join(f"`{node['version']}` ({node['stage']})" for node in lineage)
+    return f"\n## Lineage of the candidate\n\n{chain}\n"
 
 
 def _mark_candidate(ctx: StageContext, final: tuple[str, Path], metrics: dict) -> str | None:

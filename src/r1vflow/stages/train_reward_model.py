@@ -34,7 +34,12 @@ from r1vflow.models.devices import place
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model
-from r1vflow.models.reward import RewardModel, reward_scores, save_reward_model
+from r1vflow.models.reward import (
+    RewardModel,
+    ScoreCalibration,
+    reward_scores,
+    save_reward_model,
+)
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
@@ -88,7 +93,8 @@ def run(ctx: StageContext) -> StageOutcome:
         calibration)
     version = ctx.register(out, parent=parent_version(base_dir), dataset_digest=info.digest)
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
-                        report=_report(exp.name, metrics))
+                        report=_report(exp.name, metrics),
+                        report_data=_report_data(chosen, rejected, calibration))
 
 
 def _pixels(vlm, dataset, pairs: list[PreferencePair], image_size: int) -> dict:
@@ -110,6 +116,15 @@ def _accuracy_by_kind(pairs, chosen, rejected) -> dict[str, float]:
     for pair, c, r in zip(pairs, chosen, rejected, strict=True):
         wins[pair.kind].append(c > r)
     return {f"pairwise_accuracy_{kind}": sum(w) / len(w) for kind, w in sorted(wins.items())}
+
+
+def _report_data(chosen: list[float], rejected: list[float],
+                 calibration: ScoreCalibration) -> dict[str, list[float]]:
+    """The val scores, raw and on the calibrated 0..5 scale, for the report's histograms and
+    calibration figure (r1vflow.reports.stages.reward_model_figures)."""
+    return {"val_chosen": list(chosen), "val_rejected": list(rejected),
+            "val_chosen_0to5": calibration.to_scale(torch.tensor(chosen)).tolist(),
+            "val_rejected_0to5": calibration.to_scale(torch.tensor(rejected)).tolist()}
 
 
 def _report(name: str, metrics: dict[str, float]) -> str:

@@ -64,9 +64,19 @@ def walk_lineage(name: str, version: str, tracking_uri: str | None = None) -> li
     return chain
 
 
+def config_diff(configs: list[dict[str, str]]) -> dict[str, list[str | None]]:
+    """The keys whose values differ between `configs` (None where one lacks the key), sorted."""
+    keys = sorted({k for config in configs for k in config})
+    rows = {k: [config.get(k) for config in configs] for k in keys}
+    return {k: values for k, values in rows.items() if len(set(values)) > 1}
+
+
 def compare_runs(run_ids: list[str], tracking_uri: str | None = None
-                 ) -> tuple[dict[str, list[float | None]], list[dict[str, str]]]:
-    """Metric name -> one value per run (None where a run lacks it), and the runs' names/ids."""
+                 ) -> tuple[dict[str, list[float | None]], list[dict[str, Any]]]:
+    """What MLflow's run comparison shows for pipeline (parent) runs: metric name -> one value
+    per run (None where a run lacks it), and per run its name, id, status, start (ms), duration
+    (s), and its params (the flattened experiment config the driver logs, plus the run-time
+    overrides it was given, tag `r1vflow.overrides`)."""
     from mlflow.exceptions import MlflowException
 
     client = mlflow_client(tracking_uri)
@@ -78,8 +88,10 @@ def compare_runs(run_ids: list[str], tracking_uri: str | None = None
             raise LineageError(f"run {run_id} not found: {err.message}") from None
     names = sorted({k for run in runs for k in run.data.metrics})
     rows = {k: [run.data.metrics.get(k) for run in runs] for k in names}
-    for tag in ("r1vflow.config_fingerprint", "r1vflow.status"):
-        if any(tag in run.data.tags for run in runs):
-            rows[tag] = [None for _ in runs]
-    meta = [{"run_id": run.info.run_id, "name": run.info.run_name or ""} for run in runs]
-    return {k: v for k, v in rows.items() if not k.startswith("r1vflow.")}, meta
+    meta = [{"run_id": run.info.run_id, "name": run.info.run_name or "",
+             "status": run.info.status, "start_time": run.info.start_time,
+             "duration_s": ((run.info.end_time - run.info.start_time) / 1000
+                            if run.info.end_time else None),
+             "params": {**run.data.params, **{k: v for k, v in run.data.tags.items()
+                                              if k == "r1vflow.overrides"}}} for run in runs]
+    return rows, meta

@@ -36,6 +36,23 @@ def default_tracking_uri(output_dir: Path, configured: str | None) -> str:
     return f"sqlite:///{(output_dir / 'mlflow.db').resolve()}"
 
 
+def artifact_location(tracking_uri: str) -> str | None:
+    """Where a new experiment of a SQLite store keeps its artifacts (reports, figures,
+    tables): `mlartifacts/` beside the database, not MLflow's default `./mlruns` of whatever
+    directory the process runs in. None for a server, which decides itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri[len("sqlite:///"):]).parent / "mlartifacts").resolve().as_uri()
+
+
+def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """The id of MLflow experiment `name`, created (see artifact_location) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_location(tracking_uri))
+
+
 def experiment_name(exp_name: str, configured: str | None) -> str:
     return configured or f"r1vflow-{exp_name}"
 
@@ -59,18 +76,20 @@ def _clean_params(params: dict[str, Any]) -> dict[str, str]:
 
 
 def start_parent_run(tracking_uri: str, experiment: str, run_name: str,
-                     tags: dict[str, str], artifact_location: str | None = None) -> str:
+                     tags: dict[str, str], params: dict[str, Any] | None = None) -> str:
     """Create the pipeline run's parent MLflow run and return its id (the run stays open).
-    `artifact_location`: where a new experiment keeps its artifacts (default: MLflow's, which
-    for a SQLite store is ./mlruns under the current directory)."""
+    `params`: the whole experiment config, flattened, so that MLflow's run comparison (and
+    `r1vflow compare`) shows how two pipeline runs' configs differ."""
     import mlflow
+    from mlflow.entities import Param
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    exp_id = exp.experiment_id if exp else client.create_experiment(
-        experiment, artifact_location=artifact_location)
+    exp_id = ensure_experiment(client, experiment, tracking_uri)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
+    items = list(_clean_params(params or {}).items())
+    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
     return run.info.run_id
 
 
@@ -155,6 +174,8 @@ class StageTracker:
         self._pending: list[tuple[dict[str, float], int | None, int]] = []
         self._down_since: float | None = None
         self._last_try = 0.0
+        # every metric logged with a step, tracking on or off: what the stage's report plots
+        self.history: dict[str, list[tuple[int, float]]] = {}
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:
@@ -166,6 +187,9 @@ class StageTracker:
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log now, or buffer while MLflow is unreachable (never raises for an outage)."""
+        if step is not None:  # every metric logged with a step: what the report plots
+            for key, value in metrics.items():
+                self.history.setdefault(key, []).append((int(step), float(value)))
         if not (self.enabled and metrics):
             return
         clean = {_metric_key(k): float(v) for k, v in metrics.items()}
@@ -235,17 +259,22 @@ class StageTracker:
 
     def register_model(self, stage: str, storage_uri: str, tags: dict[str, str],
                        suffix: str = "") -> str | None:
-        """Register `storage_uri` as a new version of `<prefix>-<stage><suffix>`; returns 'name/version'."""
+        """Register `storage_uri` as a new version of `registered_name(prefix, stage, suffix)`;
+        returns 'name/version'."""
         if not (self.enabled and self.register):
             return None
         import mlflow
 
-        name = f"{self.model_prefix}-{stage}{suffix}"
+        name = registered_name(self.model_prefix, stage, suffix)
         all_tags = {f"{TAG_PREFIX}stage": stage, f"{TAG_PREFIX}storage_uri": storage_uri, **tags}
         all_tags = {k: v for k, v in all_tags.items() if v is not None}
         # An external model: MLflow keeps the metadata, the bytes stay in our store.
         logged = mlflow.create_external_model(name=name, source_run_id=self.run_id, tags=all_tags)
         version = mlflow.register_model(f"models:/{logged.model_id}", name, tags=all_tags)
+        client = mlflow.MlflowClient()
+        experiment_id = client.get_run(self.run_id).info.experiment_id
+        client.update_model_version(version.name, version.version, description=version_description(
+            stage, all_tags, self.run_id, experiment_id))
         return f"{version.name}/{version.version}"
 
 
@@ -256,7 +285,7 @@ class StageTracker:
             return None
         import mlflow
 
-        name = f"{self.model_prefix}-{stage}{suffix}"
+        name = registered_name(self.model_prefix, stage, suffix)
         query = f"name='{name}'" + "".join(f" and tags.`{k}` = '{v}'" for k, v in tags.items())
         try:
             found = mlflow.MlflowClient().search_model_versions(query)
@@ -284,12 +313,74 @@ class StageTracker:
             return False
         return True
 
+    def log_figure(self, figure: Any, artifact_file: str) -> None:
+        """A matplotlib figure as a PNG artifact of the stage run (MLflow shows it inline)."""
+        if self.enabled:
+            from r1vflow.tracking.client import mlflow_client
+
+            mlflow_client().log_figure(self.run_id, figure, artifact_file)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.enabled:
+            from r1vflow.tracking.client import mlflow_client
+
+            mlflow_client().log_text(self.run_id, text, artifact_file)
+
+    def log_table(self, rows: dict[str, list], artifact_file: str) -> None:
+        """Columns of equal length as an MLflow table (filterable in the UI's evaluation view)."""
+        if self.enabled:
+            from r1vflow.tracking.client import mlflow_client
+
+            mlflow_client().log_table(self.run_id, rows, artifact_file)
+
+    def describe(self, run_name: str, description: str) -> None:
+        """The run's name and its Markdown description (MLflow's `mlflow.note.content`)."""
+        if self.enabled:
+            from r1vflow.tracking.client import mlflow_client
+
+            client = mlflow_client()
+            client.set_tag(self.run_id, "mlflow.runName", run_name)
+            client.set_tag(self.run_id, "mlflow.note.content", description)
+
     def set_version_tag(self, name_version: str, key: str, value: str) -> None:
         if self.enabled and self.register:
             import mlflow
 
             name, version = name_version.rsplit("/", 1)
             mlflow.MlflowClient().set_model_version_tag(name, version, key, value)
+
+
+def registered_name(experiment: str, stage: str, suffix: str = "") -> str:
+    """A registered model's name, in one form: lowercase words joined by dashes, like the
+    experiment's name (a DNS-1123 label): `tiny-train-reward-model`, `tiny-bootstrap-substitute`."""
+    return f"{experiment}-{stage}{suffix}".replace("_", "-")
+
+
+def _version_link(name_version: str) -> str:
+    """A Markdown link to a model version's page in the MLflow UI (its hash route)."""
+    name, number = name_version.rsplit("/", 1)
+    return f"[{name_version}](#/models/{name}/versions/{number})"
+
+
+def version_description(stage: str, tags: dict[str, str], run_id: str,
+                        experiment_id: str) -> str:
+    """A registered version's Markdown description: the stage and run that made it, its
+    parent version, data digest, KFP run and storage (links into the MLflow UI)."""
+    run_link = f"[{run_id[:8]}](#/experiments/{experiment_id}/runs/{run_id})"
+    parent = tags.get(f"{TAG_PREFIX}parent") or ""
+    kfp_run = tags.get(f"{TAG_PREFIX}kfp_run") or ""
+    if kfp_run.startswith("local:"):  # a local run: its MLflow parent run stands for it
+        parent_run = kfp_run.split(":", 1)[1]
+        kfp_run = f"[{kfp_run}](#/experiments/{experiment_id}/runs/{parent_run})"
+    rows = [
+        ("trained by", f"the **{stage}** stage, run {run_link}"),
+        ("parent version", _version_link(parent) if parent else "none (a base model)"),
+        ("data digest", f"`{tags.get(f'{TAG_PREFIX}dataset_digest') or 'none'}`"),
+        ("KFP run", kfp_run or "none"),
+        ("stored at", f"`{tags.get(f'{TAG_PREFIX}storage_uri', '')}`"),
+        ("config fingerprint", f"`{(tags.get(f'{TAG_PREFIX}config_fingerprint') or '')[:16]}`"),
+    ]
+    return "| | |\n|---|---|\n" + "".join(f"| {k} | {v} |\n" for k, v in rows)
 
 
 def _metric_key(key: str) -> str:
@@ -299,8 +390,10 @@ def _metric_key(key: str) -> str:
 
 @contextmanager
 def stage_run(tracking_uri: str | None, experiment: str, stage: str, model_prefix: str,
-              register: bool = True) -> Iterator[StageTracker]:
-    """A nested MLflow run under the parent named by $R1VFLOW_MLFLOW_PARENT_RUN_ID.
+              register: bool = True, system_metrics: bool = False) -> Iterator[StageTracker]:
+    """A nested MLflow run under the parent named by $R1VFLOW_MLFLOW_PARENT_RUN_ID; with
+    `system_metrics`, MLflow samples CPU, memory, disk, network (and GPU where there is one)
+    into it as `system/*` while it is open.
 
     Without a tracking URI nothing is recorded (a stage called from a test, say)."""
     if not tracking_uri:
@@ -309,10 +402,12 @@ def stage_run(tracking_uri: str | None, experiment: str, stage: str, model_prefi
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
-    mlflow.set_experiment(experiment)
+    mlflow.set_experiment(experiment_id=ensure_experiment(mlflow.MlflowClient(), experiment,
+                                                          tracking_uri))
     parent = os.environ.get(PARENT_ENV)
     tags = {"mlflow.parentRunId": parent} if parent else {}
-    run = mlflow.start_run(run_name=stage, tags={**tags, f"{TAG_PREFIX}stage": stage})
+    run = mlflow.start_run(run_name=stage, tags={**tags, f"{TAG_PREFIX}stage": stage},
+                           log_system_metrics=system_metrics)
     status = "FAILED"
     try:
         yield StageTracker(run.info.run_id, model_prefix, register=register)

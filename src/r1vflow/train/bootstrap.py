@@ -21,6 +21,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1vflow.models.processing import IGNORE_INDEX
 from r1vflow.train.engine import TrainEngine, training_progress
+from r1vflow.train.sft import StepCallback
 
 
 class _AttributeProbe(torch.nn.Module):
@@ -67,11 +68,13 @@ def pretrain_vision(
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.05,
     progress: bool = True,
+    on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     """Train `vision` in place to predict standardized `targets` [n,D] from `images` [n,3,H,W].
 
     MSE loss; random batches of `batch_size` for `steps` steps. Returns loss (mean of the last
     10 steps), first_loss, steps, seconds. The linear head is dropped afterwards.
+    `on_step(step, {"loss", "lr", "grad_norm"})` runs after every step.
     """
     if images.shape[0] != targets.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} target rows")
@@ -87,8 +90,10 @@ def pretrain_vision(
         for _ in range(steps):
             index = torch.randint(0, images.shape[0], (batch_size,), generator=generator)
             loss = F.mse_loss(engine.model(images[index]), goal[index])
-            engine.step(loss)
+            stats = engine.step(loss)
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(len(losses), {"loss": losses[-1], **stats})
             bar.update(task, advance=1, loss=losses[-1])
     vision.eval()
     return _summary(losses, start)
@@ -125,10 +130,12 @@ def pretrain_llm(
     weight_decay: float = 0.01,
     warmup_ratio: float = 0.05,
     progress: bool = True,
+    on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     """Train `llm` in place with the causal LM loss on random batches of `texts`.
 
     Returns loss (mean of the last 10 steps), first_loss, steps, seconds, tokens_per_s.
+    `on_step(step, {"loss", "lr", "grad_norm"})` runs after every step.
     """
     if not texts:
         raise ValueError("pretrain_llm got no texts")
@@ -142,8 +149,10 @@ def pretrain_llm(
             index = torch.randint(0, len(texts), (batch_size,), generator=generator).tolist()
             batch = encode_texts(tokenizer, [texts[i] for i in index], max_length)
             loss = engine.model(**batch).loss
-            engine.step(loss)
+            stats = engine.step(loss)
             losses.append(float(loss.detach()))
+            if on_step is not None:
+                on_step(len(losses), {"loss": losses[-1], **stats})
             tokens += int(batch["attention_mask"].sum())
             bar.update(
                 task, advance=1, loss=losses[-1], tok_s=tokens / (time.perf_counter() - start)
