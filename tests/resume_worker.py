@@ -87,11 +87,14 @@ def run(root: Path, stage: str, out: Path, slow: float, mlflow_uri: str | None,
 
     exp = load_experiment(ROOT / "pipelines" / "configs" / "smoke.yaml", [*BASE, *overrides])
     inputs = {"sft": {"base_model": root / "base_model", "dataset": root / "dataset"},
-              "grpo": {"sft_model": root / "base_model", "dataset": root / "dataset"}}[stage]
+              "grpo": {"sft_model": root / "base_model", "dataset": root / "dataset"},
+              "mpo": {"base_model": root / "base_model", "dataset": root / "dataset"}}[stage]
     if stage == "sft" and exp.sft.iterative is not None:
         inputs["reward_model"] = root / "reward_model"
     outputs = {"sft": {"model": out / "model", "iterations": out / "iterations"},
-               "grpo": {"model": out / "model", "checkpoints": out / "checkpoints"}}[stage]
+               "grpo": {"model": out / "model", "checkpoints": out / "checkpoints"},
+               "mpo": {"model": out / "model", "checkpoints": out / "checkpoints",
+                       "pairs": out / "pairs"}}[stage]
     for path in outputs.values():
         path.mkdir(parents=True, exist_ok=True)
     with stage_run(mlflow_uri, "r1vflow-resume", stage, exp.name) as tracker:

@@ -155,3 +155,67 @@ def test_grpo_starts_from_mpo(mpo_chain, micro_experiment):
                       "dataset": "dataset"}, {"model": "grpo_after_mpo", "checkpoints": "gck"})
     meta = read_model_metadata(chain.root / "grpo_after_mpo")
     assert meta.parent == read_model_metadata(chain.root / "mpo_model").model_version
+
+
+# ----------------------------------------------------------------------------- resume
+class _Crash(Exception):
+    pass
+
+
+def _resumable(setup, root, crash_at=None, **kwargs):
+    """train_mpo on a copy of the tiny model with checkpoints under `root` (every 3 steps);
+    `crash_at`: on_step raises after that step (a killed run). Returns (model, result, ck)."""
+    from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
+
+    tokenizer, base, items = setup
+    model = assemble_copy(base)
+    set_trainable(model, {"projector", "llm"})
+    refs = reference_logprobs(model, items, tokenizer.pad_token_id, 4)
+    ck = Checkpointer("mpo", root, CheckpointPolicy(every=3, minutes=None))
+
+    def on_step(step, metrics, engine):
+        if step == crash_at:
+            raise _Crash(step)
+
+    settings = {"epochs": 2, "batch_size": 1, "lr": 1e-3, "beta": 0.1, "w_dpo": 0.8,
+                "w_bco": 0.2, "w_nll": 1.0, **kwargs}
+    result = train_mpo(model, items, refs, pad_id=tokenizer.pad_token_id,
+                       delta=BCODelta(decay=0.9), on_step=on_step, progress=False,
+                       checkpoint=ck.phase("train"), **settings)
+    return model, result, ck
+
+
+def test_train_mpo_resumes_mid_epoch_to_the_same_weights(setup, tmp_path):
+    reference, expected, _ = _resumable(setup, tmp_path / "ref")
+    with pytest.raises(_Crash):
+        _resumable(setup, tmp_path / "ck", crash_at=7)  # checkpoints at 3 and 6 of 8
+    model, result, ck = _resumable(setup, tmp_path / "ck")
+    assert ck.resumed_from_step == 6  # epoch 1 (4 pairs, batch 1), 2 of its batches done
+    assert len(result.history) == 8
+    # BCODelta's EMA and the data order came back: every step's numbers match
+    assert [h["bco_delta"] for h in result.history] == [h["bco_delta"] for h in expected.history]
+    assert [h["loss"] for h in result.history] == [h["loss"] for h in expected.history]
+    ref_state, state = reference.state_dict(), model.state_dict()
+    assert all(torch.equal(ref_state[k], state[k]) for k in ref_state)
+
+
+def test_a_run_the_monitor_stopped_stays_stopped_on_resume(setup, tmp_path):
+    def probe(m):  # RM score far above rule accuracy: the gap flag stops at once
+        return {"accuracy": 0.0, "format_rate": 1.0, "reward_model": 0.9}
+
+    def monitor():
+        return RewardMonitor(window=2, rm_rise=10.0, format_drop=1.0, stop_on_flag=True,
+                             patience=1, rm_accuracy_gap=0.5)
+
+    _, first, _ = _resumable(setup, tmp_path / "ck", probe=probe, probe_every=1,
+                             monitor=monitor())
+    assert len(first.history) == 2  # a full window at step 2: stopped, saved
+
+    def never(m):
+        raise AssertionError("trained again after the monitor stopped the run")
+
+    _, again, ck = _resumable(setup, tmp_path / "ck", probe=never, probe_every=1,
+                              monitor=monitor())
+    assert ck.resumed_from_step == 2
+    assert again.history == first.history and again.stop_reason == first.stop_reason
+    assert again.flags == first.flags

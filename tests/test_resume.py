@@ -25,6 +25,10 @@ ITERATIVE = ["sft.iterative.iterations=2", "sft.iterative.tau=[0.0,0.0]",
              "sft.iterative.lr=[1.0e-3,1.0e-3]", "sft.iterative.error_scan_limit=2",
              "sft.checkpoint_every=2"]
 GRPO = ["grpo.steps=6", "grpo.checkpoint_every=2"]
+MPO = ["mpo.trainable=[projector,llm]", "mpo.lr=1.0e-3", "mpo.batch_size=2", "mpo.epochs=2",
+       "mpo.max_length=96", "mpo.val_limit=2", "mpo.val_max_new_tokens=4",
+       "mpo.val_batch_size=2", "mpo.pairs.prompts=6", "mpo.pairs.samples_per_prompt=2",
+       "mpo.pairs.max_new_tokens=8", "mpo.checkpoint_every=2", "mpo.checkpoint_minutes=null"]
 
 
 def _env(checkpoints: Path) -> dict[str, str]:
@@ -110,6 +114,54 @@ def test_grpo_killed_then_rerun_ends_with_the_uninterrupted_weights(inputs, tmp_
     # SSB contents, sampler and monitor came back too: the whole history matches.
     for key in ("reward_mean_mean", "loss_mean", "replay_fraction_mean", "steps"):
         assert resumed["metrics"][key] == reference["metrics"][key], key
+
+
+@pytest.mark.slow
+def test_mpo_killed_then_rerun_ends_with_the_uninterrupted_weights(inputs, tmp_path):
+    reference = run_stage(inputs, "mpo", tmp_path / "ref", tmp_path / "ck-ref", MPO)
+    assert reference["metrics"]["resumed_from_step"] == 0
+    steps = int(reference["metrics"]["steps"])
+    assert steps >= 4  # 2 epochs of >= 2 batches: the kill lands mid-training
+    seen = kill_after_checkpoint(inputs, "mpo", tmp_path / "a", tmp_path / "ck", MPO, 0)
+    assert seen == ["checkpoint: mpo step 2"]
+    resumed = run_stage(inputs, "mpo", tmp_path / "b", tmp_path / "ck", MPO)
+    assert resumed["metrics"]["resumed_from_step"] == 2
+    assert "checkpoint: mpo step 2\n" not in resumed["stdout"]  # steps 1-2 were not redone
+    assert f"checkpoint: mpo step {steps}" in resumed["stdout"]
+    assert_same_weights(tmp_path / "ref" / "model", tmp_path / "b" / "model")
+    # the whole step history (BCO delta, data order) came back: every summary matches
+    same = {k: v for k, v in reference["metrics"].items()
+            if k not in ("resumed_from_step", "seconds")}
+    assert {k: resumed["metrics"][k] for k in same} == same
+    pairs = (tmp_path / "ref" / "pairs" / "pairs.jsonl").read_text()
+    assert (tmp_path / "b" / "pairs" / "pairs.jsonl").read_text() == pairs
+    index = json.loads((tmp_path / "b" / "checkpoints" / "index.json").read_text())
+    assert index["checkpoints"][-1] == f"step-{steps:06d}"
+    assert index["resumed_from_step"] == 2
+
+
+@pytest.mark.slow
+def test_mpo_resume_reuses_the_pairs_and_reference_logprobs(inputs, tmp_path, monkeypatch):
+    """The pairs (sampled) and reference log-probs (a forward over every pair) travel in the
+    checkpoint's context: a resumed mpo neither samples nor runs the reference pass again."""
+    import r1vflow.stages.mpo as mpo_stage
+
+    monkeypatch.setenv("R1VFLOW_CHECKPOINT_DIR", str(tmp_path / "ref-ck"))
+    reference = _mpo(inputs, tmp_path / "ref")
+    monkeypatch.setenv("R1VFLOW_CHECKPOINT_DIR", str(tmp_path / "ck"))
+    with pytest.raises(Crash):
+        _mpo(inputs, tmp_path / "a", crash_at=3)
+
+    def redone(*args, **kwargs):
+        raise AssertionError("redone on resume")
+
+    monkeypatch.setattr(mpo_stage, "build_pairs", redone)
+    monkeypatch.setattr(mpo_stage, "reference_logprobs", redone)
+    outcome = _mpo(inputs, tmp_path / "b")
+    assert outcome.metrics["resumed_from_step"] == 2
+    assert_same_weights(tmp_path / "ref" / "model", tmp_path / "b" / "model")
+    for key in ("pairs/total", "dropped/total", "train_pairs", "loss", "steps"):
+        assert outcome.metrics[key] == reference.metrics[key], key
 
 
 @pytest.mark.slow
@@ -289,6 +341,23 @@ def _stage(inputs: Path, out: Path, stage: str, crash_at=None, tag: str = ""):
     ctx = StageContext(exp=exp, stage=stage, inputs={k: inputs / k for k in given},
                        outputs={"model": out / "model"}, tracker=_CrashAt(crash_at, tag))
     return stage_function(stage)(ctx)
+
+
+def _mpo(inputs: Path, out: Path, crash_at: int | None = None):
+    import resume_worker
+
+    from r1vflow.config import load_experiment
+    from r1vflow.stages import StageContext, stage_function
+
+    exp = load_experiment(resume_worker.ROOT / "pipelines/configs/smoke.yaml",
+                          [*resume_worker.BASE, *MPO])
+    outputs = {name: out / name for name in ("model", "checkpoints", "pairs")}
+    for path in outputs.values():
+        path.mkdir(parents=True)
+    ctx = StageContext(exp=exp, stage="mpo",
+                       inputs={k: inputs / k for k in ("base_model", "dataset")},
+                       outputs=outputs, tracker=_CrashAt(crash_at))
+    return stage_function("mpo")(ctx)
 
 
 @pytest.mark.slow

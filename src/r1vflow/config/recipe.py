@@ -531,8 +531,6 @@ class MPOConfig(TrainConfig):
                                 "rule accuracy, format rate and reward-model score to the "
                                 "monitor (the MPO threshold); None: no probe.")
     probe_size: int = Field(32, ge=1, description="Prompts per probe.")
-    checkpoint_every: int | None = Field(
-        None, ge=1, description="Save a checkpoint every N steps; None: final model only.")
 
     @model_validator(mode="after")
     def _mpo_consistent(self) -> MPOConfig:

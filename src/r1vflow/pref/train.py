@@ -11,9 +11,11 @@ so no second copy of the model is held. An optional `probe` (called every `probe
 steps) measures the reward-model score and rule accuracy of fresh samples; the monitor turns
 them into the "MPO threshold" stop (RM-vs-rule gap).
 
-Where a checkpoint goes: `on_step` runs after every optimizer step with the engine, the step and
-its metrics; `checkpoint_state()` of the returned loop state (BCO delta, data order, step) is
-what a resume needs beside the engine's own state.
+Resume: with `checkpoint` (a `PhaseCheckpoint`, r1vflow.train.checkpoint) the loop restores the
+engine, RNG states, data order position (the shuffling generator at the epoch's start and the
+batches done), BCODelta's state, the monitor's window, the step history and flags, then saves
+that state every `checkpoint_every` steps / `checkpoint_minutes` and at its last step.
+`on_step(step, metrics, engine)` runs after every optimizer step (metrics logging).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.pref.loss import BCODelta, mpo_loss
 from r1vflow.rl.batch import completion_logprobs, sequence_batch
 from r1vflow.rl.monitor import RewardMonitor
+from r1vflow.train.checkpoint import PhaseCheckpoint, restore_epoch_position
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 __all__ = ["MPOResult", "PrefItem", "pair_logprobs", "reference_logprobs", "train_mpo"]
@@ -156,6 +159,7 @@ def train_mpo(
     monitor: RewardMonitor | None = None,
     on_step: StepCallback | None = None,
     progress: bool = True,
+    checkpoint: PhaseCheckpoint | None = None,
 ) -> MPOResult:
     """Train `model` in place with MPO on `items` (refs [N, 2] from `reference_logprobs`).
 
@@ -175,12 +179,20 @@ def train_mpo(
                          zero_stage=zero_stage)
     generator = torch.Generator().manual_seed(seed)
     result = MPOResult(history=[], summary={})
-    start, step, stop = time.perf_counter(), 0, False
+    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
+    stop = _restore_loop(restored, result, delta, monitor)
+    total, step, start = epochs * steps_per_epoch, len(result.history), time.perf_counter()
     with training_progress(progress) as bar:
-        task = bar.add_task("mpo", total=epochs * steps_per_epoch, loss=float("nan"), tok_s=0.0)
-        for _ in range(epochs):
+        task = bar.add_task("mpo", total=total, completed=step, loss=float("nan"), tok_s=0.0)
+        for epoch in range(first_epoch, epochs):
+            if stop:
+                break
+            epoch_generator = generator.get_state()  # before this epoch's permutation
             order = torch.randperm(len(items), generator=generator).tolist()
-            for first in range(0, len(order), batch_size):
+            batches = range(0, len(order), batch_size)
+            for batch, first in enumerate(batches):
+                if epoch == first_epoch and batch < skip:
+                    continue  # done before the resume
                 step += 1
                 index = order[first:first + batch_size]
                 metrics = _step(engine, [items[i] for i in index], refs[index], pad_id,
@@ -192,13 +204,45 @@ def train_mpo(
                 bar.update(task, advance=1, loss=metrics["loss"], tok_s=0.0)
                 if on_step is not None:
                     on_step(step, metrics, engine)
+                _save(checkpoint, engine, step, step == total or stop, epoch, batch + 1,
+                      epoch_generator, result, delta, monitor, stop)
                 if stop:
                     break
-            if stop:
-                break
     engine.release().eval()
     result.summary = _summary(result.history, time.perf_counter() - start, result.stop_reason)
     return result
+
+
+def _loop_state(result: MPOResult, delta: BCODelta, monitor: RewardMonitor | None,
+                stop: bool) -> dict:
+    return {"history": result.history, "flags": result.flags, "stop_reason": result.stop_reason,
+            "stopped": stop, "delta": delta.state_dict(),
+            "monitor": monitor.state_dict() if monitor is not None else None}
+
+
+def _restore_loop(restored: dict, result: MPOResult, delta: BCODelta,
+                  monitor: RewardMonitor | None) -> bool:
+    """Put a checkpoint's loop state back (nothing when fresh); True when the run had stopped."""
+    if not restored:
+        return False
+    result.history[:] = [dict(h) for h in restored["history"]]
+    result.flags.update(restored["flags"])
+    result.stop_reason = restored["stop_reason"]
+    delta.load_state_dict(restored["delta"])
+    if monitor is not None and restored["monitor"] is not None:
+        monitor.load_state_dict(restored["monitor"])
+    return bool(restored["stopped"])
+
+
+def _save(checkpoint: PhaseCheckpoint | None, engine: TrainEngine, step: int, last: bool,
+          epoch: int, batch: int, epoch_generator: torch.Tensor, result: MPOResult,
+          delta: BCODelta, monitor: RewardMonitor | None, stop: bool) -> None:
+    """Let the checkpoint policy save after `step` (always at the last or stopping step)."""
+    if checkpoint is None:
+        return
+    position = {"epoch": epoch, "batch": batch, "epoch_generator": epoch_generator,
+                **_loop_state(result, delta, monitor, stop)}
+    checkpoint.step(step, engine, lambda: position, last=last)
 
 
 def _summary(history: list[dict[str, float]], seconds: float, stop: str | None):

@@ -22,7 +22,10 @@ Departures: the report gives no weights, beta, margins or threshold; all are con
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
+
+import torch
 
 from r1vflow.data.io import load_preferences, load_split, read_info
 from r1vflow.eval.grading import format_ok
@@ -39,6 +42,7 @@ from r1vflow.pref.pairs import PairReport, check_rules
 from r1vflow.pref.train import MPOResult, reference_logprobs, train_mpo
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
+from r1vflow.storage.atomic import write_text
 
 START_INPUTS = ("sft_model", "aligned_model", "base_model")  # the first one given is the start
 
@@ -115,19 +119,19 @@ def run(ctx: StageContext) -> StageOutcome:
     if "reward_model" in ctx.inputs:
         rm = rm_score_fn(load_reward_scorer(ctx.input("reward_model"), cfg.val_batch_size,
                                             cfg.max_length))
-    rows, report = build_pairs(ctx, model, tokenizer, train, rm)
+    ck = ctx.checkpointer()
+    rows, report, refs = _pairs_and_refs(ctx, ck, model, tokenizer, train, rm)
     pixels = sample_pixels(dataset, rows, exp.data.image_size, model)
     items = encode_items(tokenizer, rows, pixels, fixed_image_tokens(model), cfg.max_length)
-    refs = reference_logprobs(model, items, tokenizer.pad_token_id, cfg.batch_size)
+    if refs is None:  # computed once per training, then kept in the checkpoint context
+        refs = reference_logprobs(model, items, tokenizer.pad_token_id, cfg.batch_size)
     meta = {"stage": "mpo", "parent": str(start), "config_fingerprint": exp.fingerprint(),
             "data_digests": {"dataset": info.digest}}
-    checkpoints = ctx.outputs.get("checkpoints")
+    context = {"pairs": [row.__dict__ for row in rows], "refs": refs.tolist(),
+               "by_rule": dict(report.by_rule), "dropped": dict(report.dropped)}
 
     def on_step(step: int, values: dict, engine) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
-        if cfg.checkpoint_every and checkpoints is not None and step % cfg.checkpoint_every == 0:
-            save_model(engine.module, tokenizer, checkpoints / f"step-{step:06d}",
-                       {**meta, "extra": {"step": step}})
 
     result = train_mpo(
         model, items, refs, pad_id=tokenizer.pad_token_id, epochs=cfg.epochs,
@@ -137,20 +141,46 @@ def run(ctx: StageContext) -> StageOutcome:
         zero_stage=cfg.zero_stage, seed=cfg.seed,
         probe=make_probe(ctx, model, tokenizer, train, rm) if cfg.probe_every else None,
         probe_every=cfg.probe_every or 0, monitor=RewardMonitor.from_config(cfg.monitor),
-        on_step=on_step, progress=True)
+        on_step=on_step, progress=True, checkpoint=ck.phase("train", context=context))
     scored, _ = score_model(model, tokenizer, val[: cfg.val_limit], dataset, exp.data.image_size,
                             max_new_tokens=cfg.val_max_new_tokens, batch_size=cfg.val_batch_size)
     flags = {**monitor_flags(start), **{f"mpo/{k}": v for k, v in result.flags.items()}}
     out = save_model(model, tokenizer, ctx.outputs["model"],
                      {**meta, "extra": {"monitor_flags": flags}})
     _write_pairs(ctx, rows)
+    _write_checkpoint_index(ctx, ck)
     version = ctx.register(out, parent=parent_version(start), dataset_digest=info.digest)
     metrics = {**result.summary, **report.metrics(), "val_accuracy": scored["accuracy"],
                "val_format_rate": scored["format_rate"], "train_pairs": float(len(items)),
                "monitor_flags": float(len(result.flags)),
+               "resumed_from_step": float(ck.resumed_from_step),
                **{f"trainable_params_{k}": float(v) for k, v in trainable.items()}}
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
                         report=_report(exp.name, metrics, result, report))
+
+
+def _pairs_and_refs(ctx: StageContext, ck, model, tokenizer, train, rm):
+    """(pairs, their report, reference log-probs [N, 2] or None): from the resumed
+    checkpoint's context when there is one (no sampling, no reference pass), else sampled."""
+    saved = ck.resumed.context if ck.resumed is not None else {}
+    if "pairs" not in saved:
+        return (*build_pairs(ctx, model, tokenizer, train, rm), None)
+    report = PairReport(Counter(saved["by_rule"]), Counter(saved["dropped"]))
+    refs = torch.tensor(saved["refs"], dtype=torch.float32)
+    return [PairRow(**row) for row in saved["pairs"]], report, refs
+
+
+def _write_checkpoint_index(ctx: StageContext, ck) -> None:
+    """checkpoints/index.json: the resumable checkpoints this stage's key holds (step
+    directories under `root`, and the object-store prefix they were uploaded to)."""
+    folder = ctx.outputs.get("checkpoints")
+    if folder is None:
+        return
+    steps = sorted(p.name for p in ck.root.glob("step-*") if (p / "checkpoint.json").is_file())
+    index = {"checkpoints": steps, "root": str(ck.root),
+             "store_prefix": ck.prefix if ck.store is not None else None,
+             "resumed_from_step": ck.resumed_from_step}
+    write_text(folder / "index.json", json.dumps(index, indent=2) + "\n")
 
 
 def _write_pairs(ctx: StageContext, rows: list[PairRow]) -> None:
