@@ -43,7 +43,8 @@ def _chain(tmp_path, exp, with_align: bool = False) -> dict:
                                      "reward_model": "rm"}, {"model": "grpo",
                                                              "checkpoints": "checkpoints"})
     out["evaluate"] = chain.run("evaluate", {"base_model": "base", "dataset": "dataset",
-                                             "sft_model": "sft", "grpo_model": "grpo"}, {})
+                                             "sft_model": "sft", "grpo_model": "grpo"},
+                                {"predictions": "predictions"})
     out["uri"] = chain.uri
     return out
 
