@@ -151,6 +151,7 @@ def _siglip(family: Family, processor: Any, config: Any, images: list) -> list[I
 def token_type_kwargs(model: Any, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
     """Extra per-token inputs a family's forward needs: Qwen3-VL computes its M-RoPE from
     `mm_token_type_ids` [B,T] (1 on image tokens, 0 elsewhere; its processor's output)."""
-    if model.config.model_type != "qwen3_vl":
+    config = getattr(model, "module", model).config  # a DeepSpeed engine wraps the model
+    if getattr(config, "model_type", None) != "qwen3_vl":
         return {}
-    return {"mm_token_type_ids": (input_ids == model.config.image_token_id).long()}
+    return {"mm_token_type_ids": (input_ids == config.image_token_id).long()}
