@@ -265,6 +265,7 @@ def docker_stack_run(built_images, tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.container
+@pytest.mark.extended  # a second whole DAG in containers; the docker smoke runs in CI
 @requires_weed
 def test_containers_reach_the_stack_s3_and_mlflow_with_credentials_as_env(docker_stack_run):
     out, summary, info = docker_stack_run

@@ -33,6 +33,7 @@ def _meta(summary, stage):
                        / "r1vflow_model.json").read_text())
 
 
+@pytest.mark.extended  # the longest chain; test_r1v2_shape_without_sft runs mpo -> grpo in CI
 def test_distill_sft_mpo_grpo_chain(tmp_path):
     summary = _run(tmp_path / "full", DISTILL, MPO)
     stages = summary["stages"]
