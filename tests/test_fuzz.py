@@ -163,3 +163,39 @@ def test_the_fuzzed_preset_is_valid():
     from r1vflow.config import load_experiment
 
     assert load_experiment(Path(PRESETS / "smoke.yaml")).name == "smoke"
+
+
+# ----------------------------------------------------------------------------- prediction files
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=3)
+                     | st.dictionaries(st.sampled_from(["id", "response", "sample", "x"]), inner,
+                                       max_size=3), max_leaves=6)
+
+
+@FUZZ
+@given(lines=st.lists(_JSON.map(json.dumps) | st.text(max_size=30) | st.sampled_from(
+    ['{"id": "u1", "response": "\\\\boxed{2}"}', '{"id": 1, "response": "3"}']), max_size=6),
+       raw=st.binary(max_size=40))
+def test_any_predictions_file_scores_or_raises_one_benchmark_error(tmp_path_factory, lines, raw):
+    """`r1vflow eval score`'s reading and grading of a predictions file: a report or one
+    BenchmarkDataError naming the problem, for any lines (and any bytes), never a traceback."""
+    from bench_data import write_math500
+
+    from r1vflow.eval.benchmarks import BenchmarkDataError, get_benchmark, iter_items
+    from r1vflow.eval.benchmarks.run import read_predictions
+    from r1vflow.eval.benchmarks.score import score_predictions
+
+    root = tmp_path_factory.mktemp("pred")
+    write_math500(root / "m", [{"problem": "1+1?", "answer": "2", "subject": "Algebra",
+                                "level": 1, "unique_id": "u1"}])
+    items = {item.id: item for item in iter_items("math500", root / "m")}
+    for content in ("\n".join(lines).encode(), raw):
+        path = root / "pred.jsonl"
+        path.write_bytes(content)
+        try:
+            report = score_predictions("math500", get_benchmark("math500"), items,
+                                       read_predictions(path))
+        except BenchmarkDataError as err:
+            assert str(err) and "\n" not in str(err)
+        else:
+            assert report["n"] == 1 and 0.0 <= report["accuracy"] <= 1.0

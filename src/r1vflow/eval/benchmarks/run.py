@@ -93,11 +93,19 @@ def read_predictions(path: Path) -> list[dict]:
     """``{"id", "response"}`` rows of a predictions file; a bad line names file and line."""
     if not path.is_file():
         raise BenchmarkDataError(f"{path}: no such predictions file")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise BenchmarkDataError(f"{path}: not UTF-8 text (byte {err.start})") from None
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise BenchmarkDataError(f"{path}:{number}: not JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise BenchmarkDataError(f'{path}:{number}: not a JSON object '
+                                         '({"id": ..., "response": ...})')
+            rows.append(row)
     return rows
