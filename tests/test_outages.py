@@ -190,6 +190,9 @@ def test_s3_down_at_publish_leaves_no_version_and_a_rerun_publishes_without_trai
         assert "not uploaded" in first
         assert mlflow.MlflowClient(uri).search_model_versions("name='smoke-sft'") == []
         s3.start()
+        # the default budget (120 s) on the rerun: a restarted SeaweedFS answers InternalError
+        # until its volume server has registered again
+        store = s3.store(retry_budget_s=120.0, backoff_s=0.5)
         with stage_run(uri, "outage", "sft", "smoke") as tracker:
             again_ctx = _sft_ctx(inputs, tmp_path / "b", tracker, store)
             outcome = stage_function("sft")(again_ctx)
