@@ -163,16 +163,17 @@ def image_bytes(value: Any) -> bytes | None:
     return None
 
 
-def parquet_files(path: Path, pattern: str) -> list[Path]:
-    """``path`` itself if it is a file, else the files under it matching ``pattern`` (sorted)."""
+def parquet_files(path: Path, *patterns: str, missing: str | None = None) -> list[Path]:
+    """``path`` itself if it is a file, else the files under it matching any of ``patterns``
+    (sorted); ``missing`` is the error's text after the path when none matches."""
     if not path.exists():
         raise BenchmarkDataError(f"{path}: no such file or directory")
     if path.is_file():
         return [path]
-    found = sorted(path.glob(pattern))
+    found = sorted({f for pattern in patterns for f in path.glob(pattern)})
     if not found:
-        raise BenchmarkDataError(f"{path}: no file matches {pattern!r} (is this the published "
-                                 "layout of the benchmark?)")
+        raise BenchmarkDataError(f"{path}: " + (missing or f"no file matches {patterns[0]!r} (is "
+                                                "this the published layout of the benchmark?)"))
     return found
 
 

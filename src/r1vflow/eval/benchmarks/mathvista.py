@@ -26,12 +26,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from r1vflow.eval.benchmarks.common import (
-    BenchmarkDataError,
     Item,
     Verdict,
     answer_span,
     image_bytes,
     iter_parquet_rows,
+    parquet_files,
 )
 from r1vflow.eval.benchmarks.judge import JudgeConfig, judge_extract
 
@@ -45,15 +45,9 @@ _NAMED_LETTER = re.compile(r"\b(?i:answer|option|choice)(?:\s+is)?\s*:?\s*\(?([A
 
 
 def _files(path: Path, split: str) -> list[Path]:
-    if not path.exists():
-        raise BenchmarkDataError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    found = sorted([*path.glob(f"{split}-*.parquet"), *path.glob(f"data/{split}-*.parquet")])
-    if not found:
-        raise BenchmarkDataError(f"{path}: no data/{split}-*.parquet here; point mathvista at "
-                                 "the AI4Math/MathVista folder, its data folder or the file")
-    return found
+    return parquet_files(path, f"{split}-*.parquet", f"data/{split}-*.parquet", missing=(
+        f"no data/{split}-*.parquet here; point mathvista at the AI4Math/MathVista folder, its "
+        "data folder or the file"))
 
 
 def load(path: Path, split: str | None, subsets: list[str] | None = None) -> Iterator[Item]:

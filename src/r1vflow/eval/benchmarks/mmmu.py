@@ -30,6 +30,7 @@ from r1vflow.eval.benchmarks.common import (
     answer_span,
     image_bytes,
     iter_parquet_rows,
+    parquet_files,
     python_list,
 )
 
@@ -49,15 +50,9 @@ def subject_of(item_id: str) -> str:
 def _files(path: Path, split: str) -> list[Path]:
     if split not in SPLITS:
         raise BenchmarkDataError(f"mmmu: split {split!r} is not one of {list(SPLITS)}")
-    if not path.exists():
-        raise BenchmarkDataError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
-    found = sorted([*path.glob(f"{split}-*.parquet"), *path.glob(f"*/{split}-*.parquet")])
-    if not found:
-        raise BenchmarkDataError(f"{path}: no <Subject>/{split}-*.parquet here; point mmmu at the "
-                                 "MMMU/MMMU folder, a subject folder or one parquet file")
-    return found
+    return parquet_files(path, f"{split}-*.parquet", f"*/{split}-*.parquet", missing=(
+        f"no <Subject>/{split}-*.parquet here; point mmmu at the MMMU/MMMU folder, a subject "
+        "folder or one parquet file"))
 
 
 def prompt_of(question: str, options: list[str], question_type: str) -> str:
