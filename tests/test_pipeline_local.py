@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,10 +41,17 @@ def smoke_run(tmp_path_factory):
     first = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out))
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
+    # Later runs into `out` (cached, changed, failed) rewrite its reports/ and summary.json; the
+    # browser test checks the first run's pages against the first run's summary.
+    shutil.copytree(out / "reports", _first_reports(out))
     second = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out))
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "summary.json").read_text())
     return out, summary, again
+
+
+def _first_reports(out: Path) -> Path:
+    return out.parent / f"{out.name}-first-reports"
 
 
 def _cached(summary: dict) -> dict[str, bool]:
@@ -212,10 +220,12 @@ def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, tmp
 
     out, summary, _ = smoke_run
     assert summary["report"] == str(out / "reports" / "summary.html")
-    pages = {stage: Path(entry["report"]) for stage, entry in summary["stages"].items()}
+    reports = _first_reports(out)  # the first run's pages, as that run wrote them
+    pages = {stage: reports / Path(entry["report"]).name
+             for stage, entry in summary["stages"].items()}
     assert set(pages) == set(summary["stages"])
     with browser() as driver:
-        for stage, page in [*pages.items(), ("summary", Path(summary["report"]))]:
+        for stage, page in [*pages.items(), ("summary", reports / "summary.html")]:
             driver.get(page.as_uri())
             shot = tmp_path / f"{stage}.png"
             assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 0
