@@ -2,6 +2,7 @@
 in-process HTTP server speaking the KFP v2beta1 REST API (the calls kfp.Client makes)."""
 
 import json
+import os
 import re
 import socket
 import threading
@@ -300,3 +301,33 @@ def test_cluster_tasks_share_one_parent_run_per_kfp_run(tmp_path):
     assert parent.info.status == "FINISHED"
     report_to_parent(uri, "evaluate", "failed", {}, last_stage=False, environ=pod)
     assert client.get_run(first).info.status == "FAILED"
+
+
+def test_configure_on_a_cluster_records_the_config_on_the_parent_run(tmp_path, monkeypatch):
+    """The configure task of a cluster run gives the KFP run's parent run the whole config as
+    params (what `r1vflow compare` diffs) and the overrides as a tag; a second configure of the
+    same KFP run (a retry) writes nothing twice."""
+    import mlflow
+
+    from r1vflow.config import flatten
+    from r1vflow.config.slicing import apply_overrides
+    from r1vflow.runtime.configure import OVERRIDES_TAG, configure_slices
+    from r1vflow.tracking.runs import PARENT_ENV
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("R1VFLOW_POD_NAMESPACE", "kubeflow")
+    monkeypatch.setenv("R1VFLOW_KFP_RUN_ID", "run-7")
+    monkeypatch.delenv(PARENT_ENV, raising=False)
+    exp = load_experiment(R1V2)
+    configure_slices(exp.model_dump_json(), ["grpo.lr=3e-6"])
+    parent = mlflow.MlflowClient(uri).get_run(os.environ[PARENT_ENV])
+    params = parent.data.params
+    assert params["grpo.lr"] == "3e-06" and params["name"] == "r1v2-38b"
+    expected = flatten(apply_overrides(exp, ["grpo.lr=3e-6"]).model_dump(mode="json"))
+    assert set(params) == set(expected)
+    assert parent.data.tags[OVERRIDES_TAG] == '["grpo.lr=3e-6"]'
+    monkeypatch.delenv(PARENT_ENV)  # the retried task finds the same parent and changes nothing
+    configure_slices(exp.model_dump_json(), ["grpo.lr=3e-6"])
+    again = mlflow.MlflowClient(uri).get_run(os.environ[PARENT_ENV])
+    assert again.info.run_id == parent.info.run_id and again.data.params == params

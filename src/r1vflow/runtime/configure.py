@@ -7,12 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-from r1vflow.config import STAGES, ConfigError, Experiment
+from r1vflow.config import STAGES, ConfigError, Experiment, flatten
 from r1vflow.config.slicing import PROMOTION, apply_overrides, slice_json
 from r1vflow.runtime.cluster import attach_parent_run
 from r1vflow.runtime.execute import RUN_DIR_ENV
 from r1vflow.storage.settings import tracking_uri_from_env
-from r1vflow.tracking.runs import PARENT_ENV, experiment_name
+from r1vflow.tracking.runs import PARENT_ENV, experiment_name, log_params_batched
 
 OVERRIDES_TAG = "r1vflow.overrides"
 
@@ -29,7 +29,7 @@ def configure_slices(experiment_json: str, overrides: list[str] | None) -> tuple
         raise SystemExit(2) from None
     if overrides:
         print(f"overrides: {' '.join(overrides)}")
-        _record_overrides(exp, overrides)
+    _record_on_parent(exp, overrides)
     enabled = set(exp.stages())
     slices = tuple(slice_json(exp, s) if s in enabled else "" for s in STAGES)
     return (*slices, slice_json(exp, PROMOTION))
@@ -45,10 +45,16 @@ def _mirror_failure(error: str) -> None:
             {"stage": "configure", "status": "failed", "error": error}, indent=2))
 
 
-def _record_overrides(exp: Experiment, overrides: list[str]) -> None:
-    """Tag the pipeline's MLflow parent run (when this run has one) with the overrides."""
+def _record_on_parent(exp: Experiment, overrides: list[str]) -> None:
+    """Record the run's config on the pipeline's MLflow parent run (when this run has one): the
+    whole experiment, flattened, as params (so that MLflow's comparison and `r1vflow compare` show
+    how two cluster runs' configs differ, as they do for local runs), and the overrides as a tag.
+
+    On a cluster this first task creates the KFP run's parent run; `r1vflow run` creates its own
+    with the params and the overrides tag already, so neither is written twice (MLflow params are
+    immutable)."""
     uri = exp.tracking.tracking_uri or tracking_uri_from_env()
-    if uri:  # on a cluster this first task creates the KFP run's parent run (no-op locally)
+    if uri:  # no-op locally: the local driver has created the parent already
         attach_parent_run(uri, experiment_name(exp.name, exp.tracking.experiment_name), exp.name,
                           exp.fingerprint())
     parent = os.environ.get(PARENT_ENV)
@@ -57,5 +63,8 @@ def _record_overrides(exp: Experiment, overrides: list[str]) -> None:
     from r1vflow.tracking.client import mlflow_client
 
     client = mlflow_client(uri)
-    if OVERRIDES_TAG not in client.get_run(parent).data.tags:  # `r1vflow run` records its own
+    run = client.get_run(parent)
+    if not run.data.params:
+        log_params_batched(client, parent, flatten(exp.model_dump(mode="json")))
+    if overrides and OVERRIDES_TAG not in run.data.tags:
         client.set_tag(parent, OVERRIDES_TAG, json.dumps(overrides))

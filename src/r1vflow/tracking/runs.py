@@ -81,16 +81,23 @@ def start_parent_run(tracking_uri: str, experiment: str, run_name: str,
     `params`: the whole experiment config, flattened, so that MLflow's run comparison (and
     `r1vflow compare`) shows how two pipeline runs' configs differ."""
     import mlflow
-    from mlflow.entities import Param
 
     mlflow.set_tracking_uri(tracking_uri)
     client = mlflow.MlflowClient()
     exp_id = ensure_experiment(client, experiment, tracking_uri)
     run = client.create_run(exp_id, run_name=run_name, tags=tags)
-    items = list(_clean_params(params or {}).items())
-    for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
+    log_params_batched(client, run.info.run_id, params or {})
     return run.info.run_id
+
+
+def log_params_batched(client, run_id: str, params: dict[str, Any]) -> None:
+    """Log `params` (values cut to MLflow's length limit) on a run, 100 per call (MLflow's
+    batch limit)."""
+    from mlflow.entities import Param
+
+    items = list(_clean_params(params).items())
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=[Param(k, v) for k, v in items[i:i + 100]])
 
 
 def finish_parent_run(tracking_uri: str, run_id: str, status: str,
@@ -181,9 +188,7 @@ class StageTracker:
         if self.enabled:
             import mlflow
 
-            items = list(_clean_params(params).items())
-            for i in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-                mlflow.log_params(dict(items[i:i + 100]), run_id=self.run_id)
+            log_params_batched(mlflow.MlflowClient(), self.run_id, params)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Log now, or buffer while MLflow is unreachable (never raises for an outage)."""
