@@ -303,10 +303,10 @@ def test_cluster_tasks_share_one_parent_run_per_kfp_run(tmp_path):
     assert client.get_run(first).info.status == "FAILED"
 
 
-def test_configure_on_a_cluster_records_the_config_on_the_parent_run(tmp_path, monkeypatch):
+def test_configure_and_gate_make_and_finish_a_cluster_parent_run(tmp_path, monkeypatch):
     """The configure task of a cluster run gives the KFP run's parent run the whole config as
     params (what `r1vflow compare` diffs) and the overrides as a tag; a second configure of the
-    same KFP run (a retry) writes nothing twice."""
+    same KFP run (a retry) writes nothing twice; the promotion gate finishes the run."""
     import mlflow
 
     from r1vflow.config import flatten
@@ -331,3 +331,16 @@ def test_configure_on_a_cluster_records_the_config_on_the_parent_run(tmp_path, m
     configure_slices(exp.model_dump_json(), ["grpo.lr=3e-6"])
     again = mlflow.MlflowClient(uri).get_run(os.environ[PARENT_ENV])
     assert again.info.run_id == parent.info.run_id and again.data.params == params
+
+    # A fully cached KFP run executes no stage: the promotion gate, its last task, finishes the
+    # parent run that configure made (else it would stay RUNNING).
+    from r1vflow.runtime.cluster import finish_parent_run
+
+    assert again.info.status == "RUNNING"
+    finish_parent_run(uri, "r1vflow-r1v2-38b", "r1v2-38b", exp.fingerprint(), environ={})  # local
+    assert mlflow.MlflowClient(uri).get_run(parent.info.run_id).info.status == "RUNNING"
+    monkeypatch.delenv(PARENT_ENV)  # the gate's pod attaches by the KFP run id, as stages do
+    finish_parent_run(uri, "r1vflow-r1v2-38b", "r1v2-38b", exp.fingerprint())
+    done = mlflow.MlflowClient(uri).get_run(parent.info.run_id)
+    assert done.info.status == "FINISHED"
+    assert done.data.tags["r1vflow.stage.decide_promotion"] == "succeeded"

@@ -137,6 +137,21 @@ def attach_parent_run(tracking_uri: str | None, experiment: str, exp_name: str, 
     return parent
 
 
+def finish_parent_run(tracking_uri: str | None, experiment: str, exp_name: str, fingerprint: str,
+                      environ: MutableMapping[str, str] | None = None) -> None:
+    """On a cluster, after the promotion gate: mark the parent run FINISHED (tag
+    `r1vflow.stage.decide_promotion`). The gate is the DAG's last task and runs only when every
+    stage succeeded, executed or served from KFP's cache; a fully cached run executes no stage,
+    so without this its parent run (made by configure) would stay RUNNING. Never raises."""
+    try:
+        attach_parent_run(tracking_uri, experiment, exp_name, fingerprint, environ)
+    except Exception as err:  # noqa: BLE001 (reported, not raised: see docstring)
+        log.warning("could not find the MLflow parent run: %s", err)
+        return
+    report_to_parent(tracking_uri, "decide_promotion", "succeeded", {}, last_stage=True,
+                     environ=environ)
+
+
 def report_to_parent(tracking_uri: str | None, stage: str, status: str,
                      metrics: dict[str, float], last_stage: bool,
                      environ: MutableMapping[str, str] | None = None) -> None:
