@@ -44,6 +44,14 @@ def test_zero_stage_with_the_torch_backend_is_refused(stage):
     assert "backend: deepspeed" in str(err.value)
 
 
+def test_the_reward_models_likelihood_term_is_refused_under_zero3():
+    base = ["train_reward_model.backend=deepspeed", "train_reward_model.likelihood_term=true"]
+    with pytest.raises(ConfigError, match="0-dim parameter, which DeepSpeed ZeRO-3 cannot"):
+        experiment_from_dict({"name": "x", **TRAINING}, [*base, "train_reward_model.zero_stage=3"])
+    exp = experiment_from_dict({"name": "x", **TRAINING}, [*base, "train_reward_model.zero_stage=2"])
+    assert exp.train_reward_model.likelihood_term
+
+
 @pytest.mark.parametrize("stage", sorted(TRAINING))
 @pytest.mark.parametrize("zero_stage", [0, 2])
 def test_deepspeed_or_one_process_is_accepted(stage, zero_stage):

@@ -297,6 +297,14 @@ class RewardModelConfig(TrainConfig):
                            "(what filtering needs; not in the report).")
     calibration: ScoreCalibrationConfig = Field(default_factory=ScoreCalibrationConfig)
 
+    @model_validator(mode="after")
+    def _likelihood_term_not_under_zero3(self) -> RewardModelConfig:
+        if self.likelihood_term and self.zero_stage == 3:
+            raise ValueError("train_reward_model.likelihood_term's weight is a 0-dim parameter, "
+                             "which DeepSpeed ZeRO-3 cannot partition: use zero_stage 0-2, or "
+                             "likelihood_term: false")
+        return self
+
 
 class IterativeSFTConfig(Strict):
     """R1V stage 2's iterations t = 1..T after iteration 0 (which trains on all of D).

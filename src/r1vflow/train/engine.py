@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -120,6 +122,58 @@ def deepspeed_config(
     }
 
 
+def init_deepspeed_distributed() -> None:
+    """Open the process group DeepSpeed works in, when nobody did: NCCL on this rank's GPU, else
+    gloo; a lone process gets torchrun's env vars first."""
+    import deepspeed
+
+    if torch.distributed.is_initialized():
+        return
+    _ensure_single_process_env()
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+
+
+def zero3_load_config(backend: Backend, zero_stage: int, lr: float, weight_decay: float,
+                      grad_clip: float = 1.0, bf16: bool = False) -> dict[str, Any] | None:
+    """The DeepSpeed config a TrainEngine with these settings will use, when it is ZeRO-3 (the
+    config to load the model under, r1vflow.models.io.load_model); None otherwise."""
+    if backend != "deepspeed" or zero_stage != 3:
+        return None
+    return deepspeed_config(lr, weight_decay, grad_clip, zero_stage, torch.cuda.is_available(),
+                            bf16)
+
+
+@contextmanager
+def zero3_init(config: dict[str, Any] | None) -> Iterator[None]:
+    """Inside, transformers' `from_pretrained` builds models under `deepspeed.zero.Init` and
+    loads the checkpoint into the partitions: each rank holds 1/world of every parameter, never
+    the full model (transformers' DeepSpeed integration). `config` is the ZeRO-3 DeepSpeed config
+    the engine will train with (`zero3_load_config`); None: a plain load.
+
+    transformers keeps only a weak reference to the `HfDeepSpeedConfig`; it is held here until
+    the block ends and then dropped, so that models loaded later in the stage (a reward scorer,
+    an evaluation copy) load whole, and `generate` after training does not switch to
+    `synced_gpus`. The process group is opened first (zero.Init partitions across it)."""
+    if config is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    init_deepspeed_distributed()
+    hf_config = HfDeepSpeedConfig(config)
+    if not hf_config.is_zero3():
+        raise ValueError(f"zero3_init needs a ZeRO-3 config, got stage "
+                         f"{config.get('zero_optimization', {}).get('stage')}")
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hf_config
+
+
 class TrainEngine:
     """Optimizer + schedule + backend around `model`; call `.model(...)` and `.step(loss)`."""
 
@@ -170,11 +224,9 @@ class TrainEngine:
     def _init_deepspeed(self, model, groups, lr, weight_decay, zero_stage, bf16) -> None:
         import deepspeed  # lazy: only this backend needs it
 
-        on_gpu = torch.cuda.is_available()
-        if not torch.distributed.is_initialized():
-            _ensure_single_process_env()
-            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-        config = deepspeed_config(lr, weight_decay, self.grad_clip, zero_stage, on_gpu, bf16)
+        init_deepspeed_distributed()
+        config = deepspeed_config(lr, weight_decay, self.grad_clip, zero_stage,
+                                  torch.cuda.is_available(), bf16)
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model,
             model_parameters=groups,
