@@ -17,7 +17,8 @@ from conftest import MICRO, PRESETS
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("stage", "backend", "zero_stage"), [
-    ("sft", "torch", 0), ("sft", "deepspeed", 3), ("train_reward_model", "deepspeed", 3)])
+    ("sft", "torch", 0), ("sft", "deepspeed", 3),
+    pytest.param("train_reward_model", "deepspeed", 3, marks=pytest.mark.extended)])
 def test_two_rank_stage(micro_inputs, tmp_path, stage, backend, zero_stage):
     if backend == "deepspeed":
         pytest.importorskip("deepspeed")
