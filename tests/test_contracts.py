@@ -1,4 +1,4 @@
-"""Contracts between the config and the library: a torch backend runs one process, library
+"""Contracts between the config and the library: backends vs ranks and ZeRO, library
 objects are built from their config section, and shared Kubernetes / output / metadata helpers
 exist once."""
 
@@ -28,12 +28,28 @@ TRAINING = {"align_projector": {}, "sft": {}, "train_reward_model": {}, "grpo": 
 
 @pytest.mark.parametrize("stage", sorted(TRAINING))
 @pytest.mark.parametrize("layout", [{"procs_per_node": 2}, {"nodes": 2}])
-def test_torch_backend_with_several_ranks_is_refused(stage, layout):
+def test_torch_backend_with_several_ranks_is_accepted(stage, layout):
+    """Several ranks with backend torch run DistributedDataParallel (r1vflow.train.engine)."""
+    exp = experiment_from_dict({"name": "x", **TRAINING, "resources": {stage: layout}})
+    assert getattr(exp, stage).backend == "torch" and getattr(exp, stage).zero_stage == 0
+    spec = exp.resources[stage]
+    assert spec.nodes * spec.procs_per_node == 2
+
+
+@pytest.mark.parametrize("stage", sorted(TRAINING))
+def test_zero_stage_with_the_torch_backend_is_refused(stage):
     with pytest.raises(ConfigError) as err:
-        experiment_from_dict({"name": "x", **TRAINING, "resources": {stage: layout}})
-    message = str(err.value)
-    assert f"{stage}.backend is 'torch'" in message and f"resources.{stage}" in message
-    assert "backend: deepspeed" in message
+        experiment_from_dict({"name": "x", **TRAINING}, [f"{stage}.zero_stage=2"])
+    assert "zero_stage 2 is a DeepSpeed setting" in str(err.value)
+    assert "backend: deepspeed" in str(err.value)
+
+
+def test_the_reward_models_likelihood_term_is_refused_under_zero3():
+    base = ["train_reward_model.backend=deepspeed", "train_reward_model.likelihood_term=true"]
+    with pytest.raises(ConfigError, match="0-dim parameter, which DeepSpeed ZeRO-3 cannot"):
+        experiment_from_dict({"name": "x", **TRAINING}, [*base, "train_reward_model.zero_stage=3"])
+    exp = experiment_from_dict({"name": "x", **TRAINING}, [*base, "train_reward_model.zero_stage=2"])
+    assert exp.train_reward_model.likelihood_term
 
 
 @pytest.mark.parametrize("stage", sorted(TRAINING))

@@ -1,9 +1,10 @@
-"""A 2-process DeepSpeed ZeRO-2 GRPO run on CPU (gloo), started with torchrun from the test.
+"""2-process GRPO runs on CPU (gloo), started with torchrun from the test: DeepSpeed ZeRO-2,
+and the torch backend (DistributedDataParallel).
 
 Each rank draws its own prompts and samples its own groups, so the ranks' losses differ; the
 engine averages the gradients, so after the steps every rank must hold the same weights, and
 they must have moved. This file is also the torchrun worker (`python -m torch.distributed.run
-... tests/test_grpo_distributed.py OUT`).
+... tests/test_grpo_distributed.py OUT BACKEND`).
 """
 
 import json
@@ -17,7 +18,7 @@ import pytest
 STEPS = 2
 
 
-def _worker(out: Path) -> None:
+def _worker(out: Path, backend: str) -> None:
     import torch
     import torch.distributed as dist
 
@@ -56,8 +57,8 @@ def _worker(out: Path) -> None:
                                   suppress_ids=[model.config.image_token_id,
                                                 tokenizer.pad_token_id])
     result = train_grpo(model, tokenizer, prompts, reward, rollout, steps=STEPS,
-                        prompts_per_step=2, group_size=4, lr=1e-2, backend="deepspeed",
-                        zero_stage=2, seed=0, progress=False,
+                        prompts_per_step=2, group_size=4, lr=1e-2, backend=backend,
+                        zero_stage=2 if backend == "deepspeed" else 0, seed=0, progress=False,
                         ssb=SelectiveSampleBuffer(32, 4, 0.75, 0.5))
     final = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(final) for _ in range(dist.get_world_size())]
@@ -81,10 +82,11 @@ def _worker(out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_process_zero2_grpo_steps(tmp_path):
+@pytest.mark.parametrize("backend", ["deepspeed", "torch"])
+def test_two_process_grpo_steps(tmp_path, backend):
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
-           "--nproc_per_node=2", str(Path(__file__).resolve()), str(out)]
+           "--nproc_per_node=2", str(Path(__file__).resolve()), str(out), backend]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, env=env)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
@@ -96,4 +98,4 @@ def test_two_process_zero2_grpo_steps(tmp_path):
 
 
 if __name__ == "__main__":
-    _worker(Path(sys.argv[1]))
+    _worker(Path(sys.argv[1]), sys.argv[2])

@@ -138,23 +138,6 @@ class Experiment(Strict):
                              "reward model: enable train_reward_model, or set the weight to 0")
         return self
 
-    @model_validator(mode="after")
-    def _torch_backend_single_process(self) -> Experiment:
-        """backend torch has no process group: several ranks would train separate replicas."""
-        for name in ("align_projector", "sft", "train_reward_model", "mpo", "grpo"):
-            section, spec = getattr(self, name), self.resources.get(name)
-            if section is None or spec is None or section.backend != "torch":
-                continue
-            world = spec.nodes * spec.procs_per_node
-            if world > 1:
-                raise ValueError(
-                    f"{name}: resources.{name} runs {world} processes (nodes {spec.nodes} x "
-                    f"procs_per_node {spec.procs_per_node}) but {name}.backend is 'torch', "
-                    "which trains one independent replica per process (no gradient sync): set "
-                    f"{name}.backend: deepspeed (any zero_stage) for several processes, or run "
-                    "one process")
-        return self
-
     @property
     def import_model(self) -> PretrainedModelConfig | None:
         """The import_model stage's settings: model.pretrained when it names checkpoints to

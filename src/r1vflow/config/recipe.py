@@ -178,8 +178,8 @@ class TrainSettings(Strict):
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Share of steps with linear warmup.")
     max_length: int = Field(192, gt=0, description="Token budget per training sequence.")
     backend: Literal["torch", "deepspeed"] = Field(
-        "torch", description="Training engine: plain torch (one process; several ranks need "
-                             "deepspeed) or DeepSpeed ZeRO.")
+        "torch", description="Training engine: plain torch (DistributedDataParallel over "
+                             "several ranks) or DeepSpeed ZeRO.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (deepspeed backend).")
     seed: int = 0
     val_limit: int = Field(256, gt=0, description="Val samples generated for val_accuracy/*.")
@@ -193,6 +193,13 @@ class TrainSettings(Strict):
                                 "since the last one; None: by steps only. Every phase's last "
                                 "step is saved too (docs/reliability.md).")
     keep_checkpoints: int = Field(2, ge=1, description="Newest resumable checkpoints kept.")
+
+    @model_validator(mode="after")
+    def _zero_needs_deepspeed(self) -> TrainSettings:
+        if self.backend == "torch" and self.zero_stage:
+            raise ValueError(f"zero_stage {self.zero_stage} is a DeepSpeed setting: set backend: "
+                             "deepspeed, or zero_stage: 0 for the torch backend (DDP)")
+        return self
 
 
 class TrainConfig(TrainSettings):
@@ -289,6 +296,14 @@ class RewardModelConfig(TrainConfig):
                            "whatever the question, so one threshold separates good from bad "
                            "(what filtering needs; not in the report).")
     calibration: ScoreCalibrationConfig = Field(default_factory=ScoreCalibrationConfig)
+
+    @model_validator(mode="after")
+    def _likelihood_term_not_under_zero3(self) -> RewardModelConfig:
+        if self.likelihood_term and self.zero_stage == 3:
+            raise ValueError("train_reward_model.likelihood_term's weight is a 0-dim parameter, "
+                             "which DeepSpeed ZeRO-3 cannot partition: use zero_stage 0-2, or "
+                             "likelihood_term: false")
+        return self
 
 
 class IterativeSFTConfig(Strict):

@@ -152,13 +152,18 @@ def _check_weights(directory: Path) -> None:
             raise ValueError(f"corrupt safetensors file {file}: {err}") from err
 
 
-def load_model(model_dir: str | Path, kind: ModelKind = "vlm") -> PreTrainedModel:
+def load_model(model_dir: str | Path, kind: ModelKind = "vlm",
+               zero3: dict[str, Any] | None = None) -> PreTrainedModel:
     """Load a model saved by `save_model` from a local directory, safetensors only.
 
     kind: "vlm" (the class of its family, r1vflow.models.families, from config.json; the image
     processor saved beside it is attached as `r1vflow_image_processor`), "causal_lm"
     (AutoModelForCausalLM) or "vision" (AutoModel, e.g. SiglipVisionModel). The tokenizer
     loads with `r1vflow.models.tokenizer.load_tokenizer(model_dir)`.
+    zero3: the ZeRO-3 DeepSpeed config the stage will train with
+    (`r1vflow.train.engine.zero3_load_config`): the model is built under `deepspeed.zero.Init`
+    and every rank holds only its partition of each parameter (`param.ds_numel` is the full
+    size); only a ZeRO-3 TrainEngine can run it, and `release()` gathers it back.
     """
     if kind not in MODEL_KINDS:
         raise ValueError(f"unknown model kind {kind!r}; choose from {sorted(MODEL_KINDS)}")
@@ -166,10 +171,13 @@ def load_model(model_dir: str | Path, kind: ModelKind = "vlm") -> PreTrainedMode
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     _check_weights(directory)
+    from r1vflow.train.engine import zero3_init
+
     try:
-        model = _loader(kind, directory).from_pretrained(
-            directory, use_safetensors=True, local_files_only=True
-        )
+        with zero3_init(zero3):
+            model = _loader(kind, directory).from_pretrained(
+                directory, use_safetensors=True, local_files_only=True
+            )
     except (OSError, ValueError, RuntimeError) as err:
         raise ValueError(f"cannot load {kind} model from {directory}: {err}") from err
     if kind == "vlm":

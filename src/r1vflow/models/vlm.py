@@ -132,6 +132,11 @@ def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
     return n
 
 
+def _numel(param: torch.nn.Parameter) -> int:
+    """Elements of `param`: its full size also when ZeRO-3 partitioned it (`ds_numel`)."""
+    return int(getattr(param, "ds_numel", param.numel()))
+
+
 def set_trainable(model: PreTrainedModel, parts: set[str]) -> dict[str, int]:
     """Unfreeze exactly `parts` (subset of {"vision","projector","llm"}), freeze the rest.
 
@@ -145,13 +150,13 @@ def set_trainable(model: PreTrainedModel, parts: set[str]) -> dict[str, int]:
     for name, params in part_parameters(model).items():
         for param in params:
             param.requires_grad_(name in parts)
-        counts[name] = sum(p.numel() for p in params if p.requires_grad)
+        counts[name] = sum(_numel(p) for p in params if p.requires_grad)
     return counts
 
 
 def part_sizes(model: PreTrainedModel) -> dict[str, int]:
     """Total parameters per part, trainable or not."""
-    return {name: sum(p.numel() for p in params)
+    return {name: sum(_numel(p) for p in params)
             for name, params in part_parameters(model).items()}
 
 

@@ -432,7 +432,7 @@ def train_grpo(
     """Train `model` in place with GRPO for `steps` steps (see the module docstring).
 
     `model`'s trainable parameters (set beforehand, e.g. with `set_trainable`) are updated
-    through `TrainEngine` (torch, or DeepSpeed ZeRO 0-2; under torchrun every rank draws its
+    through `TrainEngine` (torch/DDP, or DeepSpeed ZeRO 0-2; under torchrun every rank draws its
     own prompts and gradients are averaged). `rollout` must sample from `model` (it is synced
     after every step). `reward.breakdown` components named "accuracy", "format" and
     "reward_model" feed the metrics and the monitor. `ssb=None` disables the buffer.

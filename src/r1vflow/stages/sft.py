@@ -46,6 +46,7 @@ from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
 from r1vflow.storage.atomic import write_text
+from r1vflow.train.engine import zero3_load_config
 from r1vflow.train.iterative import (
     PoolItem,
     answered_wrongly,
@@ -64,7 +65,12 @@ def run(ctx: StageContext) -> StageOutcome:
     # AL-CoTD (the distill stage) rewrote the train chains when it ran
     dataset = ctx.input("distilled_dataset" if "distilled_dataset" in ctx.inputs else "dataset")
     info = read_info(dataset)
-    model, tokenizer = place(load_model(start, "vlm")), load_tokenizer(start)
+    ck = ctx.checkpointer()
+    # ZeRO-3: every rank loads only its partition (a resume between iterations loads the
+    # boundary's full state dict into the model instead, so it loads whole)
+    zero3 = None if ck.resumed and ck.resumed.boundary else zero3_load_config(
+        cfg.backend, cfg.zero_stage, cfg.lr, cfg.weight_decay)
+    model, tokenizer = place(load_model(start, "vlm", zero3=zero3)), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
     train = load_split(dataset, "train")
     val = load_split(dataset, "val")[:cfg.val_limit]
@@ -77,7 +83,6 @@ def run(ctx: StageContext) -> StageOutcome:
     if it is not None and iterations_dir is None:
         raise ValueError("sft.iterative saves every iteration's model: the sft component must "
                          "give the stage an 'iterations' output")
-    ck = ctx.checkpointer()
     # The stage's own state, saved with every checkpoint: a rerun skips what it records.
     state = {"iteration": 0, "steps": 0, "metrics": {}, "parent": parent_version(start),
              "previous": str(start), "saved": [], "pointers": {},

@@ -43,6 +43,7 @@ from r1vflow.models.reward import (
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
+from r1vflow.train.engine import zero3_load_config
 from r1vflow.train.reward import fit_calibration, pairwise_metrics, train_reward
 
 SCORE_BATCH = 64
@@ -60,7 +61,8 @@ def run(ctx: StageContext) -> StageOutcome:
                          f"found {len(train)} and {len(val)}; raise "
                          "synthesize_data.num_preference_pairs or num_val")
     torch.manual_seed(cfg.seed)  # the value head's initialisation
-    model = RewardModel(place(load_model(base_dir, "vlm")), cfg.likelihood_term)
+    zero3 = zero3_load_config(cfg.backend, cfg.zero_stage, cfg.lr, cfg.weight_decay)
+    model = RewardModel(place(load_model(base_dir, "vlm", zero3=zero3)), cfg.likelihood_term)
     tokenizer = load_tokenizer(base_dir)
     trainable = set_trainable(model.vlm, set(cfg.trainable))
     pixels = _pixels(model.vlm, dataset, pairs, exp.data.image_size)

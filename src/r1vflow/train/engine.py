@@ -1,7 +1,9 @@
 """One training engine for every stage: AdamW on the trainable parameters, warmup + decay.
 
 `TrainEngine` hides the backend. With backend="torch" it is a plain PyTorch loop (gradient
-clipping, AdamW without weight decay on biases and norms, a LambdaLR schedule). With
+clipping, AdamW without weight decay on biases and norms, a LambdaLR schedule); under torchrun
+with several ranks the model is wrapped in DistributedDataParallel (gloo on CPU, NCCL on CUDA),
+so every rank's gradients are averaged before the identical update on each rank. With
 backend="deepspeed" the same optimizer and schedule run inside `deepspeed.initialize` with a
 ZeRO config (stage 0-3); on CPU it uses the gloo backend and DeepSpeed's torch AdamW, so the
 ZeRO path is exercised on a laptop exactly as on a GPU cluster (where it runs under torchrun).
@@ -17,6 +19,8 @@ from __future__ import annotations
 import math
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +33,9 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from r1vflow.train.distributed import rank_world
 
 Backend = Literal["torch", "deepspeed"]
 Schedule = Literal["cosine", "linear"]
@@ -74,6 +81,28 @@ def _ensure_single_process_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _ddp(model: torch.nn.Module) -> torch.nn.Module:
+    """`model` wrapped in DistributedDataParallel when this process is one of several ranks.
+
+    Under torchrun (WORLD_SIZE > 1 in the environment) the process group is opened here if
+    nobody did (NCCL with CUDA, else gloo), as `deepspeed.init_distributed` does for the other
+    backend. DDP broadcasts rank 0's weights at wrap time and averages gradients in backward.
+    find_unused_parameters: some stages leave trainable parameters out of a forward (the reward
+    model's LM head when its likelihood term is off), which plain DDP would wait for forever.
+    One process: the model itself."""
+    dist = torch.distributed
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        on_gpu = torch.cuda.is_available()
+        if on_gpu:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+    if rank_world()[1] == 1:
+        return model
+    param = next(model.parameters())
+    device_ids = [param.device] if param.device.type == "cuda" else None
+    return DDP(model, device_ids=device_ids, find_unused_parameters=True)
+
+
 def deepspeed_config(
     lr: float, weight_decay: float, grad_clip: float, zero_stage: int, on_gpu: bool, bf16: bool
 ) -> dict[str, Any]:
@@ -91,6 +120,58 @@ def deepspeed_config(
         "steps_per_print": 1_000_000,
         "wall_clock_breakdown": False,
     }
+
+
+def init_deepspeed_distributed() -> None:
+    """Open the process group DeepSpeed works in, when nobody did: NCCL on this rank's GPU, else
+    gloo; a lone process gets torchrun's env vars first."""
+    import deepspeed
+
+    if torch.distributed.is_initialized():
+        return
+    _ensure_single_process_env()
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+
+
+def zero3_load_config(backend: Backend, zero_stage: int, lr: float, weight_decay: float,
+                      grad_clip: float = 1.0, bf16: bool = False) -> dict[str, Any] | None:
+    """The DeepSpeed config a TrainEngine with these settings will use, when it is ZeRO-3 (the
+    config to load the model under, r1vflow.models.io.load_model); None otherwise."""
+    if backend != "deepspeed" or zero_stage != 3:
+        return None
+    return deepspeed_config(lr, weight_decay, grad_clip, zero_stage, torch.cuda.is_available(),
+                            bf16)
+
+
+@contextmanager
+def zero3_init(config: dict[str, Any] | None) -> Iterator[None]:
+    """Inside, transformers' `from_pretrained` builds models under `deepspeed.zero.Init` and
+    loads the checkpoint into the partitions: each rank holds 1/world of every parameter, never
+    the full model (transformers' DeepSpeed integration). `config` is the ZeRO-3 DeepSpeed config
+    the engine will train with (`zero3_load_config`); None: a plain load.
+
+    transformers keeps only a weak reference to the `HfDeepSpeedConfig`; it is held here until
+    the block ends and then dropped, so that models loaded later in the stage (a reward scorer,
+    an evaluation copy) load whole, and `generate` after training does not switch to
+    `synced_gpus`. The process group is opened first (zero.Init partitions across it)."""
+    if config is None:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    init_deepspeed_distributed()
+    hf_config = HfDeepSpeedConfig(config)
+    if not hf_config.is_zero3():
+        raise ValueError(f"zero3_init needs a ZeRO-3 config, got stage "
+                         f"{config.get('zero_optimization', {}).get('stage')}")
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del hf_config
 
 
 class TrainEngine:
@@ -131,7 +212,7 @@ class TrainEngine:
         groups = param_groups(model, weight_decay)
         self._params = [p for g in groups for p in g["params"]]
         if backend == "torch":
-            self.model = model
+            self.model = _ddp(model)
             self.optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.999))
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._factor)
         elif backend == "deepspeed":
@@ -143,11 +224,9 @@ class TrainEngine:
     def _init_deepspeed(self, model, groups, lr, weight_decay, zero_stage, bf16) -> None:
         import deepspeed  # lazy: only this backend needs it
 
-        on_gpu = torch.cuda.is_available()
-        if not torch.distributed.is_initialized():
-            _ensure_single_process_env()
-            deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
-        config = deepspeed_config(lr, weight_decay, self.grad_clip, zero_stage, on_gpu, bf16)
+        init_deepspeed_distributed()
+        config = deepspeed_config(lr, weight_decay, self.grad_clip, zero_stage,
+                                  torch.cuda.is_available(), bf16)
         engine, optimizer, _, scheduler = deepspeed.initialize(
             model=model,
             model_parameters=groups,
@@ -158,8 +237,9 @@ class TrainEngine:
 
     @property
     def module(self) -> torch.nn.Module:
-        """The underlying model (unwrapped from DeepSpeed), e.g. for save_pretrained."""
-        return self.model.module if self.backend == "deepspeed" else self.model
+        """The underlying model (unwrapped from DeepSpeed or DDP), e.g. for save_pretrained."""
+        wrapped = self.backend == "deepspeed" or isinstance(self.model, DDP)
+        return self.model.module if wrapped else self.model
 
     def release(self) -> torch.nn.Module:
         """End training and return the plain model, usable and saveable without DeepSpeed.
@@ -168,8 +248,9 @@ class TrainEngine:
         cannot step afterwards.
         """
         if self.backend != "deepspeed" or self._released:
+            self.model = self.module  # drops the DDP wrapper (its reducer and hooks with it)
             self._released = True
-            return self.module
+            return self.model
         import deepspeed
 
         engine = self.model
@@ -194,13 +275,17 @@ class TrainEngine:
     def save_state(self, directory: Path) -> None:
         """Model, optimizer, scheduler and step count into `directory` (created).
 
-        torch: one `engine.pt` (the module's full state dict); DeepSpeed: its own checkpoint
-        API under `directory/deepspeed` (ZeRO-sharded optimizer state, one file per rank), so
-        every rank must call this with the same `directory`."""
+        torch: one `engine.pt` (the module's full state dict), written by rank 0 alone (under
+        DDP every rank holds the same weights and optimizer state); DeepSpeed: its own
+        checkpoint API under `directory/deepspeed` (ZeRO-sharded optimizer state, one file per
+        rank). Every rank must call this with the same `directory` (the caller's barrier
+        follows: r1vflow.train.checkpoint)."""
         directory.mkdir(parents=True, exist_ok=True)
         if self.backend == "deepspeed":
             self.model.save_checkpoint(str(directory / "deepspeed"), tag="state",
                                        client_state={"steps_done": self.steps_done})
+            return
+        if rank_world()[0] != 0:
             return
         torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict(), "steps_done": self.steps_done},

@@ -177,11 +177,14 @@ def train_reward(
                     k: v.to(param.device) if k != "pixel_values" else v
                     for k, v in _encode_pairs(tokenizer, chunk, n_image, max_length).items()
                 }
-                rewards, logprob = engine.model(**batch, return_logprob=True)
+                # the log-probability only when the loss uses it: under DDP every output
+                # the loss ignores would leave its parameters waiting for a gradient
+                out = engine.model(**batch, return_logprob=nll_weight > 0)
+                rewards = out[0] if nll_weight > 0 else out
                 chosen, rejected = rewards[: len(chunk)], rewards[len(chunk) :]
                 loss = pairwise_loss(chosen, rejected, cross_prompt)
                 if nll_weight > 0:  # keep the LM (and so the likelihood term) grounded
-                    loss = loss - nll_weight * logprob[: len(chunk)].mean()
+                    loss = loss - nll_weight * out[1][: len(chunk)].mean()
                 stats = engine.step(loss)
                 losses.append(float(loss.detach()))
                 accuracies.append(float((chosen > rejected).float().mean()))
