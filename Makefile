@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.r1vflow-installed
 DEMO   ?= runs/demo
 
-.PHONY: install lock demo smoke test test-all test-fast lint compile compiled clean images
+.PHONY: install lock floors demo smoke test test-all test-fast lint compile compiled clean images
 
 install: $(STAMP)
 
@@ -26,6 +26,13 @@ lock:
 	$(LOCKVENV)/bin/pip install -q pip-tools==7.6.2
 	$(LOCKVENV)/bin/pip-compile --quiet --extra dev --extra bench --extra judge --strip-extras --no-emit-index-url \
 	  --no-emit-find-links --allow-unsafe --output-file requirements.lock pyproject.toml requirements.in
+
+# Install the dependency floors pyproject.toml declares (numpy, pillow, pyyaml, scikit-learn,
+# pyarrow, typer, pydantic, rich, math-verify, pytest, urllib3) into .venv-floor, the rest at the
+# lock unless pip must move it, and run the tests that call their API (~4 min; not part of
+# `make test` or CI). `$(PY) scripts/check_floors.py --alone` checks each floor on its own.
+floors: install
+	$(PY) scripts/check_floors.py
 
 STACK  ?= runs/stack
 
