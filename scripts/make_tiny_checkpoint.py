@@ -4,7 +4,9 @@
     python scripts/make_tiny_checkpoint.py internvl_chat runs/tiny-checkpoints/internvl_chat
     python scripts/make_tiny_checkpoint.py llava runs/tiny-checkpoints/llava   # vision/ llm/
                                                                   # substitute/ (composition)
-Families: qwen2_5_vl, qwen3_vl, internvl, internvl_chat, llava.
+    python scripts/make_tiny_checkpoint.py llava_internvit runs/tiny-checkpoints/llava_internvit
+                                        # the same with a standalone InternViT as vision/
+Families: qwen2_5_vl, qwen3_vl, internvl, internvl_chat, llava, llava_internvit.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ def main() -> None:
     parser.add_argument("out_dir")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    if args.family == "llava":
-        for name, path in build_composition_parts(args.out_dir, args.seed).items():
+    if args.family in ("llava", "llava_internvit"):
+        vision = "internvit" if args.family == "llava_internvit" else "siglip"
+        for name, path in build_composition_parts(args.out_dir, args.seed, vision).items():
             print(f"{name}: {path}")
     else:
         print(build_checkpoint(args.family, args.out_dir, args.seed))

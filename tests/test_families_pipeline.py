@@ -83,8 +83,9 @@ def test_whole_vlm_family_through_every_stage(tmp_path, family):
     _check_lineage(out, family, tmp_path)  # the tag names the source's family
 
 
-def test_llava_composition_with_align_projector(tmp_path):
-    parts = build_composition_parts(tmp_path / "parts")
+@pytest.mark.parametrize("vision", ["siglip", pytest.param("internvit", marks=EXTENDED)])
+def test_llava_composition_with_align_projector(tmp_path, vision):
+    parts = build_composition_parts(tmp_path / "parts", vision=vision)
     data = load_experiment(PRESETS / "pretrained-smoke.yaml").model_dump(mode="json")
     data["model"]["pretrained"] = {"vision_model": str(parts["vision"]),
                                    "llm_model": str(parts["llm"]),
@@ -98,6 +99,9 @@ def test_llava_composition_with_align_projector(tmp_path):
     assert exp.stages()[:3] == ["import_model", "synthesize_data", "align_projector"]
     out = _chain(tmp_path, exp, with_align=True)
     assert out["import_model"].metrics["params_projector"] > 0
+    tower = json.loads((tmp_path / "grpo" / "config.json").read_text())["vision_config"]
+    assert tower["model_type"] == {"siglip": "siglip_vision_model",
+                                   "internvit": "internvl_vision"}[vision]
     assert {"val_loss/substitute", "val_loss/transferred", "val_loss/aligned"} <= set(
         out["align_projector"].metrics)
     assert read_metadata(tmp_path / "substitute")["extra"]["family"] == "causal_lm"

@@ -8,7 +8,8 @@ The result is what every stage loads: safetensors weights of the family's native
 class, the tokenizer with R1V's tags (`<think>`, `</think>`, `<answer>`, `</answer>`) added where
 missing (embeddings resized), the slow image processor, and `r1vflow_model.json` naming the
 source, the family and the sha256 of every source file. `internvl_chat` checkpoints are
-converted to native InternVL first (r1vflow.models.families.internvl_chat); no remote code runs.
+converted to native InternVL first (r1vflow.models.families.internvl_chat), and a standalone
+InternViT vision tower to `InternVLVisionModel` (`load_intern_vit`); no remote code runs.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from r1vflow.models.families import FAMILIES, PROCESSOR_ATTR, Family, detect_fam
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 CHATML_END = "<|im_end|>"
+INTERN_VIT = "intern_vit_6b"  # a standalone InternViT (remote code): converted, never run
 
 
 def source_digests(directory: str | Path) -> dict[str, str]:
@@ -165,7 +167,6 @@ def _import_native(src: Path, fam: Family, output, dtype: str, min_pixels, max_p
 def convert_internvl_chat(src: Path, out: Path) -> Path:
     """Write the native InternVL checkpoint of an internvl_chat directory to `out` (config,
     safetensors, tokenizer, GotOcr2 image processor); verified both ways (see internvl_chat)."""
-    from safetensors import safe_open
     from safetensors.torch import save_file
     from transformers import GotOcr2ImageProcessorPil, InternVLConfig
     from transformers import InternVLForConditionalGeneration as Native
@@ -182,14 +183,9 @@ def convert_internvl_chat(src: Path, out: Path) -> Path:
                                       .items() if k != "model_type"})
     with torch.device("meta"):
         expected = {k: tuple(v.shape) for k, v in Native(native_config).state_dict().items()}
-    source: dict[str, torch.Tensor] = {}
-    for file in sorted(src.glob("*.safetensors")):
-        with safe_open(str(file), framework="pt") as handle:
-            source.update({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+    source = _read_safetensors(src)
     native = chat.to_native(source, expected)
-    back = chat.to_chat(native)
-    if back.keys() != source.keys() or any(not torch.equal(back[k], source[k]) for k in source):
-        raise RuntimeError("internvl_chat conversion does not invert exactly; refusing it")
+    _check_inverse(chat.to_chat(native), source, "internvl_chat")
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.contiguous() for k, v in native.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
@@ -199,25 +195,75 @@ def convert_internvl_chat(src: Path, out: Path) -> Path:
     return out
 
 
+def _read_safetensors(src: Path) -> dict[str, torch.Tensor]:
+    from safetensors import safe_open
+
+    source: dict[str, torch.Tensor] = {}
+    for file in sorted(src.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            source.update({k: handle.get_tensor(k) for k in handle.keys()})  # noqa: SIM118
+    return source
+
+
+def _check_inverse(back: dict[str, torch.Tensor], source: dict[str, torch.Tensor],
+                   what: str) -> None:
+    if back.keys() != source.keys() or any(not torch.equal(back[k], source[k]) for k in source):
+        raise RuntimeError(f"{what} conversion does not invert exactly; refusing it")
+
+
+def load_intern_vit(src: Path, dtype: str = "float32"):
+    """A standalone InternViT checkpoint (model_type `intern_vit_6b`, remote code) as
+    transformers' `InternVLVisionModel` and InternVL's per-tile image processor (the square
+    image_size, bicubic, ImageNet mean/std), without running its code: config.json and the
+    safetensors are read as data and converted with internvl_chat's vision rules, verified both
+    ways (every tensor used once, shapes, exact inverse)."""
+    from transformers import GotOcr2ImageProcessorPil, InternVLVisionConfig, InternVLVisionModel
+
+    from r1vflow.models.families import internvl_chat as chat
+
+    raw = json.loads((src / "config.json").read_text())
+    config = InternVLVisionConfig(**chat.vision_native_config(raw))
+    with torch.device("meta"):
+        model = InternVLVisionModel(config)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    source = _read_safetensors(src)
+    native = chat.vision_to_native(source, expected)
+    _check_inverse(chat.vision_to_standalone(native), source, "InternViT")
+    model.load_state_dict({k: v.to(DTYPES[dtype]) for k, v in native.items()}, strict=True,
+                          assign=True)
+    left = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
+    if left:
+        raise RuntimeError(f"InternVLVisionModel tensors not loaded from {src}: {left[:8]}")
+    processor = GotOcr2ImageProcessorPil(**chat.image_processor_config({"vision_config": raw}))
+    return model.eval(), processor
+
+
 def import_composition(vision: str | Path, llm: str | Path, output: str | Path,
                        substitute: str | Path | None = None,
                        substitute_output: str | Path | None = None, dtype: str = "float32",
                        fingerprint: str = "") -> dict[str, Path]:
-    """R1V's composition: vision tower (SigLIP / CLIP checkpoint) + new MLP projector + causal
-    LM, saved as a llava model at `output`; with `substitute`, that LLM (same hidden size and
-    tokenizer, checked) is saved at `substitute_output` for align_projector."""
+    """R1V's composition: vision tower (SigLIP / CLIP checkpoint, or a standalone InternViT
+    converted to `InternVLVisionModel`) + new MLP projector + causal LM, saved as a llava model
+    at `output`; with `substitute`, that LLM (same hidden size and tokenizer, checked) is saved
+    at `substitute_output` for align_projector."""
+    from r1vflow.models.families import read_config
     from r1vflow.models.io import save_model
     from r1vflow.models.vlm import assemble_vlm
 
     vision_dir, llm_dir = _check_source(vision), _check_source(llm)
-    processor = _image_processor(vision_dir, None, None)
-    tower = _load_vision(vision_dir, dtype)
+    facts: dict[str, Any] = {}
+    if read_config(vision_dir).get("model_type") == INTERN_VIT:
+        tower, processor = load_intern_vit(vision_dir, dtype)
+        facts["vision_converted_from"] = INTERN_VIT
+    else:
+        processor = _image_processor(vision_dir, None, None)
+        tower = _load_vision(vision_dir, dtype)
     reasoning, tokenizer = _load_llm(llm_dir, dtype)
     vlm = assemble_vlm(tower, reasoning, tokenizer)
     setattr(vlm, PROCESSOR_ATTR, processor)
-    facts = {"source": {"vision": str(vision), "llm": str(llm)}, "family": "llava",
-             "source_files": {"vision": source_digests(vision_dir),
-                              "llm": source_digests(llm_dir)}}
+    facts.update({"source": {"vision": str(vision), "llm": str(llm)}, "family": "llava",
+                  "source_files": {"vision": source_digests(vision_dir),
+                                   "llm": source_digests(llm_dir)}})
     out = {"base_model": save_model(vlm, tokenizer, output, _metadata(facts, fingerprint))}
     if substitute is not None:
         if substitute_output is None:

@@ -28,6 +28,7 @@ from transformers import (
 )
 
 from r1vflow.models.families import PARTS, PROCESSOR_ATTR, part_parameters
+from r1vflow.models.families.images import llava_image_tokens
 from r1vflow.models.tokenizer import IMAGE_TOKEN, special_token_id
 
 
@@ -94,16 +95,19 @@ def assemble_vlm(
     of the prompt (all patches, last vision layer, no CLS token).
     """
     _check_tokenizer_fits(llm.config.vocab_size, tokenizer, "the LLM")
+    # InternViT (InternVLVisionModel) prepends a CLS token, which InternVL drops: "default"
+    # strategy; SigLIP has none: "full".
+    strategy = "default" if vision.config.model_type == "internvl_vision" else "full"
     config = LlavaConfig(
         vision_config=vision.config.to_dict(),
         text_config=llm.config.to_dict(),
         image_token_id=special_token_id(tokenizer, IMAGE_TOKEN),
-        image_seq_length=(vision.config.image_size // vision.config.patch_size) ** 2,
-        vision_feature_select_strategy="full",
+        vision_feature_select_strategy=strategy,
         vision_feature_layer=-1,
         projector_hidden_act="gelu",
         tie_word_embeddings=bool(getattr(llm.config, "tie_word_embeddings", False)),
     )
+    config.image_seq_length = llava_image_tokens(config)
     model = LlavaForConditionalGeneration(config)
     model.model.vision_tower.load_state_dict(vision.state_dict())
     _copy_llm_weights(model, llm)
@@ -125,11 +129,7 @@ def _set_generation_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBa
 
 def num_image_tokens(model: LlavaForConditionalGeneration) -> int:
     """How many `<image>` placeholder tokens one image fills (patches, minus CLS for 'default')."""
-    vision = model.config.vision_config
-    n = (vision.image_size // vision.patch_size) ** 2
-    if model.config.vision_feature_select_strategy == "default":
-        n -= 1
-    return n
+    return llava_image_tokens(model.config)
 
 
 def _numel(param: torch.nn.Parameter) -> int:

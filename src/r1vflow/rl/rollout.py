@@ -199,6 +199,23 @@ def _tensor_to_image(pixels: torch.Tensor):
     return Image.fromarray(array.permute(1, 2, 0).cpu().numpy(), mode="RGB")
 
 
+# Vision towers vLLM's Llava implementation builds (its init_vision_tower_for_llava).
+VLLM_LLAVA_TOWERS = ("clip_vision_model", "siglip_vision_model", "pixtral")
+
+
+def _check_vllm_serves(model_dir: Path) -> None:
+    """ValueError when vLLM cannot build the model: a Llava composition whose vision tower is
+    not CLIP / SigLIP / Pixtral (e.g. InternViT as InternVLVisionModel)."""
+    import json
+
+    path = model_dir / "config.json"
+    config = json.loads(path.read_text()) if path.is_file() else {}
+    tower = (config.get("vision_config") or {}).get("model_type")
+    if config.get("model_type") == "llava" and tower not in VLLM_LLAVA_TOWERS:
+        raise ValueError(f"vLLM's Llava builds only {', '.join(VLLM_LLAVA_TOWERS)} vision "
+                         f"towers, not {tower!r} ({model_dir}); set grpo.rollout: transformers")
+
+
 class VLLMRollout:
     """Colocated vLLM engine over a saved model directory (GPU; `pip install 'r1vflow[gpu]'`).
 
@@ -224,6 +241,7 @@ class VLLMRollout:
         gpu_memory_utilization: float = 0.3,
         dtype: str = "bfloat16",
     ) -> None:
+        _check_vllm_serves(Path(model_dir))
         try:
             import vllm
         except ImportError as err:

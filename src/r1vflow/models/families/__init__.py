@@ -117,8 +117,8 @@ def encode_pixels(model: Any, images, image_size: int):
 def fixed_image_tokens(model: Any) -> int | None:
     """`<image>` tokens per image of a tiny-path Llava (no image processor: every image is one
     `[3,S,S]` tensor); None when the model reads `ImageInput`s, which carry their own count."""
+    from r1vflow.models.families.images import llava_image_tokens
+
     if getattr(model, PROCESSOR_ATTR, None) is not None or family_of(model).name != "llava":
         return None
-    vision = model.config.vision_config
-    n = (vision.image_size // vision.patch_size) ** 2
-    return n - 1 if model.config.vision_feature_select_strategy == "default" else n
+    return llava_image_tokens(model.config)

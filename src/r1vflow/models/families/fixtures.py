@@ -9,6 +9,7 @@ few image tokens.
 
     build_checkpoint("qwen2_5_vl", "ckpt/qwen")       # config.json, model.safetensors, ...
     build_composition_parts("ckpt/parts")            # parts/vision, parts/llm, parts/substitute
+    build_composition_parts("ckpt/p", vision="internvit")   # vision/ a standalone InternViT
 """
 
 from __future__ import annotations
@@ -134,19 +135,26 @@ def build_checkpoint(family: str, out_dir: str | Path, seed: int = 0) -> Path:
     return out
 
 
-def build_composition_parts(out_dir: str | Path, seed: int = 0) -> dict[str, Path]:
-    """A SigLIP vision tower, a Qwen2 LLM and a substitute LLM of the same tokenizer, each a
+def build_composition_parts(out_dir: str | Path, seed: int = 0,
+                            vision: str = "siglip") -> dict[str, Path]:
+    """A vision tower (`vision`: "siglip", or "internvit": a standalone InternViT in its
+    remote-code layout), a Qwen2 LLM and a substitute LLM of the same tokenizer, each a
     published checkpoint directory under `out_dir` (vision/, llm/, substitute/)."""
     import transformers
 
     out = Path(out_dir)
     torch.manual_seed(seed)
-    vision = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
-        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=4, vision_use_head=False))
-    vision.save_pretrained(out / "vision")
-    transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(
-        out / "vision")
+    if vision == "internvit":
+        build_intern_vit(out / "vision", seed)
+    elif vision == "siglip":
+        tower = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(
+            image_size=32, patch_size=8, hidden_size=32, intermediate_size=64,
+            num_hidden_layers=2, num_attention_heads=4, vision_use_head=False))
+        tower.save_pretrained(out / "vision")
+        transformers.SiglipImageProcessorPil(size={"height": 32, "width": 32}).save_pretrained(
+            out / "vision")
+    else:
+        raise ValueError(f"no tiny vision tower {vision!r}; choose siglip or internvit")
     tokenizer = hub_style_tokenizer((), seed)
     for name in ("llm", "substitute"):
         llm = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**TEXT))
@@ -180,24 +188,9 @@ def _write_internvl_chat(tokenizer, out: Path) -> None:
     from safetensors.torch import save_file
 
     config = internvl_chat_config(tokenizer)
-    v, d, i = config["vision_config"], 32, 64
-    tensors: dict[str, torch.Tensor] = {
-        "vision_model.embeddings.class_embedding": torch.randn(1, 1, d),
-        "vision_model.embeddings.patch_embedding.weight": torch.randn(d, 3, 14, 14) * 0.02,
-        "vision_model.embeddings.patch_embedding.bias": torch.zeros(d),
-        "vision_model.embeddings.position_embedding": torch.randn(1, 5, d) * 0.02,
-    }
-    for layer in range(v["num_hidden_layers"]):
-        p = f"vision_model.encoder.layers.{layer}."
-        tensors.update({
-            p + "attn.qkv.weight": torch.randn(3 * d, d) * 0.02,
-            p + "attn.q_norm.weight": torch.ones(d), p + "attn.k_norm.weight": torch.ones(d),
-            p + "attn.proj.weight": torch.randn(d, d) * 0.02, p + "attn.proj.bias": torch.zeros(d),
-            p + "ls1": torch.full((d,), 0.1), p + "ls2": torch.full((d,), 0.1),
-            p + "norm1.weight": torch.ones(d), p + "norm2.weight": torch.ones(d),
-            p + "mlp.fc1.weight": torch.randn(i, d) * 0.02, p + "mlp.fc1.bias": torch.zeros(i),
-            p + "mlp.fc2.weight": torch.randn(d, i) * 0.02, p + "mlp.fc2.bias": torch.zeros(d),
-        })
+    tensors = {f"vision_model.{k}": t for k, t in _intern_vit_tensors(config["vision_config"])
+               .items()}
+    d = config["vision_config"]["hidden_size"]
     hidden = TEXT["hidden_size"]
     tensors.update({
         "mlp1.0.weight": torch.ones(4 * d), "mlp1.0.bias": torch.zeros(4 * d),
@@ -209,3 +202,55 @@ def _write_internvl_chat(tokenizer, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def intern_vit_config() -> dict:
+    """config.json of a tiny standalone InternViT (OpenGVLab/InternViT-6B-448px-* layout)."""
+    return {
+        "architectures": ["InternVisionModel"], "model_type": "intern_vit_6b",
+        "auto_map": {"AutoConfig": "configuration_intern_vit.InternVisionConfig",
+                     "AutoModel": "modeling_intern_vit.InternVisionModel"},
+        "hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4,
+        "num_hidden_layers": 2, "image_size": 28, "patch_size": 14, "num_channels": 3,
+        "qk_normalization": True, "qkv_bias": False, "norm_type": "rms_norm",
+        "layer_norm_eps": 1e-6, "hidden_act": "gelu", "torch_dtype": "float32"}
+
+
+def build_intern_vit(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny random standalone InternViT checkpoint (config.json + model.safetensors, tensors
+    named as InternVisionModel names them: `embeddings.*`, `encoder.layers.*`)."""
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    torch.manual_seed(seed)
+    config = intern_vit_config()
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_intern_vit_tensors(config), str(out / "model.safetensors"),
+              metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    return out
+
+
+def _intern_vit_tensors(v: dict) -> dict[str, torch.Tensor]:
+    """InternViT-6B style vision tensors (fused qkv without bias, RMS norms, q/k norms, layer
+    scales), named as in InternVisionModel."""
+    d, i, patch = v["hidden_size"], v["intermediate_size"], v["patch_size"]
+    tensors: dict[str, torch.Tensor] = {
+        "embeddings.class_embedding": torch.randn(1, 1, d),
+        "embeddings.patch_embedding.weight": torch.randn(d, 3, patch, patch) * 0.02,
+        "embeddings.patch_embedding.bias": torch.zeros(d),
+        "embeddings.position_embedding":
+            torch.randn(1, (v["image_size"] // patch) ** 2 + 1, d) * 0.02,
+    }
+    for layer in range(v["num_hidden_layers"]):
+        p = f"encoder.layers.{layer}."
+        tensors.update({
+            p + "attn.qkv.weight": torch.randn(3 * d, d) * 0.02,
+            p + "attn.q_norm.weight": torch.ones(d), p + "attn.k_norm.weight": torch.ones(d),
+            p + "attn.proj.weight": torch.randn(d, d) * 0.02, p + "attn.proj.bias": torch.zeros(d),
+            p + "ls1": torch.full((d,), 0.1), p + "ls2": torch.full((d,), 0.1),
+            p + "norm1.weight": torch.ones(d), p + "norm2.weight": torch.ones(d),
+            p + "mlp.fc1.weight": torch.randn(i, d) * 0.02, p + "mlp.fc1.bias": torch.zeros(i),
+            p + "mlp.fc2.weight": torch.randn(d, i) * 0.02, p + "mlp.fc2.bias": torch.zeros(d),
+        })
+    return tensors

@@ -58,6 +58,7 @@ class ImageBatch:
 
 
 Images = torch.Tensor | ImageBatch
+CLS_TOWERS = ("clip_vision_model", "internvl_vision")  # vision towers that prepend a CLS token
 
 
 def stack_images(items: Sequence[torch.Tensor | ImageInput]) -> Images:
@@ -138,12 +139,27 @@ def _got_ocr2(family: Family, processor: Any, config: Any, images: list) -> list
     return items
 
 
+def llava_image_tokens(config: Any) -> int:
+    """Features one image gives a Llava model of `config`: the vision tower's patch grid (its
+    image_size / patch_size, ints as in SigLIP or [h, w] as in InternVLVision), plus the CLS
+    token of towers that prepend one (CLIP, InternViT), minus the first token for the
+    "default" feature strategy (Llava drops it)."""
+    vision = config.vision_config
+
+    def pair(value) -> tuple[int, int]:
+        return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+    (height, width), (ph, pw) = pair(vision.image_size), pair(vision.patch_size)
+    if height % ph or width % pw:
+        raise ValueError(f"vision image_size {vision.image_size} is not a multiple of its "
+                         f"patch_size {vision.patch_size}")
+    n = (height // ph) * (width // pw) + int(vision.model_type in CLS_TOWERS)
+    return n - 1 if config.vision_feature_select_strategy == "default" else n
+
+
 def _siglip(family: Family, processor: Any, config: Any, images: list) -> list[ImageInput]:
     out = processor(images=images, return_tensors="pt")["pixel_values"]
-    vision = config.vision_config
-    n = (vision.image_size // vision.patch_size) ** 2
-    if config.vision_feature_select_strategy == "default":
-        n -= 1
+    n = llava_image_tokens(config)
     return [ImageInput({"pixel_values": out[i:i + 1]}, family.placeholder(n), images[i])
             for i in range(len(images))]
 

@@ -16,6 +16,11 @@ config.json and the safetensors as data and renames the tensors onto transformer
 named), that the result has every tensor the native model has with its shape (else: missing
 tensors or shape mismatches, named), and `to_chat` inverts it exactly (the fused qkv is the
 concatenation of the three projections it was split into).
+
+A standalone InternViT checkpoint (OpenGVLab/InternViT-6B-448px-*, model_type `intern_vit_6b`,
+`InternVisionModel`) holds the same vision tensors without the `vision_model.` prefix;
+`vision_to_native` / `vision_to_standalone` apply the same rules to it, onto transformers'
+`InternVLVisionModel` (names without `model.vision_tower.`), with the same checks.
 """
 
 from __future__ import annotations
@@ -74,10 +79,55 @@ def _rename(name: str, rules) -> str | None:
     return None
 
 
+CHAT_VISION, NATIVE_VISION = "vision_model.", "model.vision_tower."
+
+
 def to_native(source: dict[str, torch.Tensor],
               expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
     """Chat-layout tensors -> native InternVL tensors; `expected` is the native model's
     name -> shape. ValueError naming extra, missing or mis-shaped tensors."""
+    return _to_native(source, expected, "internvl_chat checkpoint", "native InternVL model",
+                      lambda name: name)
+
+
+def vision_to_native(source: dict[str, torch.Tensor],
+                     expected: dict[str, tuple[int, ...]]) -> dict[str, torch.Tensor]:
+    """Standalone InternViT tensors (`embeddings.*`, `encoder.layers.*`) -> the tensors of
+    transformers' `InternVLVisionModel`, whose name -> shape is `expected`; the rules and checks
+    of `to_native`, errors naming the tensors as the InternViT checkpoint / the native model
+    call them."""
+    prefixed = {CHAT_VISION + k: v for k, v in source.items()}
+    want = {NATIVE_VISION + k: v for k, v in expected.items()}
+
+    def strip(name: str) -> str:
+        for prefix in (CHAT_VISION, NATIVE_VISION):
+            if name.startswith(prefix):
+                return name[len(prefix):]
+        return name
+
+    out = _to_native(prefixed, want, "InternViT checkpoint", "native InternVLVisionModel",
+                     strip)
+    return {strip(k): v for k, v in out.items()}
+
+
+def vision_to_standalone(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The inverse of `vision_to_native`: InternVLVisionModel tensors -> InternViT names."""
+    back = to_chat({NATIVE_VISION + k: v for k, v in native.items()})
+    if any(not k.startswith(CHAT_VISION) for k in back):
+        raise ValueError(f"not vision tensors: {sorted(k for k in back if not k.startswith(CHAT_VISION))[:8]}")
+    return {k[len(CHAT_VISION):]: v for k, v in back.items()}
+
+
+def _source_name(native: str) -> str | None:
+    """The source (chat-layout) name a native tensor comes from."""
+    for pattern in _QKV_NATIVE:
+        match = pattern.match(native)
+        if match:
+            return QKV[0].format(**match.groupdict())
+    return _rename(native, _BACKWARD)
+
+
+def _to_native(source, expected, what: str, native_what: str, show) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     extra = []
     for name, tensor in source.items():
@@ -92,25 +142,27 @@ def to_native(source: dict[str, torch.Tensor],
         else:
             out[target] = tensor
     if extra:
-        raise ValueError(f"internvl_chat checkpoint has {len(extra)} tensor(s) the native "
-                         f"InternVL model has no place for: {sorted(extra)[:8]}")
-    _check_against(out, expected)
+        raise ValueError(f"{what} has {len(extra)} tensor(s) the {native_what} has no place "
+                         f"for: {sorted(show(n) for n in extra)[:8]}")
+    _check_against(out, expected, what, native_what, show)
     return out
 
 
-def _check_against(out: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]]) -> None:
+def _check_against(out: dict[str, torch.Tensor], expected: dict[str, tuple[int, ...]],
+                   what: str, native_what: str, show) -> None:
     missing = sorted(set(expected) - set(out))
     if missing:
-        raise ValueError(f"internvl_chat checkpoint lacks {len(missing)} tensor(s) the native "
-                         f"InternVL model needs: {missing[:8]} (as native names)")
+        sources = sorted({show(_source_name(n) or n) for n in missing})
+        raise ValueError(f"{what} lacks {len(sources)} tensor(s) the {native_what} needs: "
+                         f"{sources[:8]} (native names: {[show(n) for n in missing[:8]]})")
     unused = sorted(set(out) - set(expected))
     if unused:
-        raise ValueError(f"internvl_chat checkpoint has {len(unused)} tensor(s) the native "
-                         f"InternVL model does not use: {unused[:8]} (as native names)")
-    wrong = [f"{k}: {tuple(out[k].shape)} != {expected[k]}" for k in sorted(out)
+        raise ValueError(f"{what} has {len(unused)} tensor(s) the {native_what} does not use: "
+                         f"{[show(n) for n in unused[:8]]} (as native names)")
+    wrong = [f"{show(k)}: {tuple(out[k].shape)} != {expected[k]}" for k in sorted(out)
              if tuple(out[k].shape) != tuple(expected[k])]
     if wrong:
-        raise ValueError(f"internvl_chat tensors do not fit the native config: {wrong[:8]}")
+        raise ValueError(f"{what} tensors do not fit the native config: {wrong[:8]}")
 
 
 def to_chat(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -145,19 +197,7 @@ def native_config(chat: dict[str, Any], image_token_id: int) -> dict[str, Any]:
     return {
         "model_type": "internvl",
         "architectures": ["InternVLForConditionalGeneration"],
-        "vision_config": {
-            "hidden_size": vision["hidden_size"],
-            "intermediate_size": vision["intermediate_size"],
-            "num_attention_heads": vision["num_attention_heads"],
-            "num_hidden_layers": vision["num_hidden_layers"],
-            "image_size": [size, size], "patch_size": [patch, patch],
-            "layer_norm_eps": vision.get("layer_norm_eps", 1e-6),
-            "norm_type": vision.get("norm_type", "rms_norm"),
-            "use_qk_norm": bool(vision.get("qk_normalization", False)),
-            "attention_bias": bool(vision.get("qkv_bias", False)),
-            "hidden_act": vision.get("hidden_act", "gelu"),
-            "use_absolute_position_embeddings": True,
-        },
+        "vision_config": vision_native_config(vision, size),
         "text_config": llm,
         "downsample_ratio": ratio,
         "image_token_id": image_token_id,
@@ -166,6 +206,26 @@ def native_config(chat: dict[str, Any], image_token_id: int) -> dict[str, Any]:
         "vision_feature_select_strategy": "default",
         "projector_hidden_act": "gelu",
         "tie_word_embeddings": bool(llm.get("tie_word_embeddings", False)),
+    }
+
+
+def vision_native_config(vision: dict[str, Any], size: int | None = None) -> dict[str, Any]:
+    """An InternVLVisionConfig dict from an InternViT (`intern_vit_6b`) config dict; `size`
+    overrides its image_size (internvl_chat's force_image_size)."""
+    size = int(size or vision["image_size"])
+    patch = int(vision["patch_size"])
+    return {
+        "hidden_size": vision["hidden_size"],
+        "intermediate_size": vision["intermediate_size"],
+        "num_attention_heads": vision["num_attention_heads"],
+        "num_hidden_layers": vision["num_hidden_layers"],
+        "image_size": [size, size], "patch_size": [patch, patch],
+        "layer_norm_eps": vision.get("layer_norm_eps", 1e-6),
+        "norm_type": vision.get("norm_type", "rms_norm"),
+        "use_qk_norm": bool(vision.get("qk_normalization", False)),
+        "attention_bias": bool(vision.get("qkv_bias", False)),
+        "hidden_act": vision.get("hidden_act", "gelu"),
+        "use_absolute_position_embeddings": True,
     }
 
 
