@@ -113,8 +113,9 @@ def vision_to_native(source: dict[str, torch.Tensor],
 def vision_to_standalone(native: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The inverse of `vision_to_native`: InternVLVisionModel tensors -> InternViT names."""
     back = to_chat({NATIVE_VISION + k: v for k, v in native.items()})
-    if any(not k.startswith(CHAT_VISION) for k in back):
-        raise ValueError(f"not vision tensors: {sorted(k for k in back if not k.startswith(CHAT_VISION))[:8]}")
+    other = sorted(k for k in back if not k.startswith(CHAT_VISION))
+    if other:
+        raise ValueError(f"not InternViT vision tensors: {other[:8]}")
     return {k[len(CHAT_VISION):]: v for k, v in back.items()}
 
 
