@@ -75,3 +75,18 @@ def micro_inputs(tmp_path_factory, micro_experiment):
     chain.run("bootstrap", {}, {"base_model": "base_model", "substitute_llm": "substitute_llm"})
     chain.run("synthesize_data", {}, {"dataset": "dataset"})
     return chain
+
+
+def edited_checkpoint(source: Path, target: Path, edit) -> Path:
+    """A copy of the checkpoint directory `source` at `target` whose model.safetensors went
+    through `edit(tensors)` (drop, add or reshape a tensor): the broken checkpoints that import
+    must refuse, naming what is wrong."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    tensors = load_file(str(target / "model.safetensors"))
+    edit(tensors)
+    save_file(tensors, str(target / "model.safetensors"))
+    return target

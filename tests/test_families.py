@@ -11,7 +11,7 @@ import shutil
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from r1vflow.models.families import FAMILIES, encode_pixels, family_of
 from r1vflow.models.families import internvl_chat as chat
@@ -33,6 +33,8 @@ from r1vflow.models.processing import encode_prompts
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import part_sizes, set_trainable
 from r1vflow.train.sft import eval_loss, train_sft
+
+from conftest import edited_checkpoint
 
 WHOLE = ("qwen2_5_vl", "qwen3_vl", "internvl", "internvl_chat")
 
@@ -170,12 +172,7 @@ def test_internvl_chat_round_trip_is_exact(checkpoints):
 
 
 def _broken_copy(checkpoints, tmp_path, edit):
-    target = tmp_path / "broken"
-    shutil.copytree(checkpoints["internvl_chat"], target)
-    tensors = load_file(str(target / "model.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(target / "model.safetensors"))
-    return target
+    return edited_checkpoint(checkpoints["internvl_chat"], tmp_path / "broken", edit)
 
 
 def test_internvl_chat_missing_tensor_is_named(checkpoints, tmp_path):

@@ -6,13 +6,11 @@ image preprocessing, a forward, the projector swap and a few SFT steps."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from r1vflow.models.families import PROCESSOR_ATTR, encode_pixels, family_of
 from r1vflow.models.families import internvl_chat as chat
@@ -24,6 +22,8 @@ from r1vflow.models.processing import encode_prompts
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import part_sizes, set_trainable, swap_llm
 from r1vflow.train.sft import eval_loss, train_sft
+
+from conftest import edited_checkpoint
 
 IMAGENET = (np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]))
 
@@ -103,12 +103,7 @@ def test_imported_tower_holds_the_source_tensors(parts, imported):
 
 
 def _broken(parts, tmp_path, edit):
-    target = tmp_path / "vision"
-    shutil.copytree(parts["vision"], target)
-    tensors = load_file(str(target / "model.safetensors"))
-    edit(tensors)
-    save_file(tensors, str(target / "model.safetensors"))
-    return target
+    return edited_checkpoint(parts["vision"], tmp_path / "vision", edit)
 
 
 def test_a_missing_tensor_is_named(parts, tmp_path):
