@@ -90,3 +90,27 @@ def edited_checkpoint(source: Path, target: Path, edit) -> Path:
     edit(tensors)
     save_file(tensors, str(target / "model.safetensors"))
     return target
+
+
+def random_image(height: int, width: int, seed: int = 0):
+    """A PIL RGB image of uniform random pixels, the same for the same arguments."""
+    import torch
+    from PIL import Image
+
+    rng = torch.Generator().manual_seed(seed)
+    pixels = torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8)
+    return Image.fromarray(pixels.numpy(), mode="RGB")
+
+
+def assert_sft_lowers_the_loss(model, tokenizer, pixels) -> None:
+    """Six epochs of SFT on four fixed (question, chain, image) items, `pixels[i]` the image of
+    item i, lower the model's loss on them by more than 0.5 nats."""
+    from r1vflow.train.sft import eval_loss, train_sft
+
+    items = [(f"How many circles? ({i})", f"<think>I count {i}.</think><answer>{i}</answer>",
+              pixels[i]) for i in range(4)]
+    before = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
+    train_sft(model, tokenizer, items, epochs=6, batch_size=4, lr=3e-3, weight_decay=0.0,
+              warmup_ratio=0.0, max_length=256, seed=0, progress=False)
+    after = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
+    assert after < before - 0.5, (before, after)

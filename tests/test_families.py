@@ -10,7 +10,6 @@ import shutil
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from r1vflow.models.families import FAMILIES, encode_pixels, family_of
@@ -32,17 +31,11 @@ from r1vflow.models.io import load_model, read_metadata
 from r1vflow.models.processing import encode_prompts
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import part_sizes, set_trainable
-from r1vflow.train.sft import eval_loss, train_sft
 
-from conftest import edited_checkpoint
+from conftest import assert_sft_lowers_the_loss, edited_checkpoint
+from conftest import random_image as image
 
 WHOLE = ("qwen2_5_vl", "qwen3_vl", "internvl", "internvl_chat")
-
-
-def image(height: int, width: int, seed: int = 0) -> Image.Image:
-    rng = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), mode="RGB")
 
 
 @pytest.fixture(scope="module")
@@ -303,13 +296,7 @@ def test_sft_lowers_the_loss_of_a_fixed_batch(imported, name):
     model, tokenizer = load_model(imported[name]), load_tokenizer(imported[name])
     set_trainable(model, {"projector", "llm"})
     pixels = encode_pixels(model, [image(32, 32, i) for i in range(4)], 32)
-    items = [(f"How many circles? ({i})", f"<think>I count {i}.</think><answer>{i}</answer>",
-              pixels[i]) for i in range(4)]
-    before = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
-    train_sft(model, tokenizer, items, epochs=6, batch_size=4, lr=3e-3, weight_decay=0.0,
-              warmup_ratio=0.0, max_length=256, seed=0, progress=False)
-    after = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
-    assert after < before - 0.5, (before, after)
+    assert_sft_lowers_the_loss(model, tokenizer, pixels)
 
 
 # --------------------------------------------------------------------------- devices

@@ -21,17 +21,11 @@ from r1vflow.models.io import load_model, read_metadata
 from r1vflow.models.processing import encode_prompts
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import part_sizes, set_trainable, swap_llm
-from r1vflow.train.sft import eval_loss, train_sft
 
-from conftest import edited_checkpoint
+from conftest import assert_sft_lowers_the_loss, edited_checkpoint
+from conftest import random_image as image
 
 IMAGENET = (np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]))
-
-
-def image(height: int, width: int, seed: int = 0) -> Image.Image:
-    rng = torch.Generator().manual_seed(seed)
-    pixels = torch.randint(0, 256, (height, width, 3), generator=rng, dtype=torch.uint8)
-    return Image.fromarray(pixels.numpy(), mode="RGB")
 
 
 @pytest.fixture(scope="module")
@@ -173,13 +167,7 @@ def test_forward_swap_and_sft_lower_the_loss(imported):
         assert logits.shape[:2] == prompts["input_ids"].shape and torch.isfinite(logits).all()
         assert swapped(**prompts, **kwargs).logits.shape == logits.shape
     set_trainable(model, {"projector", "llm"})
-    items = [(f"How many circles? ({i})", f"<think>I count {i}.</think><answer>{i}</answer>",
-              pixels[i]) for i in range(4)]
-    before = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
-    train_sft(model, tokenizer, items, epochs=6, batch_size=4, lr=3e-3, weight_decay=0.0,
-              warmup_ratio=0.0, max_length=256, seed=0, progress=False)
-    after = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
-    assert after < before - 0.5, (before, after)
+    assert_sft_lowers_the_loss(model, tokenizer, pixels)
 
 
 def test_vllm_rollouts_refuse_an_internvit_composition(imported):
