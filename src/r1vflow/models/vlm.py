@@ -28,7 +28,7 @@ from transformers import (
 )
 
 from r1vflow.models.families import PARTS, PROCESSOR_ATTR, part_parameters
-from r1vflow.models.families.images import llava_image_tokens
+from r1vflow.models.families.images import CLS_TOWERS, llava_image_tokens
 from r1vflow.models.tokenizer import IMAGE_TOKEN, special_token_id
 
 
@@ -95,9 +95,9 @@ def assemble_vlm(
     of the prompt (all patches, last vision layer, no CLS token).
     """
     _check_tokenizer_fits(llm.config.vocab_size, tokenizer, "the LLM")
-    # InternViT (InternVLVisionModel) prepends a CLS token, which InternVL drops: "default"
-    # strategy; SigLIP has none: "full".
-    strategy = "default" if vision.config.model_type == "internvl_vision" else "full"
+    # a tower that prepends a CLS token (InternViT, CLIP) has it dropped, as InternVL and Llava
+    # do: "default" strategy; SigLIP has none: "full"
+    strategy = "default" if vision.config.model_type in CLS_TOWERS else "full"
     config = LlavaConfig(
         vision_config=vision.config.to_dict(),
         text_config=llm.config.to_dict(),

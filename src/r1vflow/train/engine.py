@@ -81,6 +81,15 @@ def _ensure_single_process_env() -> None:
         os.environ.setdefault(key, value)
 
 
+def _rank_device_backend() -> str:
+    """The process-group backend of this rank, for both engines: NCCL with this rank's GPU
+    (torchrun's LOCAL_RANK) made current, else gloo."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        return "nccl"
+    return "gloo"
+
+
 def _ddp(model: torch.nn.Module) -> torch.nn.Module:
     """`model` wrapped in DistributedDataParallel when this process is one of several ranks.
 
@@ -92,10 +101,7 @@ def _ddp(model: torch.nn.Module) -> torch.nn.Module:
     One process: the model itself."""
     dist = torch.distributed
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        on_gpu = torch.cuda.is_available()
-        if on_gpu:
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+        dist.init_process_group(backend=_rank_device_backend())
     if rank_world()[1] == 1:
         return model
     param = next(model.parameters())
@@ -130,10 +136,7 @@ def init_deepspeed_distributed() -> None:
     if torch.distributed.is_initialized():
         return
     _ensure_single_process_env()
-    on_gpu = torch.cuda.is_available()
-    if on_gpu:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    deepspeed.init_distributed(dist_backend=_rank_device_backend())
 
 
 def zero3_load_config(backend: Backend, zero_stage: int, lr: float, weight_decay: float,
