@@ -109,158 +109,161 @@ def _table(rows: list[dict], title: str, columns: tuple[str, ...]) -> None:
     Console(width=160).print(table)
 
 
+gitops = typer.Typer(no_args_is_help=True, help="Retrain changed experiments from git, once.")
+
+
 def register(app: typer.Typer) -> None:
-    gitops = typer.Typer(no_args_is_help=True, help="Retrain changed experiments from git, once.")
     app.add_typer(gitops, name="gitops")
 
-    @gitops.command()
-    def plan(repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
-             tracking_uri: UriOpt = None, stale_after: StaleOpt = 900.0,
-             only: OnlyOpt = None, json_: JsonOpt = False) -> None:
-        """Per experiment file: its fingerprint and run, skip or invalid, with the reason."""
-        from r1vflow.gitops.state import MlflowState
 
-        entries = _plan(repo, experiments_dir, only, MlflowState(_tracking_uri(tracking_uri)),
-                        stale_after)
-        rows = [e.to_json() for e in entries]
-        if json_:
-            typer.echo(json.dumps(rows, indent=2))
+@gitops.command()
+def plan(repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
+         tracking_uri: UriOpt = None, stale_after: StaleOpt = 900.0,
+         only: OnlyOpt = None, json_: JsonOpt = False) -> None:
+    """Per experiment file: its fingerprint and run, skip or invalid, with the reason."""
+    from r1vflow.gitops.state import MlflowState
+
+    entries = _plan(repo, experiments_dir, only, MlflowState(_tracking_uri(tracking_uri)),
+                    stale_after)
+    rows = [e.to_json() for e in entries]
+    if json_:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        _table(rows, "gitops plan", ("experiment", "fingerprint", "action", "reason"))
+
+@gitops.command()
+def apply(
+    repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
+    local: Annotated[bool, typer.Option("--local", help="Run on this machine (kfp.local).")]
+    = False,
+    host: Annotated[str | None, typer.Option(help="KFP API endpoint: submit there.")] = None,
+    output_root: Annotated[Path | None, typer.Option(
+        help="--local: runs go to <output-root>/<name>-<fp[:12]> (default <repo>/runs/gitops).")
+    ] = None,
+    token_env: Annotated[str | None, typer.Option(
+        help="--host: env var holding the KFP bearer token.")] = None,
+    namespace: Annotated[str | None, typer.Option(help="--host: KFP namespace.")] = None,
+    kfp_experiment: Annotated[str | None, typer.Option(
+        help="--host: KFP experiment (default r1vflow-<name>).")] = None,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Print what would run or be submitted; claim nothing.")] = False,
+    tracking_uri: UriOpt = None, stale_after: StaleOpt = 900.0,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between claim heartbeats.")] = 60.0,
+    owner: Annotated[str | None, typer.Option(
+        help="Who claims (default: the CI job, else user@host:pid).")] = None,
+    only: OnlyOpt = None, json_: JsonOpt = False,
+) -> None:
+    """Run (--local) or submit (--host) what the plan says to run, each fingerprint once.
+
+    Racing applies are safe: each fingerprint is claimed atomically in MLflow first.
+    Exits 1 when a run failed or an experiment file is invalid (after doing the rest)."""
+    from r1vflow.gitops.apply import ApplyContext, apply_plan, local_refusal, local_runner
+    from r1vflow.gitops.cluster import ClusterRunner
+    from r1vflow.gitops.state import MlflowState, default_owner
+    from r1vflow.pipelines.submit import SubmitError, check_host
+    from r1vflow.tracking.runs import git_commit
+
+    if local == (host is not None):
+        raise _fail("give exactly one of --local or --host URL")
+    uri = _tracking_uri(tracking_uri)
+    cluster = None
+    if host is not None:
+        try:
+            cluster = ClusterRunner(check_host(host), uri, namespace, kfp_experiment,
+                                    token_env)
+        except SubmitError as err:
+            raise _fail(str(err)) from None
+    state = MlflowState(uri, kfp_state=cluster.kfp_state if cluster else None)
+    entries = _plan(repo, experiments_dir, only, state, stale_after)
+    out_root = (output_root or repo / "runs" / "gitops").resolve()
+    if dry_run:
+        _print_dry_run(entries, cluster, out_root)
+        return
+    runner = cluster or local_runner(out_root, uri)
+    ctx = ApplyContext(state, runner, owner or default_owner(),
+                       git_commit(repo.resolve()) or "", stale_after, heartbeat,
+                       unschedule=cluster.unschedule if cluster else None,
+                       refuses=(lambda exp: None) if cluster else local_refusal)
+    with _stdout_to_stderr():  # runs print logs; stdout is for the results
+        results = [r.to_json() for r in apply_plan(entries, ctx)]
+    if json_:
+        typer.echo(json.dumps(results, indent=2))
+    else:
+        _table(results, "gitops apply", ("experiment", "fingerprint", "outcome", "reason",
+                                         "detail"))
+    if any(r["outcome"] in ("failed", "invalid") for r in results):
+        raise typer.Exit(1)
+
+def _print_dry_run(entries, cluster, out_root: Path) -> None:
+    from r1vflow.pipelines.submit import SubmitError
+
+    rows = []
+    for e in entries:
+        if e.action != "run":
+            rows.append(e.to_json())
+        elif cluster is None:
+            rows.append({**e.to_json(), "output_dir": str(
+                out_root / f"{e.exp.name}-{e.fingerprint[:12]}")})
         else:
-            _table(rows, "gitops plan", ("experiment", "fingerprint", "action", "reason"))
-
-    @gitops.command()
-    def apply(
-        repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
-        local: Annotated[bool, typer.Option("--local", help="Run on this machine (kfp.local).")]
-        = False,
-        host: Annotated[str | None, typer.Option(help="KFP API endpoint: submit there.")] = None,
-        output_root: Annotated[Path | None, typer.Option(
-            help="--local: runs go to <output-root>/<name>-<fp[:12]> (default <repo>/runs/gitops).")
-        ] = None,
-        token_env: Annotated[str | None, typer.Option(
-            help="--host: env var holding the KFP bearer token.")] = None,
-        namespace: Annotated[str | None, typer.Option(help="--host: KFP namespace.")] = None,
-        kfp_experiment: Annotated[str | None, typer.Option(
-            help="--host: KFP experiment (default r1vflow-<name>).")] = None,
-        dry_run: Annotated[bool, typer.Option(
-            "--dry-run", help="Print what would run or be submitted; claim nothing.")] = False,
-        tracking_uri: UriOpt = None, stale_after: StaleOpt = 900.0,
-        heartbeat: Annotated[float, typer.Option(help="Seconds between claim heartbeats.")] = 60.0,
-        owner: Annotated[str | None, typer.Option(
-            help="Who claims (default: the CI job, else user@host:pid).")] = None,
-        only: OnlyOpt = None, json_: JsonOpt = False,
-    ) -> None:
-        """Run (--local) or submit (--host) what the plan says to run, each fingerprint once.
-
-        Racing applies are safe: each fingerprint is claimed atomically in MLflow first.
-        Exits 1 when a run failed or an experiment file is invalid (after doing the rest)."""
-        from r1vflow.gitops.apply import ApplyContext, apply_plan, local_refusal, local_runner
-        from r1vflow.gitops.cluster import ClusterRunner
-        from r1vflow.gitops.state import MlflowState, default_owner
-        from r1vflow.pipelines.submit import SubmitError, check_host
-        from r1vflow.tracking.runs import git_commit
-
-        if local == (host is not None):
-            raise _fail("give exactly one of --local or --host URL")
-        uri = _tracking_uri(tracking_uri)
-        cluster = None
-        if host is not None:
             try:
-                cluster = ClusterRunner(check_host(host), uri, namespace, kfp_experiment,
-                                        token_env)
+                rows.append(cluster.describe(e))
             except SubmitError as err:
                 raise _fail(str(err)) from None
-        state = MlflowState(uri, kfp_state=cluster.kfp_state if cluster else None)
-        entries = _plan(repo, experiments_dir, only, state, stale_after)
-        out_root = (output_root or repo / "runs" / "gitops").resolve()
-        if dry_run:
-            _print_dry_run(entries, cluster, out_root)
-            return
-        runner = cluster or local_runner(out_root, uri)
-        ctx = ApplyContext(state, runner, owner or default_owner(),
-                           git_commit(repo.resolve()) or "", stale_after, heartbeat,
-                           unschedule=cluster.unschedule if cluster else None,
-                           refuses=(lambda exp: None) if cluster else local_refusal)
-        with _stdout_to_stderr():  # runs print logs; stdout is for the results
-            results = [r.to_json() for r in apply_plan(entries, ctx)]
-        if json_:
-            typer.echo(json.dumps(results, indent=2))
-        else:
-            _table(results, "gitops apply", ("experiment", "fingerprint", "outcome", "reason",
-                                             "detail"))
-        if any(r["outcome"] in ("failed", "invalid") for r in results):
-            raise typer.Exit(1)
+    typer.echo(json.dumps(rows, indent=2))
 
-    def _print_dry_run(entries, cluster, out_root: Path) -> None:
-        from r1vflow.pipelines.submit import SubmitError
+@gitops.command()
+def render(
+    repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
+    out: Annotated[Path | None, typer.Option(
+        help="Folder Argo CD syncs (default <repo>/manifests/gitops/rendered).")] = None,
+    namespace: Annotated[str, typer.Option(help="Namespace of the KFP resources.")]
+    = "kubeflow",
+    check: Annotated[bool, typer.Option(
+        "--check", help="Write nothing; exit 1 if the folder is not up to date.")] = False,
+) -> None:
+    """Write the Pipeline/PipelineVersion manifests of every valid experiment."""
+    from r1vflow.gitops.cluster import render_manifests, rendered_drift, write_rendered
 
-        rows = []
-        for e in entries:
-            if e.action != "run":
-                rows.append(e.to_json())
-            elif cluster is None:
-                rows.append({**e.to_json(), "output_dir": str(
-                    out_root / f"{e.exp.name}-{e.fingerprint[:12]}")})
-            else:
-                try:
-                    rows.append(cluster.describe(e))
-                except SubmitError as err:
-                    raise _fail(str(err)) from None
-        typer.echo(json.dumps(rows, indent=2))
+    files = _files(repo, experiments_dir, None)
+    for f in files:
+        if f.exp is None:
+            typer.echo(f"skipped invalid {f.path}: {f.error.splitlines()[0]}", err=True)
+    target = out or repo / "manifests" / "gitops" / "rendered"
+    texts = render_manifests(files, namespace)
+    if check:
+        drift = rendered_drift(texts, target)
+        if drift:
+            raise _fail(f"{target} is not up to date ({', '.join(drift)}): run "
+                        "`r1vflow gitops render` and commit the result", code=1)
+        typer.echo(f"{target}: up to date ({len(texts)} pipelines)")
+        return
+    changed = write_rendered(texts, target)
+    typer.echo(f"rendered {len(texts)} pipelines into {target}; changed: "
+               f"{', '.join(changed) or 'nothing'}")
 
-    @gitops.command()
-    def render(
-        repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
-        out: Annotated[Path | None, typer.Option(
-            help="Folder Argo CD syncs (default <repo>/manifests/gitops/rendered).")] = None,
-        namespace: Annotated[str, typer.Option(help="Namespace of the KFP resources.")]
-        = "kubeflow",
-        check: Annotated[bool, typer.Option(
-            "--check", help="Write nothing; exit 1 if the folder is not up to date.")] = False,
-    ) -> None:
-        """Write the Pipeline/PipelineVersion manifests of every valid experiment."""
-        from r1vflow.gitops.cluster import render_manifests, rendered_drift, write_rendered
+@gitops.command()
+def release(
+    fingerprint: Annotated[str, typer.Argument(help="Fingerprint (or a unique prefix).")],
+    repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
+    tracking_uri: UriOpt = None,
+    reason: Annotated[str, typer.Option(help="Recorded on the claim.")] = "released by hand",
+) -> None:
+    """Release a fingerprint's latest claim, so that the next apply retries it.
 
-        files = _files(repo, experiments_dir, None)
-        for f in files:
-            if f.exp is None:
-                typer.echo(f"skipped invalid {f.path}: {f.error.splitlines()[0]}", err=True)
-        target = out or repo / "manifests" / "gitops" / "rendered"
-        texts = render_manifests(files, namespace)
-        if check:
-            drift = rendered_drift(texts, target)
-            if drift:
-                raise _fail(f"{target} is not up to date ({', '.join(drift)}): run "
-                            "`r1vflow gitops render` and commit the result", code=1)
-            typer.echo(f"{target}: up to date ({len(texts)} pipelines)")
-            return
-        changed = write_rendered(texts, target)
-        typer.echo(f"rendered {len(texts)} pipelines into {target}; changed: "
-                   f"{', '.join(changed) or 'nothing'}")
+    For a cluster run that died without telling MLflow. A prefix is looked up among the
+    fingerprints of the experiment files."""
+    from r1vflow.gitops.state import ClaimStore
 
-    @gitops.command()
-    def release(
-        fingerprint: Annotated[str, typer.Argument(help="Fingerprint (or a unique prefix).")],
-        repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
-        tracking_uri: UriOpt = None,
-        reason: Annotated[str, typer.Option(help="Recorded on the claim.")] = "released by hand",
-    ) -> None:
-        """Release a fingerprint's latest claim, so that the next apply retries it.
-
-        For a cluster run that died without telling MLflow. A prefix is looked up among the
-        fingerprints of the experiment files."""
-        from r1vflow.gitops.state import ClaimStore
-
-        store = ClaimStore(_tracking_uri(tracking_uri))
-        if len(fingerprint) < 64:
-            known = {f.exp.fingerprint() for f in _files(repo, experiments_dir, None) if f.exp}
-            matches = [fp for fp in known if fp.startswith(fingerprint)]
-            if len(matches) != 1:
-                raise _fail(f"{fingerprint!r} matches {len(matches)} experiment fingerprints "
-                            "under the experiments folder: give more characters (or all 64)")
-            fingerprint = matches[0]
-        claim = store.latest(fingerprint)
-        if claim is None:
-            raise _fail(f"no claim for fingerprint {fingerprint}")
-        store.update(claim, state="released", detail=reason)
-        typer.echo(f"released {claim.name} (was {claim.state}, by {claim.owner})")
+    store = ClaimStore(_tracking_uri(tracking_uri))
+    if len(fingerprint) < 64:
+        known = {f.exp.fingerprint() for f in _files(repo, experiments_dir, None) if f.exp}
+        matches = [fp for fp in known if fp.startswith(fingerprint)]
+        if len(matches) != 1:
+            raise _fail(f"{fingerprint!r} matches {len(matches)} experiment fingerprints "
+                        "under the experiments folder: give more characters (or all 64)")
+        fingerprint = matches[0]
+    claim = store.latest(fingerprint)
+    if claim is None:
+        raise _fail(f"no claim for fingerprint {fingerprint}")
+    store.update(claim, state="released", detail=reason)
+    typer.echo(f"released {claim.name} (was {claim.state}, by {claim.owner})")

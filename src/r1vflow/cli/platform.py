@@ -30,161 +30,164 @@ def _fail(message: str) -> None:
     raise typer.Exit(1)
 
 
+stack = typer.Typer(no_args_is_help=True, help="Local S3 + MLflow servers on 127.0.0.1.")
+artifacts = typer.Typer(no_args_is_help=True, help="Stored artifacts.")
+bench = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures as JSON.")
+
+
 def register(app: typer.Typer) -> None:
-    stack = typer.Typer(no_args_is_help=True, help="Local S3 + MLflow servers on 127.0.0.1.")
-    artifacts = typer.Typer(no_args_is_help=True, help="Stored artifacts.")
-    bench = typer.Typer(no_args_is_help=True, help="Benchmarks that print figures as JSON.")
     app.add_typer(stack, name="stack")
     app.add_typer(artifacts, name="artifacts")
     app.add_typer(bench, name="bench")
+    app.command()(lineage)
+    app.command()(compare)
 
-    @stack.command("up")
-    def stack_up(directory: DirOpt = DEFAULT_STACK,
-                 s3_port: Annotated[int | None, typer.Option("--s3-port")] = None,
-                 mlflow_port: Annotated[int | None, typer.Option("--mlflow-port")] = None) -> None:
-        """Start (or find running) the S3 and MLflow servers; idempotent."""
-        from r1vflow.storage.procs import StackError
-        from r1vflow.storage.stack import describe
-        from r1vflow.storage.stack import stack_up as up
 
-        try:
-            info = up(directory, s3_port=s3_port, mlflow_port=mlflow_port)
-        except StackError as err:
-            _fail(str(err))
-        typer.echo(describe(info))
-        typer.echo(f"use it:   r1vflow run CONFIG --stack {directory}")
+@stack.command("up")
+def stack_up(directory: DirOpt = DEFAULT_STACK,
+             s3_port: Annotated[int | None, typer.Option("--s3-port")] = None,
+             mlflow_port: Annotated[int | None, typer.Option("--mlflow-port")] = None) -> None:
+    """Start (or find running) the S3 and MLflow servers; idempotent."""
+    from r1vflow.storage.procs import StackError
+    from r1vflow.storage.stack import describe
+    from r1vflow.storage.stack import stack_up as up
 
-    @stack.command("status")
-    def stack_status(directory: DirOpt = DEFAULT_STACK) -> None:
-        """Show whether the stack's servers are running."""
-        from r1vflow.storage.stack import stack_status as status
+    try:
+        info = up(directory, s3_port=s3_port, mlflow_port=mlflow_port)
+    except StackError as err:
+        _fail(str(err))
+    typer.echo(describe(info))
+    typer.echo(f"use it:   r1vflow run CONFIG --stack {directory}")
 
-        result = status(directory)
-        typer.echo(result.model_dump_json(indent=2))
-        if not result.up:
-            raise typer.Exit(1)
+@stack.command("status")
+def stack_status(directory: DirOpt = DEFAULT_STACK) -> None:
+    """Show whether the stack's servers are running."""
+    from r1vflow.storage.stack import stack_status as status
 
-    @stack.command("down")
-    def stack_down(directory: DirOpt = DEFAULT_STACK) -> None:
-        """Stop the servers this stack started (data stays)."""
-        from r1vflow.storage.stack import stack_down as down
+    result = status(directory)
+    typer.echo(result.model_dump_json(indent=2))
+    if not result.up:
+        raise typer.Exit(1)
 
-        stopped = down(directory)
-        typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+@stack.command("down")
+def stack_down(directory: DirOpt = DEFAULT_STACK) -> None:
+    """Stop the servers this stack started (data stays)."""
+    from r1vflow.storage.stack import stack_down as down
 
-    @artifacts.command("verify")
-    def verify(uri: str, stack_dir: Annotated[Path | None, typer.Option(
-            "--stack", help="Read S3 settings from this stack.")] = None) -> None:
-        """Check a stored artifact against its manifest; non-zero exit names each bad file."""
-        import os
+    stopped = down(directory)
+    typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
-        from r1vflow.storage import StoreError, verify_uri
+@artifacts.command("verify")
+def verify(uri: str, stack_dir: Annotated[Path | None, typer.Option(
+        "--stack", help="Read S3 settings from this stack.")] = None) -> None:
+    """Check a stored artifact against its manifest; non-zero exit names each bad file."""
+    import os
 
-        if stack_dir is not None:
-            from r1vflow.storage.stack import stack_env
+    from r1vflow.storage import StoreError, verify_uri
 
-            os.environ.update(stack_env(stack_dir))
-        try:
-            problems = verify_uri(uri)
-        except StoreError as err:
-            _fail(str(err))
-        if problems:
-            for problem in problems:
-                console.print(f"[red]bad:[/red] {problem}", highlight=False)
-            raise typer.Exit(1)
-        typer.echo(f"ok: {uri}")
+    if stack_dir is not None:
+        from r1vflow.storage.stack import stack_env
 
-    @bench.command("artifacts")
-    def bench_artifacts(json_out: Annotated[Path, typer.Option("--json")],
-                        size_mb: Annotated[int, typer.Option(help="Checkpoint size.")] = 1024) -> None:
-        """Our store vs the minio client's single put/get of one tar, on a local S3 server."""
-        from r1vflow.bench.artifacts import run_bench
+        os.environ.update(stack_env(stack_dir))
+    try:
+        problems = verify_uri(uri)
+    except StoreError as err:
+        _fail(str(err))
+    if problems:
+        for problem in problems:
+            console.print(f"[red]bad:[/red] {problem}", highlight=False)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {uri}")
 
-        typer.echo(json.dumps(run_bench(json_out, size_mb=size_mb), indent=2))
+@bench.command("artifacts")
+def bench_artifacts(json_out: Annotated[Path, typer.Option("--json")],
+                    size_mb: Annotated[int, typer.Option(help="Checkpoint size.")] = 1024) -> None:
+    """Our store vs the minio client's single put/get of one tar, on a local S3 server."""
+    from r1vflow.bench.artifacts import run_bench
 
-    @bench.command("mpo")
-    def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
-                  quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
-        """Our MPO (DPO + BCO + NLL) vs TRL's DPOTrainer with the same loss types and work."""
-        from r1vflow.bench.mpo import run_bench
+    typer.echo(json.dumps(run_bench(json_out, size_mb=size_mb), indent=2))
 
-        typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2, default=float))
+@bench.command("mpo")
+def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
+              quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
+    """Our MPO (DPO + BCO + NLL) vs TRL's DPOTrainer with the same loss types and work."""
+    from r1vflow.bench.mpo import run_bench
 
-    @bench.command("grpo")
-    def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
-                   quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
-        """Our GRPO vs TRL's GRPOTrainer on the same work, and SSB on vs off."""
-        from r1vflow.bench.grpo import run_bench
+    typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2, default=float))
 
-        typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2))
+@bench.command("grpo")
+def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
+               quick: Annotated[bool, typer.Option(help="Small sizes (tests).")] = False) -> None:
+    """Our GRPO vs TRL's GRPOTrainer on the same work, and SSB on vs off."""
+    from r1vflow.bench.grpo import run_bench
 
-    @bench.command("data-import")
-    def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
-                          rows: Annotated[int, typer.Option(help="N: measured at N and 2N.")] = 2000,
-                          side: Annotated[int, typer.Option(help="Image side, px.")] = 128) -> None:
-        """Peak RSS of importing a Parquet and a JSONL data set at N and 2N rows."""
-        from r1vflow.bench.data_import import run_bench
+    typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2))
 
-        typer.echo(json.dumps(run_bench(json_out, rows=rows, side=side), indent=2))
+@bench.command("data-import")
+def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
+                      rows: Annotated[int, typer.Option(help="N: measured at N and 2N.")] = 2000,
+                      side: Annotated[int, typer.Option(help="Image side, px.")] = 128) -> None:
+    """Peak RSS of importing a Parquet and a JSONL data set at N and 2N rows."""
+    from r1vflow.bench.data_import import run_bench
 
-    @app.command()
-    def lineage(name: str, version: str,
-                as_json: Annotated[bool, typer.Option("--json")] = False,
-                tracking_uri: Annotated[str | None, typer.Option(
-                    "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
-        """Walk a model version's r1vflow.parent chain back to the base models and data sets."""
-        from r1vflow.tracking.lineage import LineageError, walk_lineage
+    typer.echo(json.dumps(run_bench(json_out, rows=rows, side=side), indent=2))
 
-        try:
-            chain = walk_lineage(name, version, tracking_uri)
-        except LineageError as err:
-            _fail(str(err))
-        if as_json:
-            typer.echo(json.dumps(chain, indent=2))
-            return
-        table = Table(title=f"lineage of {name}/{version}")
-        for col in ("version", "stage", "storage", "manifest", "data sets", "fingerprint"):
-            table.add_column(col, overflow="fold")
-        for node in chain:
-            datasets = ", ".join(f"{d['name']}@{d['digest'][:8]}" for d in node["datasets"])
-            table.add_row(node["model_version"], node["stage"], node["storage_uri"],
-                          (node["manifest_sha256"] or "")[:12], datasets,
-                          (node["config_fingerprint"] or "")[:12])
-        Console().print(table)
+def lineage(name: str, version: str,
+            as_json: Annotated[bool, typer.Option("--json")] = False,
+            tracking_uri: Annotated[str | None, typer.Option(
+                "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
+    """Walk a model version's r1vflow.parent chain back to the base models and data sets."""
+    from r1vflow.tracking.lineage import LineageError, walk_lineage
 
-    @app.command()
-    def compare(run_ids: list[str],
-                tracking_uri: Annotated[str | None, typer.Option(
-                    "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
-        """Pipeline (parent) runs side by side, as MLflow's run comparison shows them (runs,
-        metrics), then the experiment configs' differences."""
-        import time
+    try:
+        chain = walk_lineage(name, version, tracking_uri)
+    except LineageError as err:
+        _fail(str(err))
+    if as_json:
+        typer.echo(json.dumps(chain, indent=2))
+        return
+    table = Table(title=f"lineage of {name}/{version}")
+    for col in ("version", "stage", "storage", "manifest", "data sets", "fingerprint"):
+        table.add_column(col, overflow="fold")
+    for node in chain:
+        datasets = ", ".join(f"{d['name']}@{d['digest'][:8]}" for d in node["datasets"])
+        table.add_row(node["model_version"], node["stage"], node["storage_uri"],
+                      (node["manifest_sha256"] or "")[:12], datasets,
+                      (node["config_fingerprint"] or "")[:12])
+    Console().print(table)
 
-        from r1vflow.tracking.lineage import LineageError, compare_runs, config_diff
+def compare(run_ids: list[str],
+            tracking_uri: Annotated[str | None, typer.Option(
+                "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
+    """Pipeline (parent) runs side by side, as MLflow's run comparison shows them (runs,
+    metrics), then the experiment configs' differences."""
+    import time
 
-        try:
-            rows, runs = compare_runs(run_ids, tracking_uri)
-        except LineageError as err:
-            _fail(str(err))
-        heads = [f"{run['name']} ({run['run_id'][:8]})" for run in runs]
-        details = _table("runs", "", heads)
-        details.add_row("status", *[run["status"] for run in runs])
-        details.add_row("start", *[time.strftime("%Y-%m-%d %H:%M:%S",
-                                                 time.gmtime(run["start_time"] / 1000))
-                                   for run in runs])
-        details.add_row("duration (s)", *["-" if run["duration_s"] is None
-                                           else f"{run['duration_s']:.1f}" for run in runs])
-        metrics = _table("metrics", "metric", heads)
-        for metric, values in rows.items():
-            metrics.add_row(metric, *["-" if v is None else f"{v:.4g}" for v in values])
-        diff = config_diff([run["params"] for run in runs])
-        config = _table("config diff" if diff else "config diff: the configs are identical",
-                        "key", heads)
-        for key, values in diff.items():
-            config.add_row(key, *["-" if v is None else v for v in values])
-        console_out = Console()
-        for table in (details, metrics, config):
-            console_out.print(table)
+    from r1vflow.tracking.lineage import LineageError, compare_runs, config_diff
+
+    try:
+        rows, runs = compare_runs(run_ids, tracking_uri)
+    except LineageError as err:
+        _fail(str(err))
+    heads = [f"{run['name']} ({run['run_id'][:8]})" for run in runs]
+    details = _table("runs", "", heads)
+    details.add_row("status", *[run["status"] for run in runs])
+    details.add_row("start", *[time.strftime("%Y-%m-%d %H:%M:%S",
+                                             time.gmtime(run["start_time"] / 1000))
+                               for run in runs])
+    details.add_row("duration (s)", *["-" if run["duration_s"] is None
+                                       else f"{run['duration_s']:.1f}" for run in runs])
+    metrics = _table("metrics", "metric", heads)
+    for metric, values in rows.items():
+        metrics.add_row(metric, *["-" if v is None else f"{v:.4g}" for v in values])
+    diff = config_diff([run["params"] for run in runs])
+    config = _table("config diff" if diff else "config diff: the configs are identical",
+                    "key", heads)
+    for key, values in diff.items():
+        config.add_row(key, *["-" if v is None else v for v in values])
+    console_out = Console()
+    for table in (details, metrics, config):
+        console_out.print(table)
 
 
 def _table(title: str, first: str, heads: list[str]) -> Table:

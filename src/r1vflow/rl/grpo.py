@@ -398,6 +398,20 @@ def _restore_loop(state: dict | None, result: GRPOResult, sampler: _PromptSample
     return steps + 1 if result.stop_reason else len(result.history) + 1
 
 
+def _watch(monitor: RewardMonitor, step: int, metrics: dict[str, float],
+           result: GRPOResult) -> bool:
+    """Feed one step's rewards (averaged over ranks) to the monitor: its metrics go into
+    `metrics`, its flags and stop reason into `result`; returns whether to stop."""
+    acc, fmt, rm = _global_mean([metrics.get(k, 0.0) for k in (
+        "reward/accuracy", "reward/format", "reward/reward_model")])
+    status = monitor.update(step, acc, fmt, rm if "reward/reward_model" in metrics else None)
+    metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
+    result.stop_reason = status.reason
+    for message in status.messages:
+        result.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
+    return status.stop
+
+
 def train_grpo(
     model: torch.nn.Module,
     tokenizer: PreTrainedTokenizerBase,
@@ -467,16 +481,7 @@ def train_grpo(
             batch = [prompts[i] for i in sampler.next()]
             metrics = _grpo_step(engine, ref, rollout, reward, batch, opt, ssb, group_size,
                                  scale_by_std, step, seed * 1_000_003 + step * 7_919 + rank)
-            stop = False
-            if monitor is not None:
-                acc, fmt, rm = _global_mean([metrics.get(k, 0.0) for k in (
-                    "reward/accuracy", "reward/format", "reward/reward_model")])
-                status = monitor.update(step, acc, fmt,
-                                        rm if "reward/reward_model" in metrics else None)
-                metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
-                stop, result.stop_reason = status.stop, status.reason
-                for message in status.messages:
-                    result.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
+            stop = monitor is not None and _watch(monitor, step, metrics, result)
             history.append(metrics)
             bar.update(task, advance=1, loss=metrics["loss"], tok_s=metrics["tokens_per_s"])
             if rank == 0 and on_step is not None:

@@ -17,6 +17,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +116,26 @@ def _encode_pairs(
     return batch
 
 
+def _pair_loss(engine: TrainEngine, batch: dict[str, Any], n_pairs: int, nll_weight: float,
+               cross_prompt: bool) -> tuple[torch.Tensor, float]:
+    """One batch of `_encode_pairs` (the n_pairs chosen rows, then the rejected ones): the
+    pairwise loss (minus nll_weight x the chosen responses' mean log-likelihood) and the share
+    of pairs ranked right."""
+    param = next(engine.module.parameters())
+    batch = {  # images move in RewardModel.forward (ImageBatch or tensor)
+        k: v.to(param.device) if k != "pixel_values" else v for k, v in batch.items()
+    }
+    # the log-probability only when the loss uses it: under DDP every output the loss
+    # ignores would leave its parameters waiting for a gradient
+    out = engine.model(**batch, return_logprob=nll_weight > 0)
+    rewards, logprob = out if nll_weight > 0 else (out, None)
+    chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]
+    loss = pairwise_loss(chosen, rejected, cross_prompt)
+    if logprob is not None:  # keep the LM (and so the likelihood term) grounded
+        loss = loss - nll_weight * logprob[:n_pairs].mean()
+    return loss, float((chosen > rejected).float().mean())
+
+
 def train_reward(
     model: RewardModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -156,11 +177,10 @@ def train_reward(
         zero_stage=zero_stage,
     )
     generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    accuracies: list[float] = []
     start = time.perf_counter()
     first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
-    losses, accuracies = list(restored.get("losses", [])), list(restored.get("accuracies", []))
+    losses: list[float] = list(restored.get("losses", []))
+    accuracies: list[float] = list(restored.get("accuracies", []))
     total = epochs * steps_per_epoch
     with training_progress(progress) as bar:
         task = bar.add_task("reward", total=total, completed=len(losses), loss=float("nan"),
@@ -172,33 +192,15 @@ def train_reward(
                 if epoch == first_epoch and index < skip:
                     continue  # done before the restart
                 chunk = [pairs[i] for i in order[begin : begin + batch_size]]
-                param = next(engine.module.parameters())
-                batch = {  # images move in RewardModel.forward (ImageBatch or tensor)
-                    k: v.to(param.device) if k != "pixel_values" else v
-                    for k, v in _encode_pairs(tokenizer, chunk, n_image, max_length).items()
-                }
-                # the log-probability only when the loss uses it: under DDP every output
-                # the loss ignores would leave its parameters waiting for a gradient
-                out = engine.model(**batch, return_logprob=nll_weight > 0)
-                rewards = out[0] if nll_weight > 0 else out
-                chosen, rejected = rewards[: len(chunk)], rewards[len(chunk) :]
-                loss = pairwise_loss(chosen, rejected, cross_prompt)
-                if nll_weight > 0:  # keep the LM (and so the likelihood term) grounded
-                    loss = loss - nll_weight * out[1][: len(chunk)].mean()
+                batch = _encode_pairs(tokenizer, chunk, n_image, max_length)
+                loss, accuracy = _pair_loss(engine, batch, len(chunk), nll_weight, cross_prompt)
                 stats = engine.step(loss)
                 losses.append(float(loss.detach()))
-                accuracies.append(float((chosen > rejected).float().mean()))
+                accuracies.append(accuracy)
                 bar.update(task, advance=1, loss=losses[-1])
                 if on_step is not None:
-                    on_step(
-                        len(losses),
-                        {
-                            "loss": losses[-1],
-                            "accuracy": accuracies[-1],
-                            **stats,
-                            "epoch": float(epoch),
-                        },
-                    )
+                    on_step(len(losses), {"loss": losses[-1], "accuracy": accuracy, **stats,
+                                          "epoch": float(epoch)})
                 save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
                                     epoch_generator, losses=losses, accuracies=accuracies)
     engine.release()
