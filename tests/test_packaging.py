@@ -19,6 +19,34 @@ def test_every_subpackage_is_listed():
     assert found <= listed, f"add to [tool.setuptools] packages: {sorted(found - listed)}"
 
 
+def _installed_name(directory: Path) -> str:
+    for root, name in ((ROOT / "src" / "r1vflow", "r1vflow"),
+                       (ROOT / "components", "r1vflow.components"),
+                       (ROOT / "pipelines", "r1vflow.pipelines")):
+        if directory.is_relative_to(root):
+            return ".".join((name, *directory.relative_to(root).parts))
+    raise AssertionError(directory)
+
+
+def test_every_directory_of_package_data_is_listed_with_its_files():
+    """setuptools prints a "Package would be ignored" banner at install time for a directory of
+    package data that is not in `packages`; list it, and give its files in package-data."""
+    import fnmatch
+    import subprocess
+
+    tool = _pyproject()["tool"]["setuptools"]
+    tracked = subprocess.run(["git", "ls-files", "src/r1vflow", "components", "pipelines"],
+                             cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    data = [ROOT / f for f in tracked if not f.endswith(".py")]
+    assert data, "no package data found: the test looks in the wrong place"
+    for file in data:
+        package = _installed_name(file.parent)
+        assert package in tool["packages"], f"add {package} to [tool.setuptools] packages"
+        patterns = tool["package-data"].get(package, [])
+        assert any(fnmatch.fnmatch(file.name, p) for p in patterns), (
+            f"{file.relative_to(ROOT)}: no [tool.setuptools.package-data] pattern of {package}")
+
+
 def test_only_r1vflow_is_a_top_level_name():
     packages = _pyproject()["tool"]["setuptools"]["packages"]
     assert {p.split(".")[0] for p in packages} == {"r1vflow"}

@@ -43,8 +43,9 @@ def _source_copy(dest: Path) -> Path:
 def installed(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("wheel")
     src = _source_copy(tmp / "src")
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-          "-w", tmp / "dist", src], cwd=tmp)
+    built = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                  "-q", "-w", tmp / "dist", src], cwd=tmp)
+    assert "would be ignored" not in built.stdout + built.stderr, built.stderr[-3000:]
     (wheel,) = (tmp / "dist").glob("r1vflow-*.whl")
     venv = tmp / "venv"
     _run([sys.executable, "-m", "venv", venv], cwd=tmp)
