@@ -3,8 +3,10 @@
 Layout: ``data/train-*.parquet`` (the file, its folder or the data set root), columns ``id``,
 ``problem``, ``answer`` (and ``solution``, ``url``, ``year``). Text only.
 
-Scoring: AIME's own rule, an integer answer: the last integer in the answer span (thousands
-separators and leading zeros allowed, ``033`` = 33) must equal the gold integer.
+Scoring: AIME's own rule, an integer answer: the last integer in the final answer
+(`common.math_answer`: ``<answer>`` tags, ``# Answer`` section, ``\\boxed{}`` or "The answer
+is ..."; thousands separators and leading zeros allowed, ``033`` = 33) must equal the gold
+integer.
 """
 
 from __future__ import annotations
@@ -16,8 +18,8 @@ from pathlib import Path
 from r1vflow.eval.benchmarks.common import (
     Item,
     Verdict,
-    answer_span,
     iter_parquet_rows,
+    math_answer,
     parquet_files,
 )
 
@@ -38,7 +40,7 @@ def load(path: Path, split: str | None, subsets: list[str] | None = None) -> Ite
 
 def grade(item: Item, response: str) -> Verdict:
     """Right when the last integer of the answer span equals the gold integer."""
-    numbers = _INTEGER.findall(answer_span(response))
+    numbers = _INTEGER.findall(math_answer(response))
     extracted = str(int(numbers[-1].replace(",", ""))) if numbers else None
     return Verdict(extracted=extracted, correct=extracted is not None
                    and int(extracted) == int(item.answer))

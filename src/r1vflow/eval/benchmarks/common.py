@@ -19,8 +19,11 @@ __all__ = [
     "BenchmarkDataError",
     "Item",
     "Verdict",
+    "answer_phrase",
+    "answer_section",
     "answer_span",
     "final_text",
+    "math_answer",
     "math_verify_equal",
     "image_bytes",
     "iter_jsonl_rows",
@@ -103,6 +106,51 @@ def answer_span(response: str) -> str:
     span = final_text(response)
     boxed = last_boxed(span)
     return (boxed if boxed is not None else span).strip()
+
+
+_ANSWER_SECTION = re.compile(r"^[ \t]*# Answer[ \t]*$", re.MULTILINE)
+_ANSWER_PHRASE = re.compile(r"the (?:final answer|correct answer|answer) (?:is|should be)",
+                            re.IGNORECASE)
+
+
+def answer_section(text: str) -> str | None:
+    """What follows the last ``# Answer`` heading line (PRM800K's solution format, in which
+    the MATH-500 grader's data is written: steps, then a blank line, ``# Answer``, a blank
+    line and the answer), or
+    None when there is no such heading."""
+    headings = list(_ANSWER_SECTION.finditer(text))
+    return text[headings[-1].end():].strip() if headings else None
+
+
+def answer_phrase(text: str) -> str | None:
+    """The answer after the last "the answer is" / "the final answer is" / "the correct answer
+    is" / "the answer should be" (any case): the rest of that line up to the first ". ",
+    without a final period or enclosing ``$``; None without such a phrase (MATH-V's
+    phrase rule and the Minerva "The final answer is $x$. I hope it is correct." format)."""
+    phrases = list(_ANSWER_PHRASE.finditer(text))
+    if not phrases:
+        return None
+    rest = text[phrases[-1].end():].lstrip(" :").split("\n")[0]
+    rest = re.split(r"\.\s", rest)[0].strip().rstrip(".").strip()
+    if len(rest) > 1 and rest[0] == "$" and rest[-1] == "$":
+        rest = rest.strip("$").strip()
+    return rest or None
+
+
+def math_answer(response: str) -> str:
+    """The final answer of a math response, in every format the official graders read:
+    `final_text` (R1's ``<answer>`` tags, else after ``</think>``), then PRM800K's ``# Answer``
+    section if it has one, then the content of the last ``\\boxed{}``, else the answer after
+    "The answer is ..." (`answer_phrase`), else the whole text stripped. MATH-500, AIME 2024,
+    OlympiadBench and MathVision grade this."""
+    text = final_text(response)
+    section = answer_section(text)
+    text = section if section is not None else text
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    phrase = answer_phrase(text)
+    return phrase if phrase is not None else text.strip()
 
 
 def math_verify_equal(gold: str, text: str) -> bool:

@@ -4,10 +4,11 @@ Layout: ``test.jsonl`` (the file or its folder), one JSON object a line with ``p
 ``solution``, ``answer``, ``subject``, ``level`` and ``unique_id`` (e.g.
 ``test/precalculus/807.json``), the item's id. Text only: no images.
 
-Scoring: the answer span (last ``<answer>``, else after ``</think>``, else all; the last
-``\\boxed{}`` unwrapped) graded by `prm800k.grade_answer` against ``answer`` (the verdict the
-reports' MATH-500 numbers use); ``math_verify`` is math-verify's verdict on the same span before
-unwrapping, reported next to it. Breakdowns by ``level`` and ``subject``.
+Scoring: the final answer in any format the official graders read (`common.math_answer`:
+R1's ``<answer>`` tags or the text after ``</think>``, PRM800K's ``# Answer`` section, the last
+``\\boxed{}``, "The answer is ...") graded by `prm800k.grade_answer` against ``answer`` (the
+verdict the reports' MATH-500 numbers use); ``math_verify`` is math-verify's verdict on the text
+after ``</think>`` (its own extraction), reported next to it. Breakdowns by ``level`` and ``subject``.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from pathlib import Path
 from r1vflow.eval.benchmarks.common import (
     Item,
     Verdict,
-    answer_span,
     final_text,
     iter_jsonl_rows,
+    math_answer,
     math_verify_equal,
 )
 from r1vflow.eval.benchmarks.prm800k import grade_answer
@@ -42,6 +43,6 @@ def load(path: Path, split: str | None, subsets: list[str] | None = None) -> Ite
 
 def grade(item: Item, response: str) -> Verdict:
     """PRM800K's verdict (``correct``) and math-verify's (``extra["math_verify"]``)."""
-    span = answer_span(response)
+    span = math_answer(response)
     return Verdict(extracted=span, correct=grade_answer(span, item.answer),
                    extra={"math_verify": math_verify_equal(item.answer, final_text(response))})

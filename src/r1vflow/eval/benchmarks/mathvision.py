@@ -5,7 +5,8 @@ Layout: ``data/{test,testmini}-*.parquet`` (the file, its folder or the data set
 ``decoded_image`` (a ``{bytes, path}`` struct), ``answer`` (a letter for multiple choice),
 ``level`` and ``subject``. The test split by default.
 
-Scoring, after the R1 answer span: as MATH-V's ``evaluation/evaluate.py``, an answer is right
+Scoring, after the final answer (`common.math_answer`: ``<answer>`` tags, ``# Answer``,
+``\\boxed{}``, MATH-V's own "the answer is ..." phrases): as MATH-V's ``evaluation/evaluate.py``, an answer is right
 when it equals the gold answer or, for multiple choice, the gold option's text; a span like
 ``(B)`` or ``B.`` counts as the letter B. Equality is case-insensitive string equality, then
 math-verify's equivalence where MATH-V compares with its own LaTeX-to-sympy code (departure).
@@ -21,9 +22,9 @@ from pathlib import Path
 from r1vflow.eval.benchmarks.common import (
     Item,
     Verdict,
-    answer_span,
     image_bytes,
     iter_parquet_rows,
+    math_answer,
     math_verify_equal,
     parquet_files,
 )
@@ -61,7 +62,7 @@ def _equal(gold: str, pred: str) -> bool:
 
 def grade(item: Item, response: str) -> Verdict:
     """Right when the span is the gold answer (or letter) or the gold option's text."""
-    span = answer_span(response).rstrip(".").strip()
+    span = math_answer(response).rstrip(".").strip()
     options = item.fields["options"]
     letter = _LETTER.match(span)
     if options and letter:

@@ -8,7 +8,7 @@ holding its parquet file(s) (``<subset>/train/0000.parquet`` or ``<subset>/*.par
 ``image_5`` (``{bytes, path}`` structs; MM subsets). Theorem-proving (TP) subsets have no final
 answer to check and are skipped. ``subsets`` keeps only the named subsets.
 
-Scoring follows the official ``eval/auto_scoring_judge.py`` order: the answer span and each gold
+Scoring follows the official ``eval/auto_scoring_judge.py`` order: the final answer (`common.math_answer`) and each gold
 answer are split at top-level commas and every gold element must pair with a predicted one;
 two elements are equal when their strings match, when both are numbers within the item's
 tolerance (default 1e-8, absolute; 1/100 and 100x the gold value also accepted as the
@@ -26,9 +26,9 @@ from r1vflow.eval.benchmarks.common import (
     BenchmarkDataError,
     Item,
     Verdict,
-    answer_span,
     image_bytes,
     iter_parquet_rows,
+    math_answer,
     math_verify_equal,
 )
 
@@ -118,7 +118,7 @@ def _tolerance(error: str | None) -> float:
 
 def grade(item: Item, response: str) -> Verdict:
     """Every gold element pairs with a distinct predicted element."""
-    span = answer_span(response)
+    span = math_answer(response)
     preds = split_top_level(span)
     golds = [g for answer in item.answer for g in split_top_level(answer)]
     tolerance = _tolerance(item.fields["error"])
