@@ -267,6 +267,65 @@ def test_deepspeed_zero2_resumes_through_its_checkpoint_api(tokenizer, tmp_path)
     assert list((tmp_path / "ck" / "step-000009" / "deepspeed" / "state").glob("*optim*"))
 
 
+
+class _Payload:
+    """Pickles to a call of open(marker, "w"): loading it with weights_only=False creates it."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def _ds_engine():
+    from r1vflow.train.engine import TrainEngine
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.Linear(4, 2))
+    return TrainEngine(model, 1e-2, 0.01, 0.0, 4, backend="deepspeed", zero_stage=2)
+
+
+def _ds_steps(engine, phase, batches, first: int) -> None:
+    for i, x in enumerate(batches, start=first):
+        engine.step(engine.model(x).pow(2).sum())
+        phase.step(i, engine, lambda i=i: {"at": i}, last=i == 2)
+
+
+def test_deepspeed_resume_loads_weights_only_and_refuses_a_pickled_payload(tmp_path,
+                                                                          monkeypatch):
+    """A 2-step ZeRO-2 save resumes to the uninterrupted weights; the same checkpoint with a
+    pickled callable planted in a DeepSpeed file is refused, naming it, and nothing runs, also
+    when the up-front file check is skipped (DeepSpeed's own loads are weights-only)."""
+    pytest.importorskip("deepspeed")
+    import r1vflow.train.engine as engine_module
+    from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
+    from r1vflow.train.safe_load import UnsafeCheckpoint
+
+    batches = [torch.randn(3, 4, generator=torch.Generator().manual_seed(i)) for i in range(4)]
+    policy = CheckpointPolicy(every=2)
+    reference = _ds_engine()
+    _ds_steps(reference, Checkpointer("sft", tmp_path / "ck", policy).phase("p"), batches[:2], 1)
+    resumed = _ds_engine()
+    phase = Checkpointer("sft", tmp_path / "ck", policy).phase("p")
+    assert phase.restore(resumed) == {"at": 2} and resumed.steps_done == 2
+    for x in batches[2:]:
+        reference.step(reference.model(x).pow(2).sum())
+        resumed.step(resumed.model(x).pow(2).sum())
+    for a, b in zip(reference.module.parameters(), resumed.module.parameters(), strict=True):
+        assert torch.equal(a, b)
+    states = tmp_path / "ck/step-000002/deepspeed/state/mp_rank_00_model_states.pt"
+    planted = torch.load(states, weights_only=True)
+    planted["client"] = _Payload(tmp_path / "marker")
+    torch.save(planted, states)
+    for skip_check in (False, True):
+        if skip_check:
+            monkeypatch.setattr(engine_module, "check_files", lambda directory: None)
+        with pytest.raises(UnsafeCheckpoint, match=f"refusing checkpoint file {states}"):
+            Checkpointer("sft", tmp_path / "ck", policy).phase("p").restore(_ds_engine())
+        assert not (tmp_path / "marker").exists()
+
+
 def test_checkpointer_rules(tmp_path):
     """Only renamed step dirs count; the newest `keep` stay; steps and minutes decide."""
     from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy

@@ -36,6 +36,7 @@ from rich.progress import (
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from r1vflow.train.distributed import rank_world
+from r1vflow.train.safe_load import check_files, weights_only_engine
 
 Backend = Literal["torch", "deepspeed"]
 Schedule = Literal["cosine", "linear"]
@@ -295,9 +296,14 @@ class TrainEngine:
                    directory / ENGINE_STATE)
 
     def load_state(self, directory: Path) -> None:
-        """Restore what `save_state` wrote (same backend and ZeRO stage; every rank calls)."""
+        """Restore what `save_state` wrote (same backend and ZeRO stage; every rank calls).
+        Every file is read weights-only: a checkpoint holding pickled code is refused with
+        UnsafeCheckpoint naming the file, before any of it runs (r1vflow.train.safe_load)."""
         if self.backend == "deepspeed":
-            _, client = self.model.load_checkpoint(str(directory / "deepspeed"), tag="state")
+            check_files(directory / "deepspeed")
+            with weights_only_engine(self.model):
+                _, client = self.model.load_checkpoint(str(directory / "deepspeed"),
+                                                       tag="state")
             if client is None:
                 raise FileNotFoundError(f"no DeepSpeed checkpoint under {directory}")
             self.steps_done = int(client["steps_done"])
