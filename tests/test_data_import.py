@@ -520,3 +520,63 @@ def test_benchmark_reference_reads_the_published_layout(tmp_path):
     dropped = run_stage(experiment(*args), tmp_path / "b")
     assert dropped.metrics["contaminated_dropped/mathvista"] == 1.0
     assert "s3" not in {s.id for s in load_split(tmp_path / "b", "train")}
+
+
+# ----------------------------------------------------------------------------- hostile input
+def test_hostile_data_set_is_bad_rows_in_bounded_time_and_memory():
+    """Issue 23 #6: /dev/zero, a FIFO, a 12000x12000 PNG (alone, 8 times), 2 x 5000x5000 in a
+    row, ../ paths, symlinks out (also in a Parquet struct), text as struct bytes, a lone
+    surrogate and a 100,000-deep line are each one bad row with file:line, in a fresh process
+    (r1vflow.bench.data_import.run_hostile), in seconds and tens of MiB."""
+    from r1vflow.bench.data_import import run_hostile
+
+    results = run_hostile()
+    out = "outside the data folder TMP/data; set data.source.allow_absolute_paths: true to read " \
+          "files anywhere"
+    vague = "not readable as an image (outside the data folder a missing, unreadable, " \
+            "oversized or undecodable file gets this one message)"
+    huge = "image TMP/data/img/huge.png: 12000x12000, the row's images reach 144,000,000 " \
+           "pixels, over the budget of 40,000,000 (data.source.max_pixels_per_row)"
+    common = {
+        32: "image TMP/data/img/fifo.png: not a regular file", 33: huge, 34: huge,
+        35: "image TMP/data/img/big.png: 5000x5000, the row's images reach 50,000,000 pixels, "
+            "over the budget of 40,000,000 (data.source.max_pixels_per_row)",
+        40: "image (column 'image'): the struct's 'bytes' is str, expected binary data",
+        41: "a lone surrogate escape (\\ud800-\\udfff alone is not a character)",
+        42: "JSON nested deeper than the parser allows"}
+    names = {31: "/dev/zero", 36: "TMP/data/../outside.png", 37: "TMP/data/../missing.png",
+             38: "TMP/data/../notimage.txt", 39: "TMP/data/img/link.png"}
+    confined = [f"TMP/data/train-structs.parquet:1: image TMP/data/img/link.png: {out}"]
+    confined += [f"TMP/data/train.jsonl:{line}: " + (common.get(line)
+                                                      or f"image {names[line]}: {out}")
+                 for line in range(31, 43)]
+    assert results["confined"]["bad_rows"] == confined
+    allowed = [f"TMP/data/train.jsonl:{line}: " + (common.get(line)
+                                                    or f"image {names[line]}: {vague}")
+               for line in (31, 32, 33, 34, 35, 37, 38, 40, 41, 42)]
+    assert results["allow_absolute_paths"]["bad_rows"] == allowed
+    for measured in results.values():
+        assert measured["rows_read"] == 43  # 30 good + 12 JSONL lines + 1 Parquet row
+        assert measured["seconds"] < 30 and measured["peak_over_start_mib"] < 300
+
+
+def test_hostile_row_fails_the_import_in_one_line_with_on_bad_row_fail(tmp_path):
+    from r1vflow.bench.data_import import make_hostile
+
+    folder = make_hostile(tmp_path)
+    with pytest.raises(ValueError) as err:
+        run_stage(experiment(*files_source(folder)), tmp_path / "ds")
+    assert str(err.value) == (
+        f"{folder}/train-structs.parquet:1: image {folder}/img/link.png: outside the data "
+        f"folder {folder.resolve()}; set data.source.allow_absolute_paths: true to read files "
+        "anywhere (data.on_bad_row=skip leaves such rows out)")
+
+
+def test_a_data_file_symlinked_out_of_the_folder_is_refused(tmp_path):
+    src = write_jsonl_set(tmp_path / "elsewhere", 4)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "train.jsonl").symlink_to(src)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{tmp_path}/data/train.jsonl: a data file that leads out of the folder "
+            f"{tmp_path}/data (symlink); set data.source.allow_absolute_paths: true")):
+        run_stage(experiment(*files_source(tmp_path / "data")), tmp_path / "ds")

@@ -12,6 +12,7 @@ from PIL import Image
 
 from r1vflow.config.data_source import ColumnMap
 from r1vflow.data.contamination import ContaminationIndex, EvalItem, find_contamination
+from r1vflow.data.files import FilePolicy
 from r1vflow.data.rows import (
     ImageRef,
     RowError,
@@ -138,9 +139,9 @@ def test_solution_as_whole_response_gives_its_reasoning():
 
 # ----------------------------------------------------------------------------- images
 def test_pixel_hash_ignores_encoding_but_not_pixels():
-    red_png, _, ext = decode_image(ImageRef(data=png()))
-    red_bmp, _, ext_bmp = decode_image(ImageRef(data=png(fmt="BMP")))
-    blue, _, _ = decode_image(ImageRef(data=png(colour=(0, 0, 255))))
+    red_png, _, ext = decode_image(ImageRef(data=png()), FilePolicy(None))
+    red_bmp, _, ext_bmp = decode_image(ImageRef(data=png(fmt="BMP")), FilePolicy(None))
+    blue, _, _ = decode_image(ImageRef(data=png(colour=(0, 0, 255))), FilePolicy(None))
     assert (ext, ext_bmp) == ("png", "bmp")
     assert pixel_hash(red_png) == pixel_hash(red_bmp)
     assert pixel_hash(red_png) != pixel_hash(blue)
@@ -148,9 +149,74 @@ def test_pixel_hash_ignores_encoding_but_not_pixels():
 
 def test_undecodable_and_missing_images_are_row_errors(tmp_path):
     with pytest.raises(RowError, match="cannot decode"):
-        decode_image(ImageRef(data=b"not an image"))
+        decode_image(ImageRef(data=b"not an image"), FilePolicy(None))
     with pytest.raises(RowError, match="No such file"):
-        decode_image(ImageRef(path=tmp_path / "absent.png"))
+        decode_image(ImageRef(path=tmp_path / "absent.png"), FilePolicy.under(tmp_path))
+
+
+
+def test_file_policy_reads_only_regular_files_inside_the_root_within_budgets(tmp_path):
+    """Issue 23 #6: byte cap from fstat, FIFO and directory refused without blocking, pixel
+    budget summed over a row from the headers, struct bytes that are text a row error."""
+    import os
+
+    from r1vflow.data.rows import decode_images, image_refs
+
+    root = tmp_path / "data"
+    root.mkdir()
+    data = png(size=(4, 3))
+    (root / "a.png").write_bytes(data)
+    exact = FilePolicy.under(root, max_bytes=len(data), max_pixels=24)
+    assert decode_image(ImageRef(path=root / "a.png"), exact)[1] == data
+    small = FilePolicy.under(root, max_bytes=len(data) - 1)
+    with pytest.raises(RowError, match=f"a.png: {len(data):,} bytes, over the budget of "
+                                        f"{len(data) - 1:,}"):
+        decode_image(ImageRef(path=root / "a.png"), small)
+    with pytest.raises(RowError, match=f"{len(data):,} bytes, over the budget"):
+        decode_image(ImageRef(data=data), small)
+    os.mkfifo(root / "fifo.png")
+    (root / "dir.png").mkdir()
+    for name in ("fifo.png", "dir.png"):
+        with pytest.raises(RowError, match=f"{name}: not a regular file"):
+            decode_image(ImageRef(path=root / name), exact)
+    two = [ImageRef(path=root / "a.png"), ImageRef(data=data)]  # 12 + 12 pixels
+    assert len(decode_images(two, exact)) == 2
+    with pytest.raises(RowError, match="4x3, the row's images reach 24 pixels, over the "
+                                       "budget of 23"):
+        decode_images(two, FilePolicy.under(root, max_pixels=23))
+    with pytest.raises(RowError, match="the struct's 'bytes' is str, expected binary data"):
+        image_refs({"bytes": "text", "path": None}, root, "image")
+
+
+def test_paths_out_of_the_root_are_refused_alike_unless_allowed(tmp_path):
+    """Issue 23 #6: ../, absolute paths and symlinks out of the root are refused before the
+    file is touched; when allowed, a missing file and one that is not an image outside the
+    root get the same message (an import cannot probe for files)."""
+    root = tmp_path / "data"
+    root.mkdir()
+    (tmp_path / "out.png").write_bytes(png())
+    (tmp_path / "out.txt").write_text("secret")
+    (root / "link.png").symlink_to(tmp_path / "out.png")
+    (root / "in.png").write_bytes(png())
+    (root / "inner.png").symlink_to(root / "in.png")
+    confined = FilePolicy.under(root)
+    assert decode_image(ImageRef(path=root / "inner.png"), confined)[1] == png()
+    for path in (root / "../out.png", root / "link.png", Path("/dev/zero"),
+                 root / "../missing.png"):
+        with pytest.raises(RowError) as err:
+            decode_image(ImageRef(path=path), confined)
+        assert str(err.value) == (f"image {path}: outside the data folder {root}; set "
+                                  "data.source.allow_absolute_paths: true to read files anywhere")
+    allowed = FilePolicy.under(root, allow_absolute=True)
+    assert decode_image(ImageRef(path=root / "link.png"), allowed)[1] == png()
+    for name in ("../missing.png", "../out.txt"):
+        with pytest.raises(RowError) as err:
+            decode_image(ImageRef(path=root / name), allowed)
+        assert str(err.value) == (f"image {root / name}: not readable as an image (outside the "
+                                  "data folder a missing, unreadable, oversized or undecodable "
+                                  "file gets this one message)")
+    with pytest.raises(RowError, match="no folder"):
+        decode_image(ImageRef(path=tmp_path / "out.png"), FilePolicy(None))
 
 
 def test_montage_puts_images_side_by_side_at_one_height():

@@ -11,6 +11,8 @@ from pydantic import Field, model_validator
 from r1vflow.config.base import Strict
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+MAX_IMAGE_BYTES = 32 << 20  # 32 MiB: several times a 12 MP camera JPEG (3 to 6 MB)
+MAX_PIXELS_PER_ROW = 40_000_000  # 40 MP: 120 MB decoded RGB; 2.5x a 4096x4096 image
 
 
 class ColumnMap(Strict):
@@ -91,6 +93,17 @@ class DataSourceConfig(Strict):
     answer_only_sft: bool = Field(
         False, description="Without a solution column, train SFT on '<think></think><answer>"
                            "A</answer>' (no reasoning to imitate); off: validation refuses.")
+    allow_absolute_paths: bool = Field(
+        False, description="Read image files anywhere: absolute paths, ../ and symlinks out of "
+                           "the data folder (off: only files inside the folder of "
+                           "data.source.path; docs/reliability.md).")
+    max_image_bytes: int = Field(
+        MAX_IMAGE_BYTES, gt=0, le=1 << 30,
+        description="Largest image file or image bytes in a row; larger ones are bad rows.")
+    max_pixels_per_row: int = Field(
+        MAX_PIXELS_PER_ROW, gt=0, le=1_000_000_000,
+        description="Most pixels (width x height, from the headers, summed over a row's "
+                    "images) decoded for one row; more is a bad row, refused before decoding.")
     @model_validator(mode="after")
     def _kind_fields(self) -> DataSourceConfig:
         if self.kind == "files" and not self.path:

@@ -24,6 +24,7 @@ from pathlib import Path
 from r1vflow.config.data_source import ContaminationConfig, DataSourceConfig
 from r1vflow.data import readers
 from r1vflow.data.contamination import ContaminationIndex, EvalItem
+from r1vflow.data.files import FilePolicy
 from r1vflow.data.io import (
     CAPTIONS_FILE,
     IMAGES_DIR,
@@ -38,7 +39,7 @@ from r1vflow.data.references import reference_items
 from r1vflow.data.rows import (
     ParsedRow,
     RowError,
-    decode_image,
+    decode_images,
     derived_pair,
     montage,
     parse_row,
@@ -109,7 +110,7 @@ def _groups(source: DataSourceConfig) -> list[_Group]:
         found = readers.hub_splits(source.hub, source.splits)
         return [_Group(s, _limited(readers.iter_hub(source.hub, found[s]), source.max_rows), s)
                 for s in SPLITS if s in found]
-    groups = readers.discover(Path(source.path), source.splits)
+    groups = readers.discover(Path(source.path), source.splits, source.allow_absolute_paths)
     out = []
     for split in (None, *SPLITS):
         for file in groups.get(split, []):
@@ -185,6 +186,7 @@ class _Run:
     guard: SplitGuard
     writer: _Writer
     fractions: tuple[float, float]
+    policy: FilePolicy
     rows_read: int = 0
     with_solution: int = 0
     bad_rows: list[str] = field(default_factory=list)
@@ -194,7 +196,7 @@ class _Run:
         if raw.error:
             raise RowError(raw.error)
         row = parse_row(raw.columns, self.source.columns, raw.base_dir)
-        decoded = [decode_image(ref) for ref in row.images]
+        decoded = decode_images(row.images, self.policy)
         hashes = [pixel_hash(image) for image, _, _ in decoded]
         row_id = row.id or f"{group.label}-{number:06d}"
         carved = group.split is None or (group.split == "train" and any(self.fractions))
@@ -227,6 +229,13 @@ class _Run:
                     self.bad_rows.append(f"{raw.location}: {err}")
 
 
+def file_policy(source: DataSourceConfig) -> FilePolicy:
+    """Where the source's image files may be, and their byte and pixel budgets."""
+    return FilePolicy.under(source.path if source.kind == "files" else None,
+                            source.allow_absolute_paths, source.max_image_bytes,
+                            source.max_pixels_per_row)
+
+
 def build_index(contamination: ContaminationConfig) -> ContaminationIndex | None:
     """The evaluation sets' questions and image hashes, or None without references."""
     if not contamination.references:
@@ -253,7 +262,7 @@ def import_dataset(out_dir: str | Path, source: DataSourceConfig, *, on_bad_row:
         for handle in writer.files():
             stack.enter_context(handle)
         run = _Run(source, on_bad_row, contamination, build_index(contamination),
-                   SplitGuard(carved), writer, fractions)
+                   SplitGuard(carved), writer, fractions, file_policy(source))
         run.consume(groups)
     counts = {s: writer.splits[s].rows for s in SPLITS}
     empty = [s for s in SPLITS if not counts[s]]

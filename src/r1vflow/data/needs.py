@@ -84,7 +84,8 @@ def source_columns(exp: Experiment, hub: bool = False) -> set[str] | None:
     if source.kind != "files":
         return None
     columns: set[str] = set()
-    for files in discover(Path(source.path), source.splits).values():
+    for files in discover(Path(source.path), source.splits,
+                          source.allow_absolute_paths).values():
         for file in files:
             columns |= file_columns(file)
     return columns
@@ -105,7 +106,8 @@ def files_signature(exp: Experiment) -> str:
 
     root = Path(exp.data.source.path)
     digest = hashlib.sha256()
-    for files in discover(root, exp.data.source.splits).values():
+    for files in discover(root, exp.data.source.splits,
+                          exp.data.source.allow_absolute_paths).values():
         for file in files:
             stat = file.stat()
             rel = file.name if root.is_file() else file.relative_to(root).as_posix()

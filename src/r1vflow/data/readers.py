@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from r1vflow.data.files import ALLOW_HINT, FilePolicy
 from r1vflow.data.schema import Split
 from r1vflow.data.splits import PUBLISHED_NAMES
 
@@ -49,8 +50,11 @@ def _split_of(rel: Path, names: dict[str, Split]) -> Split | None:
     return None
 
 
-def discover(path: Path, extra_names: dict[str, str]) -> dict[Split | None, list[Path]]:
-    """Data files by published split; key None: one unsplit group (treated as train)."""
+def discover(path: Path, extra_names: dict[str, str],
+             allow_outside: bool = False) -> dict[Split | None, list[Path]]:
+    """Data files by published split; key None: one unsplit group (treated as train). In a
+    folder, a data file that is a symlink out of it is refused unless `allow_outside`
+    (data.source.allow_absolute_paths)."""
     if not path.exists():
         raise FileNotFoundError(f"data.source.path {path} does not exist")
     if path.is_file():
@@ -61,6 +65,11 @@ def discover(path: Path, extra_names: dict[str, str]) -> dict[Split | None, list
                    and not any(part.startswith(".") for part in p.relative_to(path).parts))
     if not files:
         raise ValueError(f"{path}: no {'/'.join(SUFFIXES)} files in this folder")
+    policy = FilePolicy.under(path, allow_absolute=allow_outside)
+    for file in files:
+        if not (allow_outside or policy.inside(file)):
+            raise ValueError(f"{file}: a data file that leads out of the folder {path} "
+                             f"(symlink); {ALLOW_HINT}")
     names = split_names(extra_names)
     groups: dict[Split | None, list[Path]] = {}
     for file in files:
@@ -74,22 +83,42 @@ def discover(path: Path, extra_names: dict[str, str]) -> dict[Split | None, list
 
 
 def iter_jsonl(path: Path) -> Iterator[RawRow]:
-    """Rows of a JSON-lines file, one line at a time; blank lines are skipped."""
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
+    """Rows of a JSON-lines file, one line at a time; blank lines are skipped. A line that is
+    not UTF-8, not JSON, nested too deep for the parser, holding a lone surrogate (``\\ud800``,
+    not a character) or not an object is a row with an `error`: one bad row, never the end of
+    the import."""
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if not raw.strip():
                 continue
             location = f"{path}:{number}"
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as err:
-                yield RawRow(location, {}, path.parent, f"not valid JSON ({err.msg})")
-                continue
-            if not isinstance(value, dict):
-                yield RawRow(location, {}, path.parent,
-                             f"a row must be a JSON object, got {type(value).__name__}")
-                continue
-            yield RawRow(location, value, path.parent)
+            value, error = _json_row(raw)
+            yield RawRow(location, value if error is None else {}, path.parent, error)
+
+
+_SURROGATE = re.compile(r"\\u[dD][89abcdefABCDEF]")
+
+
+def _json_row(raw: bytes) -> tuple[Any, str | None]:
+    """(the row's object, None) or (None, why the line is not a row)."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return None, f"not UTF-8 text ({err.reason} at byte {err.start})"
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as err:
+        return None, f"not valid JSON ({err.msg})"
+    except RecursionError:
+        return None, "JSON nested deeper than the parser allows"
+    if _SURROGATE.search(line):
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            return None, "a lone surrogate escape (\\ud800-\\udfff alone is not a character)"
+    if not isinstance(value, dict):
+        return None, f"a row must be a JSON object, got {type(value).__name__}"
+    return value, None
 
 
 def iter_parquet(path: Path, wanted: set[str]) -> Iterator[RawRow]:

@@ -19,17 +19,19 @@ from PIL import Image
 from r1vflow.config.data_source import ContaminationReference
 from r1vflow.data import readers
 from r1vflow.data.contamination import EvalItem
+from r1vflow.data.files import FilePolicy
 from r1vflow.data.rows import RowError, decode_image, image_refs, pixel_hash
 
 
-def _hashes(images: Any, base_dir: Path | None, column: str) -> list[str]:
+def _hashes(images: Any, base_dir: Path | None, column: str,
+            policy: FilePolicy) -> list[str]:
     items = images if isinstance(images, list | tuple) else [images]
     out = []
     for item in items:
         if isinstance(item, Image.Image):
             out.append(pixel_hash(item))
         else:
-            out += [pixel_hash(decode_image(ref)[0])
+            out += [pixel_hash(decode_image(ref, policy)[0])
                     for ref in image_refs(item, base_dir, column)]
     return out
 
@@ -37,6 +39,7 @@ def _hashes(images: Any, base_dir: Path | None, column: str) -> list[str]:
 def _file_items(ref: ContaminationReference) -> Iterator[EvalItem]:
     columns = ref.columns
     groups = readers.discover(Path(ref.path), {})
+    policy = FilePolicy.under(ref.path)
     names = readers.split_names({})
     wanted = None if ref.split is None else names.get(ref.split.lower(), ref.split)
     count = 0
@@ -55,7 +58,8 @@ def _file_items(ref: ContaminationReference) -> Iterator[EvalItem]:
                         raise RowError(f"no question text (column {columns.question!r})")
                     column = columns.images if raw.columns.get(columns.images) else columns.image
                     value = raw.columns.get(column)
-                    hashes = [] if value is None else _hashes(value, raw.base_dir, column)
+                    hashes = [] if value is None else _hashes(value, raw.base_dir, column,
+                                                              policy)
                 except RowError as err:
                     raise ValueError(f"contamination reference {ref.name}: {raw.location}: "
                                      f"{err}") from None
@@ -66,9 +70,11 @@ def _file_items(ref: ContaminationReference) -> Iterator[EvalItem]:
 def _benchmark_items(ref: ContaminationReference) -> Iterator[EvalItem]:
     from r1vflow.eval.benchmarks import iter_items  # the benchmark loaders (issue 12, eval half)
 
+    policy = FilePolicy.under(ref.path)
     for item in iter_items(ref.name, ref.path, split=ref.split, limit=ref.limit):
         get = item.get if isinstance(item, dict) else (lambda key, o=item: getattr(o, key))
-        yield EvalItem.of(get("id"), get("question"), _hashes(get("images") or [], None, "images"))
+        yield EvalItem.of(get("id"), get("question"),
+                          _hashes(get("images") or [], None, "images", policy))
 
 
 def reference_items(ref: ContaminationReference) -> Iterator[EvalItem]:

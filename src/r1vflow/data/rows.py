@@ -1,11 +1,12 @@
-"""One row of a user's data set -> a validated, typed row (pure functions, no file access).
+"""One row of a user's data set -> a validated, typed row (pure functions; files are read only
+by `decode_images`, through r1vflow.data.files).
 
 A raw row is a mapping from column names to JSON / Arrow values; `parse_row` maps it through
 the column names of `data.source.columns` and raises `RowError(reason)` for anything a stage
 could not use: a missing or empty question or answer, a value of the wrong type, an option
 letter without options, response tags where plain text belongs, a half preference pair. The
 caller adds the ``file:row`` location. Images are only *referenced* here (bytes or a path);
-decoding happens in `decode_image`.
+decoding happens in `decode_images`.
 
 Answer kinds (`answer_kind`): ``choice`` (a letter of the row's options; an answer equal to an
 option's text becomes its letter), ``number`` (``12``, ``-3.5``, ``1,000``, ``45%``),
@@ -20,10 +21,11 @@ import io
 import re
 import string
 import unicodedata
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 
@@ -35,6 +37,9 @@ from r1vflow.data.schema import (
     THINK_OPEN,
     format_response,
 )
+
+if TYPE_CHECKING:
+    from r1vflow.data.files import FilePolicy
 
 AnswerKind = Literal["choice", "number", "latex", "text"]
 LETTERS = string.ascii_uppercase
@@ -182,6 +187,9 @@ def image_refs(value: Any, base_dir: Path | None, column: str) -> list[ImageRef]
         where = f"image {k} (column {column!r})" if len(items) > 1 else f"image (column {column!r})"
         if isinstance(item, dict):
             data, path = item.get("bytes"), item.get("path")
+            if data is not None and not isinstance(data, bytes | bytearray):
+                raise RowError(f"{where}: the struct's 'bytes' is {type(data).__name__}, "
+                               "expected binary data")
             if data:
                 refs.append(ImageRef(data=bytes(data)))
                 continue
@@ -269,26 +277,64 @@ def derived_pair(row: ParsedRow, index: int) -> tuple[str, str, str]:
 
 
 # ----------------------------------------------------------------------------- images
-def decode_image(ref: ImageRef) -> tuple[Image.Image, bytes, str]:
-    """(RGB image fully decoded, the encoded bytes, the file extension of their format).
-
-    Raises `RowError` for a missing file or bytes PIL cannot decode."""
-    if ref.data is None:
-        try:
-            data = ref.path.read_bytes()
-        except OSError as err:
-            raise RowError(f"image {ref.path}: {err.strerror or err}") from None
-    else:
-        data = ref.data
+def decode_images(refs: Sequence[ImageRef], policy: FilePolicy,
+                  ) -> list[tuple[Image.Image, bytes, str]]:
+    """(RGB image, the encoded bytes, the file extension of their format) of each of a row's
+    images. Files are read under `policy` (r1vflow.data.files: place, kind, byte budget); every
+    header is read and the row's pixels summed against `policy.max_pixels` before any image is
+    decoded. Any failure is a `RowError`."""
+    opened: list[tuple[ImageRef, bytes, Image.Image]] = []
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            fmt = (image.format or "PNG").lower()
-            rgb = image.convert("RGB")
+        total = 0
+        for ref in refs:
+            data, image = _header(ref, policy)
+            opened.append((ref, data, image))
+            total += image.width * image.height
+            if total > policy.max_pixels:
+                raise _vague(ref, policy) or RowError(
+                    f"image {ref.describe()}: {image.width}x{image.height}, the row's images "
+                    f"reach {total:,} pixels, over the budget of {policy.max_pixels:,} "
+                    "(data.source.max_pixels_per_row)")
+        return [_decoded(ref, data, image, policy) for ref, data, image in opened]
+    finally:
+        for _, _, image in opened:
+            image.close()
+
+
+def _vague(ref: ImageRef, policy: FilePolicy) -> RowError | None:
+    return policy.vague(ref.path) if ref.data is None else None
+
+
+def _header(ref: ImageRef, policy: FilePolicy) -> tuple[bytes, Image.Image]:
+    """The bytes of `ref` and PIL's image on them, with only the header read."""
+    if ref.data is None:
+        data = policy.read(ref.path)
+    else:
+        data = policy.check_bytes(ref.data, f"image {ref.describe()}")
+    try:
+        with warnings.catch_warnings():  # the pixel budget is ours: PIL's bomb warning is noise
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return data, Image.open(io.BytesIO(data))
     except Exception as err:  # PIL raises many types for corrupt data
-        raise RowError(f"image {ref.describe()}: cannot decode ({type(err).__name__}: "
-                       f"{err})") from None
+        raise _vague(ref, policy) or RowError(
+            f"image {ref.describe()}: cannot decode ({type(err).__name__}: {err})") from None
+
+
+def _decoded(ref: ImageRef, data: bytes, image: Image.Image,
+             policy: FilePolicy) -> tuple[Image.Image, bytes, str]:
+    try:
+        image.load()
+        fmt = (image.format or "PNG").lower()
+        rgb = image.convert("RGB")
+    except Exception as err:  # PIL raises many types for corrupt data
+        raise _vague(ref, policy) or RowError(
+            f"image {ref.describe()}: cannot decode ({type(err).__name__}: {err})") from None
     return rgb, data, {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
+
+
+def decode_image(ref: ImageRef, policy: FilePolicy) -> tuple[Image.Image, bytes, str]:
+    """`decode_images` of one image."""
+    return decode_images([ref], policy)[0]
 
 
 def pixel_hash(image: Image.Image) -> str:
