@@ -46,13 +46,20 @@ def apply_task_settings(task: dsl.PipelineTask, stage: str, exp: Experiment) -> 
     apply_execution_policy(task, spec)
     apply_scratch(task, spec.scratch_size, spec.scratch_storage_class)
     apply_environment(task, cluster)
-    if stage == "import_model" and cluster.hf_secret:  # only the task that downloads
+    if cluster.hf_secret and stage in hub_stages(exp):  # only the tasks that download
         kubernetes.use_secret_as_env(task, secret_name=cluster.hf_secret,
                                      secret_key_to_env={"token": "HF_TOKEN"})
     labels = pod_labels(exp.name, stage, exp.fingerprint())
     for key, value in labels.items():
         kubernetes.add_pod_label(task, label_key=key, label_value=value)
     apply_image(task, cluster)
+
+
+def hub_stages(exp: Experiment) -> set[str]:
+    """The stages that download from the hub: import_model, and evaluate when a benchmark
+    is a hub:<owner>/<name> data set."""
+    hub = any(b.path.startswith("hub:") for b in exp.evaluate.benchmarks)
+    return {"import_model", *(("evaluate",) if hub else ())}
 
 
 def apply_resources(task: dsl.PipelineTask, spec: ResourceSpec) -> None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 from urllib.parse import urlsplit
 
@@ -13,6 +14,28 @@ from r1vflow.config.base import Strict
 BenchmarkName = Literal["mmmu", "mathvista", "math500", "mathvision", "aime2024", "olympiadbench"]
 
 
+_HUB_PATH = re.compile(r"^hub:[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_COMMIT = re.compile(r"^[0-9a-f]{40}$")
+
+
+def _check_source(name: str, path: str, revision: str | None) -> None:
+    """A hub:<owner>/<name> path needs a commit in `revision`; other paths take none."""
+    if not path.startswith("hub:"):
+        if revision is not None:
+            raise ValueError(f"benchmark {name}: revision pins a hub:<owner>/<name> path; "
+                             f"{path!r} is a local one, drop revision")
+        return
+    if not _HUB_PATH.match(path):
+        raise ValueError(f"benchmark {name}: {path!r} is no hub:<owner>/<name> path")
+    if revision is None:
+        raise ValueError(f"benchmark {name}: {path} needs revision: the data set's commit "
+                         "(40 hex digits, the hub's 'Files and versions' history) so the "
+                         "score is reproducible")
+    if not _COMMIT.match(revision):
+        raise ValueError(f"benchmark {name}: revision {revision!r} is no commit (40 lowercase "
+                         "hex digits); branches and tags move")
+
+
 class BenchmarkConfig(Strict):
     """One published benchmark the evaluate stage scores every model on (docs/evaluation.md)."""
 
@@ -21,7 +44,12 @@ class BenchmarkConfig(Strict):
                                   "Locally a path on disk (relative: to the directory the run "
                                   "starts in); on a cluster a path inside the evaluate task's "
                                   "container (a mounted volume or a file baked into the image); "
-                                  "package:<module>/<path> for files installed with a package.")
+                                  "package:<module>/<path> for files installed with a package; "
+                                  "hub:<owner>/<name> for a hub data set at `revision`, "
+                                  "downloaded and cached by the evaluate task.")
+    revision: str | None = Field(None, description="With a hub:<owner>/<name> path: the data "
+                                                   "set's commit (40 hex digits) to download; "
+                                                   "required there, refused elsewhere.")
     split: str | None = Field(None, description="Split; None: the benchmark's usual one "
                                                 "(MMMU validation, MathVista testmini, ...).")
     subsets: list[str] | None = Field(None, description="Keep only these MMMU subjects, "
@@ -43,6 +71,7 @@ class BenchmarkConfig(Strict):
         if self.samples > 1 and self.temperature == 0:
             raise ValueError(f"benchmark {self.name}: samples={self.samples} needs temperature "
                              "> 0 (greedy copies are identical); set temperature, e.g. 1.0")
+        _check_source(self.name, self.path, self.revision)
         if (self.judge_base_url is None) != (self.judge_model is None):
             raise ValueError(f"benchmark {self.name}: set judge_base_url and judge_model "
                              "together (or neither)")

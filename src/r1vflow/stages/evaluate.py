@@ -42,7 +42,7 @@ def run(ctx: StageContext) -> StageOutcome:
     dataset = ctx.input("dataset")
     samples = load_split(dataset, cfg.split)[: cfg.limit]
     metrics: dict[str, float] = {"eval_size": float(len(samples))}
-    benchmarks = load_benchmarks(cfg.benchmarks)
+    benchmarks = load_benchmarks(cfg.benchmarks, benchmark_locator(exp))
     predictions_dir = ctx.outputs["predictions"]
     (predictions_dir / "benchmarks.json").write_text(json.dumps([b.name for b in cfg.benchmarks]))
     examples: dict[str, list[str]] = {}
@@ -79,6 +79,22 @@ def run(ctx: StageContext) -> StageOutcome:
     return StageOutcome(metrics=metrics, model_version=candidate, report=report,
                         report_data={"lineage": lineage, "evaluated": {
                             k: v for k, v in evaluated.items() if v}})
+
+
+def benchmark_locator(exp):
+    """Where each configured benchmark's files are: its path, or for a hub path the cached
+    download (the object store's copy first with storage.backend s3; r1vflow.eval.benchmarks.hub)."""
+    from r1vflow.eval.benchmarks import get_benchmark
+    from r1vflow.eval.benchmarks.hub import fetch_benchmark, hub_repo
+    from r1vflow.storage.pointers import cache_dir, experiment_store
+
+    def locate(cfg) -> str | Path:
+        if hub_repo(cfg.path) is None:
+            return cfg.path
+        split = cfg.split or get_benchmark(cfg.name).default_split
+        return fetch_benchmark(cfg.name, cfg.path, cfg.revision, split, cache_dir(),
+                               experiment_store(exp), exp.storage.prefix)
+    return locate
 
 
 def candidate_flags(final: tuple[str, Path], metrics: dict[str, float],

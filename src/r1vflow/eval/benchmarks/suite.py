@@ -11,6 +11,7 @@ kept) and ``<out>/<name>/<model>.json`` (the report without the rows).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from r1vflow.eval.benchmarks import (
     iter_items,
     resolve_path,
 )
+from r1vflow.eval.benchmarks.hub import PLACEHOLDER_REVISION, hub_repo
 from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
 
 # The reports' numbers for the released 38B models (docs/recipe.md: Skywork R1V arXiv 2504.05599,
@@ -48,9 +50,15 @@ class LoadedBenchmark:
 
 
 def missing_paths(configs: list) -> list[str]:
-    """The configured benchmark paths that do not exist on this machine."""
+    """The configured benchmark paths that do not exist on this machine, and hub paths whose
+    revision is a preset's placeholder (the evaluate task would refuse them after training)."""
     missing = []
     for cfg in configs:
+        if hub_repo(cfg.path) is not None:
+            if cfg.revision == PLACEHOLDER_REVISION:
+                missing.append(f"{cfg.path} (its revision is the placeholder {cfg.revision[:8]}"
+                               f"..., not a commit: set evaluate.benchmarks' revision)")
+            continue
         try:
             exists = resolve_path(cfg.path).exists()
         except BenchmarkDataError:
@@ -59,13 +67,26 @@ def missing_paths(configs: list) -> list[str]:
     return missing
 
 
-def load_benchmarks(configs: list) -> list[LoadedBenchmark]:
-    """Read every configured benchmark (its first ``limit`` items)."""
+# (config) -> the local folder of a configured benchmark; the evaluate stage's knows the
+# object store and the cache (hub paths), the default reads local and package paths only.
+Locate = Callable[[object], str | Path]
+
+
+def local_path(cfg) -> str | Path:
+    """A local or package path as configured; a hub path is refused (it needs `Locate`)."""
+    if hub_repo(cfg.path) is not None:
+        raise BenchmarkDataError(f"benchmark {cfg.name}: {cfg.path} is a hub data set; fetch "
+                                 "it with r1vflow.eval.benchmarks.hub.fetch_benchmark")
+    return cfg.path
+
+
+def load_benchmarks(configs: list, locate: Locate = local_path) -> list[LoadedBenchmark]:
+    """Read every configured benchmark (its first ``limit`` items) from ``locate(cfg)``."""
     loaded = []
     for cfg in configs:
         judge = (JudgeConfig(cfg.judge_base_url, cfg.judge_model, cfg.judge_key_env)
                  if cfg.judge_base_url else None)
-        items = list(iter_items(cfg.name, cfg.path, cfg.split, cfg.limit, cfg.subsets))
+        items = list(iter_items(cfg.name, locate(cfg), cfg.split, cfg.limit, cfg.subsets))
         loaded.append(LoadedBenchmark(cfg, get_benchmark(cfg.name, judge), items))
     return loaded
 
