@@ -102,3 +102,17 @@ def test_the_hub_token_reaches_import_and_a_hub_evaluate_only():
     with_token = sorted(name for name, k8s in executors.items()
                         for s in k8s.get("secretAsEnv", []) if s["secretName"] == "hf-login")
     assert with_token == ["exec-evaluate", "exec-import-model"]
+
+
+def test_the_evaluate_stage_reads_a_hub_benchmark_from_the_machines_cache(hub, tmp_path,
+                                                                          monkeypatch):
+    from r1vflow.stages.evaluate import benchmark_locator
+
+    monkeypatch.setenv("R1VFLOW_ARTIFACT_CACHE", str(tmp_path / "cache"))
+    exp = load_experiment(PRESETS / "smoke.yaml", [
+        f'evaluate.benchmarks=[{{name: mathvista, path: "hub:AI4Math/MathVista", '
+        f"revision: {COMMIT}}}]"])
+    locate = benchmark_locator(exp)
+    found = locate(exp.evaluate.benchmarks[0])  # split: the benchmark's default, testmini
+    assert found == tmp_path / "cache" / "benchmarks" / "AI4Math--MathVista" / COMMIT / "testmini"
+    assert locate(exp.evaluate.benchmarks[0]) == found and len(hub) == 1

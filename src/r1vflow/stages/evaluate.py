@@ -85,14 +85,14 @@ def benchmark_locator(exp):
     """Where each configured benchmark's files are: its path, or for a hub path the cached
     download (the object store's copy first with storage.backend s3; r1vflow.eval.benchmarks.hub)."""
     from r1vflow.eval.benchmarks import get_benchmark
-    from r1vflow.eval.benchmarks.hub import fetch_benchmark, hub_repo
-    from r1vflow.storage.pointers import cache_dir, experiment_store
+    from r1vflow.eval.benchmarks.hub import benchmark_cache, fetch_benchmark, hub_repo
+    from r1vflow.storage.pointers import experiment_store
 
     def locate(cfg) -> str | Path:
         if hub_repo(cfg.path) is None:
             return cfg.path
         split = cfg.split or get_benchmark(cfg.name).default_split
-        return fetch_benchmark(cfg.name, cfg.path, cfg.revision, split, cache_dir(),
+        return fetch_benchmark(cfg.name, cfg.path, cfg.revision, split, benchmark_cache(),
                                experiment_store(exp), exp.storage.prefix)
     return locate
 

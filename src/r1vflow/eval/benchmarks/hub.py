@@ -37,6 +37,14 @@ SPLIT_FILES: dict[str, tuple[str, ...]] = {
 }
 
 
+def benchmark_cache() -> Path:
+    """Where downloads are kept on this machine: ``$R1VFLOW_ARTIFACT_CACHE``, else
+    ``~/.cache/r1vflow/artifacts`` (one cache for every run, unlike a run's own model cache)."""
+    from r1vflow.storage.pointers import CACHE_ENV
+
+    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "r1vflow" / "artifacts")
+
+
 def hub_repo(path: str) -> str | None:
     """``owner/name`` of a ``hub:owner/name`` path, else None."""
     return path[len(HUB_PREFIX):] if str(path).startswith(HUB_PREFIX) else None
