@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from r1vflow.config import ConfigError, Experiment
+from r1vflow.config.redaction import credential_in, redact
 from r1vflow.config.slicing import apply_overrides
 from r1vflow.pipelines.compile import ir_text, version_name
 from r1vflow.pipelines.dag import pipeline_name
@@ -103,11 +104,19 @@ def experiment_summary(exp: Experiment) -> dict[str, Any]:
 
 
 def check_host(host: str) -> str:
-    """`host` without a trailing slash; SubmitError unless it is an http(s) URL."""
-    parsed = urlparse(host)
-    if parsed.scheme not in ("http", "https") or not parsed.hostname:
-        raise SubmitError(f"--host {host!r} must be an http:// or https:// URL of the KFP API, "
-                          "e.g. http://localhost:8080")
+    """`host` without a trailing slash; SubmitError unless it is an http(s) URL without
+    credentials (a user:password@ or ?token= would be printed and logged: use --token-env)."""
+    try:
+        parsed = urlparse(host)
+        ok = parsed.scheme in ("http", "https") and bool(parsed.hostname)
+    except ValueError:  # e.g. an unclosed [IPv6 address
+        ok = False
+    if not ok:
+        raise SubmitError(f"--host {redact(host)!r} must be an http:// or https:// URL of the "
+                          "KFP API, e.g. http://localhost:8080")
+    if parsed.username is not None or credential_in(host):
+        raise SubmitError(f"--host {redact(host)!r} must not contain credentials: give the "
+                          "bearer token in an environment variable named by --token-env")
     return host.rstrip("/")
 
 

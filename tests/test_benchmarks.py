@@ -116,15 +116,15 @@ def test_mathvista_precision_units_and_separators():
 def test_mathvista_judge_needs_openai_package_and_key(monkeypatch):
     from r1vflow.eval.benchmarks.judge import JudgeConfig
 
-    judge = JudgeConfig("http://127.0.0.1:9/v1", "gpt-4o", "R1VFLOW_TEST_JUDGE_KEY")
+    judge = JudgeConfig("http://127.0.0.1:9/v1", "gpt-4o", "R1VFLOW_JUDGE_TEST_KEY")
     bench = get_benchmark("mathvista", judge)
     q = item("12", question_type="free_form", answer_type="integer", choices=None,
              precision=None, query="q")
     assert bench.grade(q, "<answer>12</answer>").correct  # quick rules: no judge call
-    monkeypatch.delenv("R1VFLOW_TEST_JUDGE_KEY", raising=False)
-    with pytest.raises(RuntimeError, match=r"\$R1VFLOW_TEST_JUDGE_KEY, which is not set"):
+    monkeypatch.delenv("R1VFLOW_JUDGE_TEST_KEY", raising=False)
+    with pytest.raises(RuntimeError, match=r"\$R1VFLOW_JUDGE_TEST_KEY, which is not set"):
         bench.grade(q, "<answer>twelve</answer>")
-    monkeypatch.setenv("R1VFLOW_TEST_JUDGE_KEY", "k")
+    monkeypatch.setenv("R1VFLOW_JUDGE_TEST_KEY", "k")
     if importlib.util.find_spec("openai") is None:  # not among r1vflow's dependencies
         with pytest.raises(RuntimeError, match="pip install openai"):
             bench.grade(q, "<answer>twelve</answer>")

@@ -58,9 +58,9 @@ def test_evaluate_scores_each_model_on_each_benchmark(tmp_path, micro_inputs):
 
 @pytest.mark.parametrize(("bench", "message"), [
     ("{name: mmmu, path: x, samples: 3}", "needs temperature > 0"),
-    ("{name: mmmu, path: x, judge_base_url: 'http://h/v1', judge_model: m}", "mathvista only"),
-    ("{name: mathvista, path: x, judge_base_url: 'http://u:secret@h/v1', judge_model: m}",
-     "holds credentials"),
+    ("{name: mmmu, path: x, judge_base_url: 'https://h/v1', judge_model: m}", "mathvista only"),
+    ("{name: mathvista, path: x, judge_base_url: 'https://u:secret@h/v1', judge_model: m}",
+     "must not contain credentials"),
     ("{name: gsm8k, path: x}", "mmmu"),
 ])
 def test_benchmark_config_errors_say_what_to_do(bench, message):

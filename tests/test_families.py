@@ -284,7 +284,7 @@ def test_cli_imports_a_checkpoint(checkpoints, tmp_path):
     assert read_metadata(tmp_path / "m")["extra"]["family"] == "internvl"
     both = CliRunner().invoke(app, ["models", "import", str(checkpoints["internvl"]),
                                     "--vision", "v", "--output", str(tmp_path / "n")])
-    assert both.exit_code == 1 and "give SOURCE" in both.output
+    assert both.exit_code == 2 and "give SOURCE" in both.output
 
 
 # --------------------------------------------------------------------------- training

@@ -24,6 +24,15 @@ from r1vflow.cli import cluster, evaluation, experiment, gitops, models, platfor
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Declarative R1V/R1V2 training pipelines on Kubeflow Pipelines.")
+
+
+@app.callback()
+def _everything_written_is_redacted() -> None:
+    from r1vflow.cli.common import install_redaction
+
+    install_redaction()
+
+
 # Imports inside the commands keep `r1vflow --help` fast.
 for _group in (experiment, platform, cluster, gitops, models, evaluation):
     _group.register(app)

@@ -7,7 +7,6 @@
         --token-env KFP_TOKEN --experiment r1v2
 """
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,7 @@ import typer
 
 
 def register(app: typer.Typer) -> None:
-    from r1vflow.cli.common import ConfigArg, SetOpt, console, load_or_exit
+    from r1vflow.cli.common import ConfigArg, SetOpt, echo_json, fail, load_or_exit
 
     @app.command(name="compile")
     def compile_(
@@ -64,17 +63,13 @@ def register(app: typer.Typer) -> None:
             plan = plan_submission(exp, host=host, namespace=namespace, experiment=experiment,
                                    token_env=token_env, run_name=run_name, overrides=runtime)
         except SubmitError as err:
-            console.print(f"[red]error:[/red] {err}", markup=True, highlight=False,
-                          soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise fail(str(err)) from None
         if dry_run:
-            typer.echo(json.dumps(plan.describe(), indent=2))
+            echo_json(plan.describe())
             return
         try:
             result = submit_plan(plan)
         except SubmitError as err:
-            console.print(f"[red]error:[/red] {err}", markup=True, highlight=False,
-                          soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise fail(str(err), code=1) from None
         typer.echo(f"pipeline version: {result.pipeline_version_url}")
         typer.echo(f"run: {result.run_url}")

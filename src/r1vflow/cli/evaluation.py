@@ -9,13 +9,12 @@ Benchmarks: mmmu, mathvista, math500, mathvision, aime2024, olympiadbench (docs/
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from r1vflow.cli.common import console
+from r1vflow.cli.common import dumps_json, fail
 
 BenchOpt = Annotated[str, typer.Option("--benchmark", "-b", help="mmmu, mathvista, math500, "
                                        "mathvision, aime2024 or olympiadbench.")]
@@ -29,8 +28,7 @@ JsonOpt = Annotated[Path, typer.Option("--json", help="Where the score report go
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+    raise fail(message)
 
 
 def _summary(report: dict) -> str:
@@ -128,7 +126,7 @@ def _progress(name: str):
 
 def _write_json(path: Path, report: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1, ensure_ascii=False) + "\n")
+    path.write_text(dumps_json(report, indent=1, ensure_ascii=False) + "\n")
 
 
 def _load(model_dir: Path):

@@ -7,15 +7,23 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from r1vflow.cli.common import ConfigArg, SetOpt, check_data_or_exit, console, load_or_exit
+from r1vflow.cli.common import (
+    ConfigArg,
+    SetOpt,
+    check_data_or_exit,
+    console,
+    echo_json,
+    fail,
+    load_or_exit,
+)
 from r1vflow.config import json_schema
 
 
@@ -30,7 +38,7 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def schema() -> None:
         """Print the experiment JSON schema."""
-        typer.echo(json.dumps(json_schema(), indent=2))
+        echo_json(json_schema())
 
     @app.command()
     def run(config: ConfigArg,
@@ -64,27 +72,23 @@ def register(app: typer.Typer) -> None:
             try:
                 os.environ.update(stack_env(stack))
             except StackError as err:
-                console.print(f"[red]error:[/red] {err}", highlight=False)
-                raise typer.Exit(2) from None
+                raise fail(str(err)) from None
             set_ = ["storage.backend=s3", *(set_ or [])]
         if runner not in ("subprocess", "docker"):
-            console.print(f"[red]error:[/red] --runner {runner!r}: expected subprocess or docker",
-                          highlight=False)
-            raise typer.Exit(2)
+            raise fail(f"--runner {runner!r}: expected subprocess or docker")
         exp = check_data_or_exit(load_or_exit(config, set_), sign=True)
         from r1vflow.eval.benchmarks.suite import missing_paths
 
         missing = missing_paths(exp.evaluate.benchmarks)
         if missing:  # kfp.local tasks read them from this machine: fail before any training
-            console.print(f"[red]error:[/red] evaluate.benchmarks: no such file or directory: "
-                          f"{', '.join(missing)} (relative paths start at {Path.cwd()})",
-                          highlight=False, soft_wrap=True)
-            raise typer.Exit(2)
+            raise fail(f"evaluate.benchmarks: no such file or directory: "
+                       f"{', '.join(missing)} (relative paths start at {Path.cwd()})")
         out = output_dir or Path("runs") / exp.name
 
         def announce() -> None:
             console.print(f"[bold]r1vflow[/bold] running {exp.name} "
-                          f"({' -> '.join(exp.stages())}) into {out}", soft_wrap=True)
+                          f"({' -> '.join(exp.stages())}) into {escape(str(out))}",
+                          soft_wrap=True)
         from r1vflow.pipelines.containers import ContainerError
         from r1vflow.pipelines.local_run import RunRefused
         from r1vflow.storage.store import StoreConfigError
@@ -93,8 +97,7 @@ def register(app: typer.Typer) -> None:
             summary = run_local(exp, out, experiment_file=str(config), applied=set_,
                                 verbose=verbose, runner=runner, announce=announce)
         except (StoreConfigError, ContainerError, RunRefused) as err:  # e.g. MLflow down
-            console.print(f"[red]error:[/red] {err}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise fail(str(err)) from None
         _print_summary(summary)
         if summary["status"] != "succeeded":
             raise typer.Exit(1)
@@ -114,9 +117,9 @@ def _print_summary(summary: dict) -> None:
         if entry.get("error"):
             shown = entry["error"].splitlines()[0][:120]
         table.add_row(stage, status, f"{entry.get('seconds', 0):.1f}", shown)
-    out_console = Console()
+    out_console = Console(markup=False)  # user text (errors, names) shown as typed
     if not out_console.is_terminal:  # a pipe or file: wide rows rather than wrapped ones
-        out_console = Console(width=max(out_console.width, 160))
+        out_console = Console(width=max(out_console.width, 160), markup=False)
     out_console.print(table)
     out = Path(summary["output_dir"])
     typer.echo(f"summary: {out / 'summary.json'}")

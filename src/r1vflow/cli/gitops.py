@@ -12,7 +12,6 @@ State lives in MLflow: --tracking-uri, else $MLFLOW_TRACKING_URI.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from collections.abc import Iterator
@@ -20,6 +19,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from r1vflow.cli.common import echo_json
 
 RepoOpt = Annotated[Path, typer.Option("--repo", help="The git checkout holding the experiments.")]
 DirOpt = Annotated[str, typer.Option("--experiments-dir",
@@ -35,15 +36,13 @@ OnlyOpt = Annotated[list[str] | None, typer.Option(
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    from rich.markup import escape
+    from r1vflow.cli.common import fail
 
-    from r1vflow.cli.common import console
-
-    console.print(f"[red]error:[/red] {escape(message)}", markup=True, highlight=False)
-    return typer.Exit(code)
+    return fail(message, code)
 
 
 def _tracking_uri(option: str | None) -> str:
+    from r1vflow.cli.common import checked_tracking_uri
     from r1vflow.gitops.state import check_store
     from r1vflow.storage.settings import tracking_uri_from_env
     from r1vflow.storage.store import StoreConfigError
@@ -56,7 +55,7 @@ def _tracking_uri(option: str | None) -> str:
         raise _fail("gitops keeps its state in MLflow: give --tracking-uri or set "
                     "MLFLOW_TRACKING_URI (the same store for every machine that applies)")
     try:
-        return check_store(uri)
+        return checked_tracking_uri(check_store(uri))
     except ValueError as err:
         raise _fail(str(err)) from None
 
@@ -75,10 +74,16 @@ def _files(repo: Path, experiments_dir: str, only: list[str] | None):
 
 
 def _plan(repo: Path, experiments_dir: str, only: list[str] | None, state, stale_after: float):
+    from mlflow.exceptions import MlflowException
+
     from r1vflow.gitops.plan import build_plan
     from r1vflow.gitops.state import now_utc
 
-    return build_plan(_files(repo, experiments_dir, only), state.observe, now_utc(), stale_after)
+    files = _files(repo, experiments_dir, only)
+    try:
+        return build_plan(files, state.observe, now_utc(), stale_after)
+    except (MlflowException, OSError) as err:  # the store went away, or answers nonsense
+        raise _fail(f"cannot read the gitops state from MLflow: {err}") from None
 
 
 @contextlib.contextmanager
@@ -106,7 +111,7 @@ def _table(rows: list[dict], title: str, columns: tuple[str, ...]) -> None:
     for row in rows:
         table.add_row(*(str(row.get(c) or "")[:16] if c == "fingerprint" else str(row.get(c) or "")
                         for c in columns))
-    Console(width=160).print(table)
+    Console(width=160, markup=False).print(table)  # user text in cells is shown as typed
 
 
 gitops = typer.Typer(no_args_is_help=True, help="Retrain changed experiments from git, once.")
@@ -127,7 +132,7 @@ def plan(repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
                     stale_after)
     rows = [e.to_json() for e in entries]
     if json_:
-        typer.echo(json.dumps(rows, indent=2))
+        echo_json(rows)
     else:
         _table(rows, "gitops plan", ("experiment", "fingerprint", "action", "reason"))
 
@@ -187,7 +192,7 @@ def apply(
     with _stdout_to_stderr():  # runs print logs; stdout is for the results
         results = [r.to_json() for r in apply_plan(entries, ctx)]
     if json_:
-        typer.echo(json.dumps(results, indent=2))
+        echo_json(results)
     else:
         _table(results, "gitops apply", ("experiment", "fingerprint", "outcome", "reason",
                                          "detail"))
@@ -209,7 +214,7 @@ def _print_dry_run(entries, cluster, out_root: Path) -> None:
                 rows.append(cluster.describe(e))
             except SubmitError as err:
                 raise _fail(str(err)) from None
-    typer.echo(json.dumps(rows, indent=2))
+    echo_json(rows)
 
 @gitops.command()
 def render(

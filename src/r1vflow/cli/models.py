@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from r1vflow.cli.common import console
+from r1vflow.cli.common import fail
 
 
 def register(app: typer.Typer) -> None:
@@ -59,9 +59,8 @@ def register(app: typer.Typer) -> None:
         except (ValueError, FileNotFoundError, RuntimeError) as err:
             _fail(str(err))
         for name, path in made.items():
-            console.print(f"{name}: {path}", highlight=False)
+            typer.echo(f"{name}: {path}", err=True)
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
+    raise fail(message)

@@ -11,7 +11,6 @@ lineage and benchmarks.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -19,15 +18,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from r1vflow.cli.common import console
+from r1vflow.cli.common import checked_tracking_uri, dumps_json, error, fail
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="Stack directory (data, logs, stack.json).")]
 DEFAULT_STACK = Path("runs/stack")
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
+    raise fail(message)
+
+
+def _port(option: str, port: int | None) -> int | None:
+    if port is not None and not 1 <= port <= 65535:
+        _fail(f"{option} {port}: a TCP port is 1..65535")
+    return port
 
 
 stack = typer.Typer(no_args_is_help=True, help="Local S3 + MLflow servers on 127.0.0.1.")
@@ -53,7 +57,8 @@ def stack_up(directory: DirOpt = DEFAULT_STACK,
     from r1vflow.storage.stack import stack_up as up
 
     try:
-        info = up(directory, s3_port=s3_port, mlflow_port=mlflow_port)
+        info = up(directory, s3_port=_port("--s3-port", s3_port),
+                  mlflow_port=_port("--mlflow-port", mlflow_port))
     except StackError as err:
         _fail(str(err))
     typer.echo(describe(info))
@@ -84,18 +89,18 @@ def verify(uri: str, stack_dir: Annotated[Path | None, typer.Option(
     import os
 
     from r1vflow.storage import StoreError, verify_uri
+    from r1vflow.storage.procs import StackError
+    from r1vflow.storage.stack import stack_env
 
-    if stack_dir is not None:
-        from r1vflow.storage.stack import stack_env
-
-        os.environ.update(stack_env(stack_dir))
     try:
+        if stack_dir is not None:
+            os.environ.update(stack_env(stack_dir))
         problems = verify_uri(uri)
-    except StoreError as err:
+    except (StoreError, StackError, ValueError, OSError) as err:  # bad URI, no manifest, ...
         _fail(str(err))
     if problems:
         for problem in problems:
-            console.print(f"[red]bad:[/red] {problem}", highlight=False)
+            error(problem, label="bad")
         raise typer.Exit(1)
     typer.echo(f"ok: {uri}")
 
@@ -105,7 +110,7 @@ def bench_artifacts(json_out: Annotated[Path, typer.Option("--json")],
     """Our store vs the minio client's single put/get of one tar, on a local S3 server."""
     from r1vflow.bench.artifacts import run_bench
 
-    typer.echo(json.dumps(run_bench(json_out, size_mb=size_mb), indent=2))
+    typer.echo(dumps_json(run_bench(json_out, size_mb=size_mb)))
 
 @bench.command("mpo")
 def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
@@ -113,7 +118,7 @@ def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
     """Our MPO (DPO + BCO + NLL) vs TRL's DPOTrainer with the same loss types and work."""
     from r1vflow.bench.mpo import run_bench
 
-    typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2, default=float))
+    typer.echo(dumps_json(run_bench(json_out, quick=quick)))
 
 @bench.command("grpo")
 def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
@@ -121,7 +126,7 @@ def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
     """Our GRPO vs TRL's GRPOTrainer on the same work, and SSB on vs off."""
     from r1vflow.bench.grpo import run_bench
 
-    typer.echo(json.dumps(run_bench(json_out, quick=quick), indent=2))
+    typer.echo(dumps_json(run_bench(json_out, quick=quick)))
 
 @bench.command("data-import")
 def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
@@ -130,7 +135,7 @@ def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
     """Peak RSS of importing a Parquet and a JSONL data set at N and 2N rows."""
     from r1vflow.bench.data_import import run_bench
 
-    typer.echo(json.dumps(run_bench(json_out, rows=rows, side=side), indent=2))
+    typer.echo(dumps_json(run_bench(json_out, rows=rows, side=side)))
 
 def lineage(name: str, version: str,
             as_json: Annotated[bool, typer.Option("--json")] = False,
@@ -140,11 +145,11 @@ def lineage(name: str, version: str,
     from r1vflow.tracking.lineage import LineageError, walk_lineage
 
     try:
-        chain = walk_lineage(name, version, tracking_uri)
+        chain = walk_lineage(name, version, checked_tracking_uri(tracking_uri))
     except LineageError as err:
         _fail(str(err))
     if as_json:
-        typer.echo(json.dumps(chain, indent=2))
+        typer.echo(dumps_json(chain))
         return
     table = Table(title=f"lineage of {name}/{version}")
     for col in ("version", "stage", "storage", "manifest", "data sets", "fingerprint"):
@@ -154,7 +159,7 @@ def lineage(name: str, version: str,
         table.add_row(node["model_version"], node["stage"], node["storage_uri"],
                       (node["manifest_sha256"] or "")[:12], datasets,
                       (node["config_fingerprint"] or "")[:12])
-    Console().print(table)
+    Console(markup=False).print(table)  # user text in cells is shown as typed
 
 def compare(run_ids: list[str],
             tracking_uri: Annotated[str | None, typer.Option(
@@ -166,7 +171,7 @@ def compare(run_ids: list[str],
     from r1vflow.tracking.lineage import LineageError, compare_runs, config_diff
 
     try:
-        rows, runs = compare_runs(run_ids, tracking_uri)
+        rows, runs = compare_runs(run_ids, checked_tracking_uri(tracking_uri))
     except LineageError as err:
         _fail(str(err))
     heads = [f"{run['name']} ({run['run_id'][:8]})" for run in runs]
@@ -185,7 +190,7 @@ def compare(run_ids: list[str],
                     "key", heads)
     for key, values in diff.items():
         config.add_row(key, *["-" if v is None else v for v in values])
-    console_out = Console()
+    console_out = Console(markup=False)
     for table in (details, metrics, config):
         console_out.print(table)
 

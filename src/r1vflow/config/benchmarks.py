@@ -3,15 +3,48 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from r1vflow.config.base import Strict
 
 BenchmarkName = Literal["mmmu", "mathvista", "math500", "mathvision", "aime2024", "olympiadbench"]
+
+
+# The judge's key comes from one of these variables, never from another one the evaluate task
+# holds (AWS_*, MLFLOW_*, R1VFLOW_S3_*): the key is sent as a bearer token to the judge's host.
+JUDGE_KEY_ENV = r"^(OPENAI_API_KEY|R1VFLOW_JUDGE_[A-Z0-9_]+)$"
+LOOPBACK_HOSTS = ("localhost",)
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in LOOPBACK_HOSTS
+
+
+def check_judge_url(url: str) -> str:
+    """`url` when it is https (or http to a loopback address) without credentials, else
+    ValueError (whose text never shows the URL: it may hold a password)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+    except ValueError:
+        raise ValueError("not a URL") from None
+    if parts.username is not None or parts.password is not None:
+        raise ValueError("holds credentials: put the key in the variable named by "
+                         "judge_key_env instead")
+    if not host or parts.scheme not in ("https", "http"):
+        raise ValueError("must be an https:// URL")
+    if parts.scheme == "http" and not _loopback(host):
+        raise ValueError("must be https:// (plain http only to a loopback address such as "
+                         "127.0.0.1): the judge is sent the API key")
+    return url
 
 
 _HUB_PATH = re.compile(r"^hub:[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -63,8 +96,25 @@ class BenchmarkConfig(Strict):
                                                          "API that extracts answers (the official "
                                                          "path); None: rule-based extraction.")
     judge_model: str | None = Field(None, description="The judge's model name.")
-    judge_key_env: str = Field("OPENAI_API_KEY", description="Environment variable holding the "
-                                                             "judge's API key (never the key).")
+    judge_key_env: str = Field(
+        "OPENAI_API_KEY",
+        description="Environment variable holding the judge's API key (never the key): "
+                    "OPENAI_API_KEY or R1VFLOW_JUDGE_<NAME> (an allow-list: the evaluate task "
+                    "also holds the S3 and MLflow credentials, which must never be sent).")
+
+    @field_validator("judge_base_url")
+    @classmethod
+    def _judge_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_judge_url(value)
+
+    @field_validator("judge_key_env")
+    @classmethod
+    def _judge_key_env(cls, value: str) -> str:
+        if not re.match(JUDGE_KEY_ENV, value):
+            raise ValueError(f"{value} is not a judge key variable: use OPENAI_API_KEY or "
+                             "R1VFLOW_JUDGE_<NAME> (the evaluate task also holds the S3 and "
+                             "MLflow credentials, which must never be sent to a judge)")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> BenchmarkConfig:
@@ -75,9 +125,6 @@ class BenchmarkConfig(Strict):
         if (self.judge_base_url is None) != (self.judge_model is None):
             raise ValueError(f"benchmark {self.name}: set judge_base_url and judge_model "
                              "together (or neither)")
-        if self.judge_base_url is not None and "@" in urlsplit(self.judge_base_url).netloc:
-            raise ValueError(f"benchmark {self.name}: judge_base_url holds credentials; put the "
-                             f"key in ${self.judge_key_env} instead")
         if self.judge_base_url is not None and self.name != "mathvista":
             raise ValueError(f"benchmark {self.name}: a judge extracts answers for mathvista "
                              "only; drop judge_base_url/judge_model")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from r1vflow.config.base import Strict
+from r1vflow.config.base import Seed, Strict
 
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
 MAX_IMAGE_BYTES = 32 << 20  # 32 MiB: several times a 12 MP camera JPEG (3 to 6 MB)
@@ -78,7 +78,7 @@ class DataSourceConfig(Strict):
                                                             "when no val split is published.")
     test_fraction: float = Field(0.1, ge=0, lt=1, description="Share of train carved out as test "
                                                              "when no test split is published.")
-    seed: int = Field(0, description="Seed of the carving (a hash of seed and row id).")
+    seed: Seed = Field(0, description="Seed of the carving (a hash of seed and row id).")
     max_rows: int | None = Field(None, gt=0, description="Read at most this many rows of each "
                                                          "file (each split of a hub data set): "
                                                          "quick runs.")

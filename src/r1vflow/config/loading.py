@@ -8,10 +8,11 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from r1vflow.config.experiment import Experiment
+from r1vflow.config.redaction import redact
+from r1vflow.config.yaml_safe import YamlRefused, load_yaml_file, load_yaml_text
 
 # --------------------------------------------------------------------------- loading
 
@@ -20,17 +21,26 @@ class ConfigError(ValueError):
     """An experiment file or override is invalid; the message names every bad field path."""
 
 
+def _shown_input(value: Any) -> str:
+    """How a refused input is quoted: scalars only (a mapping is the whole section, or the
+    whole file), at most 80 characters, credentials redacted."""
+    if isinstance(value, dict | list | tuple | set):
+        return ""
+    text = repr(value)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f" (got {redact(text)})"
+
+
 def format_validation_error(err: ValidationError) -> str:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
-        msg = e["msg"].removeprefix("Value error, ")
+        msg = redact(e["msg"].removeprefix("Value error, "))
         if e["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; `r1vflow schema` lists every field)"
-        elif e["type"] == "literal_error" or "input" not in e:
-            pass
-        else:
-            msg += f" (got {e['input']!r})"
+        elif e["type"] not in ("literal_error", "missing") and "input" in e:
+            msg += _shown_input(e["input"])
         lines.append(f"  {path}: {msg}")
     return "invalid experiment:\n" + "\n".join(lines)
 
@@ -43,8 +53,8 @@ def _parse_value(raw: str) -> Any:
     if not raw.strip():
         return ""
     try:
-        value = yaml.safe_load(raw)
-    except yaml.YAMLError:  # e.g. '@daily': '@' is reserved in YAML; the text is meant
+        value = load_yaml_text(raw)
+    except YamlRefused:  # e.g. '@daily' ('@' is reserved in YAML), a date: the text is meant
         return raw.strip()
     if isinstance(value, str) and _EXPONENT_NUMBER.match(value):
         return float(value)
@@ -82,13 +92,15 @@ def experiment_from_dict(data: dict[str, Any], overrides: list[str] | None = Non
 
 
 def load_experiment(path: str | Path, overrides: list[str] | None = None) -> Experiment:
+    """The validated experiment of a YAML file (read by r1vflow.config.yaml_safe), or one
+    ConfigError naming the file: missing, not a regular file, too large, not UTF-8, YAML it
+    refuses (aliases over budget, dates, deep nesting, duplicate keys) or invalid fields."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"experiment file not found: {path}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from None
+        data = load_yaml_file(path)
+    except YamlRefused as err:  # "<path> is not UTF-8 ...", "<path>: line 3: ..."
+        sep = " " if str(err).startswith("is ") else ": "
+        raise ConfigError(f"{path}{sep}{err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections")
     try:

@@ -4,7 +4,7 @@ them changes what is computed, so none is fingerprinted."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -133,6 +133,7 @@ class StorageConfig(Strict):
     # A refused URI's password must not reach a message: inputs are redacted before validation
     # (_redact) and pydantic's own text of an assignment error omits the input.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+    credential_hints: ClassVar[dict[str, str]] = {"endpoint": S3_CREDENTIALS_HINT}
     backend: Literal["file", "s3"] = Field("file", description="Where model checkpoints are kept.")
     endpoint: str | None = Field(
         None, description="S3 endpoint host:port or http(s)://host[:port]; never user:password@ "
@@ -162,6 +163,7 @@ class TrackingConfig(Strict):
     # A refused URI's password must not reach a message: inputs are redacted before validation
     # (_redact) and pydantic's own text of an assignment error omits the input.
     model_config = ConfigDict(extra="forbid", validate_assignment=True, hide_input_in_errors=True)
+    credential_hints: ClassVar[dict[str, str]] = {"tracking_uri": MLFLOW_CREDENTIALS_HINT}
     tracking_uri: str | None = Field(
         None, description="MLflow URI; default: $MLFLOW_TRACKING_URI, else sqlite in the output dir. "
                           "Never user:password@ (use cluster.mlflow_secret).")

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from r1vflow.config.base import Part, Strict
+from r1vflow.config.base import Part, Seed, Strict
 from r1vflow.config.benchmarks import BenchmarkConfig
 from r1vflow.config.data_source import ContaminationConfig, DataSourceConfig
 
@@ -121,7 +121,7 @@ class DataConfig(Strict):
         min_length=1, description="Procedural task families to synthesize (see docs/tasks.md).")
     image_size: int = Field(32, ge=16, description="Square image side in pixels.")
     max_objects: int = Field(4, ge=1, le=12, description="Most objects in a counting/comparison scene.")
-    seed: int = Field(0, description="Seed of the data synthesis.")
+    seed: Seed = Field(0, description="Seed of the data synthesis.")
     source: DataSourceConfig = Field(
         default_factory=DataSourceConfig,
         description="synthetic (the families above), files or hub (docs/data.md).")
@@ -181,7 +181,7 @@ class TrainSettings(Strict):
         "torch", description="Training engine: plain torch (DistributedDataParallel over "
                              "several ranks) or DeepSpeed ZeRO.")
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage (deepspeed backend).")
-    seed: int = 0
+    seed: Seed = 0
     val_limit: int = Field(256, gt=0, description="Val samples generated for val_accuracy/*.")
     val_max_new_tokens: int = Field(64, gt=0, description="Completion budget of validation.")
     val_batch_size: int = Field(64, gt=0, description="Prompts per validation generate call.")
@@ -386,7 +386,7 @@ class DistillConfig(Strict):
                                                       "rest keep templated chains); None: all.")
     compare_limit: int = Field(200, ge=1, description="Prompts of the fixed-penalty comparison.")
     fixed_penalty: float = Field(1.0, gt=0, description="The comparison's fixed penalty.")
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SFTConfig(TrainConfig):

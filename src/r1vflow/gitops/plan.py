@@ -14,6 +14,7 @@ the tracking URI computes the same plan.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -67,23 +68,46 @@ class PlanEntry:
                 "action": self.action, "reason": self.reason}
 
 
+def _candidates(root: Path) -> list[Path]:
+    """Every *.yaml / *.yml below `root`, sorted; symlinked folders are not entered."""
+    found = []
+    for folder, _dirs, names in os.walk(root, followlinks=False):
+        found += [Path(folder) / n for n in names if Path(n).suffix in EXPERIMENT_SUFFIXES]
+    return sorted(found)
+
+
+def outside_error(path: Path, repo: Path) -> str | None:
+    """The refusal of a file that is a symlink leading out of `repo` (or to nothing), else None.
+    Says nothing of the target: not its path, not a byte of it."""
+    if not path.is_symlink():
+        return None
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):  # dangling or a loop
+        return "a symlink that leads nowhere: refused"
+    if not target.is_relative_to(repo):
+        return "a symlink to a file outside the repository: refused, not read"
+    return None
+
+
 def discover(repo: Path, experiments_dir: str = "experiments") -> list[ExperimentFile]:
     """Load every *.yaml / *.yml below `repo/experiments_dir`, sorted by path.
 
     A file that does not load becomes an entry with its ConfigError text (paths shown relative
-    to the repository); it never stops the others. So does a file whose path has characters
-    outside SAFE_PATH_CHARS: it is refused without being read (`unsafe_path_error`)."""
+    to the repository); it never stops the others. So do, refused without being read, a file
+    whose path has characters outside SAFE_PATH_CHARS (`unsafe_path_error`) and a symlink that
+    leads out of the repository (`outside_error`); symlinked folders are not entered."""
     repo = repo.resolve()
     root = repo / experiments_dir
-    if not root.is_dir():
-        raise ConfigError(f"no experiments folder: {root} (give --experiments-dir)")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in EXPERIMENT_SUFFIXES)
+    if not root.is_dir() or not root.resolve().is_relative_to(repo):
+        raise ConfigError(f"no experiments folder inside the repository: {root} "
+                          "(give --experiments-dir)")
     files = []
-    for path in paths:
+    for path in _candidates(root):
         rel = path.relative_to(repo).as_posix()
-        unsafe = unsafe_path_error(rel)
-        if unsafe:  # never loaded; shown under an escaped name that holds no newline
-            files.append(ExperimentFile(ascii(rel)[1:-1], error=unsafe))
+        refused = unsafe_path_error(rel) or outside_error(path, repo)
+        if refused:  # never loaded; shown under an escaped name that holds no newline
+            files.append(ExperimentFile(ascii(rel)[1:-1], error=refused))
             continue
         try:
             files.append(ExperimentFile(rel, exp=load_experiment(path)))

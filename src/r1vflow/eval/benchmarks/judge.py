@@ -10,6 +10,7 @@ package is imported only when a judge is used; it is not among r1vflow's depende
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 INSTRUCTION = (
@@ -27,6 +28,19 @@ class JudgeConfig:
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
+
+    def __post_init__(self) -> None:
+        """The config's rules again where the key is sent (r1vflow.config.benchmarks): an
+        allowed key variable, an https (or loopback) endpoint."""
+        from r1vflow.config.benchmarks import JUDGE_KEY_ENV, check_judge_url
+
+        if not re.match(JUDGE_KEY_ENV, self.api_key_env):
+            raise ValueError(f"judge key variable {self.api_key_env} is not allowed "
+                             "(OPENAI_API_KEY or R1VFLOW_JUDGE_<NAME>)")
+        try:
+            check_judge_url(self.base_url)
+        except ValueError as err:
+            raise ValueError(f"judge base URL {err}") from None
 
 
 def judge_extract(judge: JudgeConfig, query: str, response: str) -> str:
