@@ -361,3 +361,48 @@ def test_bench_artifacts_small_run_cleans_up(tmp_path: Path) -> None:
     for key in ("upload_mb_s", "download_mb_s", "reference_upload_mb_s", "reference_download_mb_s"):
         assert result[key] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # work directory removed
+
+
+# -- issue 23 #7: part files, fetch cache ---------------------------------------------------
+def test_a_key_named_like_a_part_file_does_not_corrupt_its_neighbour(tmp_path: Path) -> None:
+    """`x` and `x.r1vflow-part` in one manifest: the download of `x` must not share its
+    temporary name with the other key (18 of 40 downloads corrupted `x` before)."""
+    src = write_tree(tmp_path / "src", {"x": b"x" * 300_000, "x.r1vflow-part": b"p" * 300_000})
+    store = FileStore(tmp_path / "store", workers=2, show_progress=False)
+    uri = store.upload_dir(src, "m").pointer.uri
+    for k in range(40):
+        out = store.download_dir(uri, tmp_path / f"out{k}")
+        assert read_tree(out) == {"x": b"x" * 300_000, "x.r1vflow-part": b"p" * 300_000}
+
+
+def test_fetch_cache_rechecks_a_changed_file_and_cleans_a_killed_fetch(tmp_path: Path) -> None:
+    """A cached file changed after download (size, mtime or bytes) is checked against the
+    manifest again and the entry fetched anew; a `.tmp-*` left by a killed fetch (its pid
+    gone) is removed by the next fetch, one of a live process is left alone."""
+    import os
+    import subprocess
+    import sys
+
+    src = write_tree(tmp_path / "src", TREE)
+    store = FileStore(tmp_path / "store", show_progress=False)
+    pointer = store.upload_dir(src, "m").pointer
+    cache = tmp_path / "cache"
+    entry = store.fetch(pointer, cache)
+    (entry / "config.json").write_bytes(b'{"hidden": 9}')  # same size, new mtime and bytes
+    assert store.fetch(pointer, cache) == entry
+    assert (entry / "config.json").read_bytes() == TREE["config.json"]
+    shard = entry / "weights/shard-2.bin"
+    before = shard.stat()
+    with open(shard, "r+b") as handle:  # one byte flipped, size and mtime put back
+        handle.write(b"\x08")
+    os.utime(shard, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert store.fetch(pointer, cache) == entry  # size and mtime agree: not re-hashed
+    assert shard.read_bytes()[:1] == b"\x08"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    killed = cache / f".tmp-{pointer.manifest_sha256[:16]}-{dead}-deadbeef"
+    alive = cache / f".tmp-{pointer.manifest_sha256[:16]}-{os.getpid()}-cafecafe"
+    for tmp in (killed, alive):
+        (tmp / "weights").mkdir(parents=True)
+    store.fetch(pointer, cache)
+    assert not killed.exists() and alive.exists()

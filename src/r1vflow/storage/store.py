@@ -15,7 +15,6 @@ An artifact is a directory stored under a prefix, file by file, plus `_r1vflow_m
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import threading
@@ -31,6 +30,7 @@ from urllib.parse import unquote, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from r1vflow.storage.cache import cache_entry
 from r1vflow.storage.manifest import (
     MANIFEST_NAME,
     FileEntry,
@@ -50,7 +50,6 @@ OnFile = Callable[[str, int], None]
 PROGRESS_MIN_BYTES = 64 * 1024 * 1024
 LARGE_FILE_BYTES = 64 * 1024 * 1024  # files above this share the workers' streams between them
 PART_SUFFIX = ".r1vflow-part"
-_FETCHED_MARKER = ".r1vflow_fetched"
 
 
 class StoreError(RuntimeError):
@@ -382,7 +381,9 @@ class BaseStore(ABC, Generic[L]):
             def one(rel: str) -> str | None:
                 target = targets[rel]
                 target.parent.mkdir(parents=True, exist_ok=True)
-                tmp = target.with_name(target.name + PART_SUFFIX)
+                # A name no manifest key can take (a key `x.r1vflow-part` beside `x` shared the
+                # old `x` + PART_SUFFIX and corrupted `x`): hidden, random, per download.
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
                 found = self._hash_stored(loc, rel, tmp, bar)
                 problem = check_entry(rel, manifest.files[rel], found)
                 if problem:
@@ -430,41 +431,22 @@ class BaseStore(ABC, Generic[L]):
         """Local copy of an artifact, cached under `cache_dir/<manifest_sha256>`.
 
         With a pointer, a cache hit does no network I/O at all; with a bare URI only the manifest
-        is read to learn the digest.
+        is read to learn the digest. A hit whose files changed since the download is checked
+        again (r1vflow.storage.cache).
         """
         if isinstance(pointer_or_uri, ArtifactPointer):
             uri, digest = pointer_or_uri.uri, pointer_or_uri.manifest_sha256
         else:
             uri, digest = pointer_or_uri, manifest_digest(self.read_manifest(pointer_or_uri))
-        return _cache_entry(Path(cache_dir), digest, uri,
+        return cache_entry(Path(cache_dir), digest, uri,
                             lambda tmp: self.download_dir(uri, tmp, expected_sha256=digest))
 
 
 def seed_cache(local_dir: Path, pointer: ArtifactPointer, cache_dir: Path) -> Path:
     """Put a just-uploaded directory into the fetch cache, so that `fetch` of its pointer on this
     machine does no network I/O. The directory must hold exactly the uploaded bytes."""
-    return _cache_entry(Path(cache_dir), pointer.manifest_sha256, pointer.uri,
+    return cache_entry(Path(cache_dir), pointer.manifest_sha256, pointer.uri,
                         lambda tmp: shutil.copytree(local_dir, tmp))
-
-
-def _cache_entry(cache_dir: Path, digest: str, uri: str, fill: Callable[[Path], object]) -> Path:
-    """`cache_dir/<digest>`, filled once by `fill(tmp)` and renamed into place atomically; a
-    concurrent filler that wins the rename is fine."""
-    target = cache_dir / digest
-    if (target / _FETCHED_MARKER).is_file():
-        return target
-    tmp = cache_dir / f".tmp-{digest[:16]}-{uuid.uuid4().hex[:8]}"
-    try:
-        fill(tmp)
-        (tmp / _FETCHED_MARKER).write_text(json.dumps({"uri": uri}) + "\n")
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished the same entry first
-            if not (target / _FETCHED_MARKER).is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 @contextmanager
