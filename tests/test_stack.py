@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psutil
@@ -121,3 +122,64 @@ def test_failed_start_shows_the_log_and_leaves_nothing_running(tmp_path: Path) -
     assert not [
         p for p in psutil.process_iter(["cmdline"]) if str(d) in " ".join(p.info["cmdline"] or [])
     ]
+
+
+def _fake_server(*args: str) -> subprocess.Popen:
+    """A sleeping process whose command line carries `args` (what identifies a stack's
+    server), started in its own session like the real ones."""
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", *args],
+                            start_new_session=True)
+
+
+def test_down_stops_servers_hidden_behind_rewritten_pid_files(tmp_path: Path) -> None:
+    """Issue 23 #7: pid files rewritten to a stranger's pid used to be deleted while the
+    servers kept running; the servers are found by their command line and stopped, the
+    stranger is left alone."""
+    d = tmp_path / "stack"
+    (d / "run").mkdir(parents=True)
+    s3 = _fake_server(f"-dir={d / 's3data'}")
+    mlflow = _fake_server("mlflow", f"sqlite:///{d / 'mlflow.db'}")
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        for name in ("s3", "mlflow"):
+            (d / "run" / f"{name}.pid").write_text(f"{stranger.pid}\n")
+        deadline = time.monotonic() + 10  # until both have exec'd python with their argv
+        while time.monotonic() < deadline and not all(
+                str(d) in " ".join(psutil.Process(p.pid).cmdline()) for p in (s3, mlflow)):
+            time.sleep(0.05)
+        assert stack_down(d) == [f"mlflow (pid {mlflow.pid})", f"s3 (pid {s3.pid})"]
+        assert s3.wait(timeout=10) is not None and mlflow.wait(timeout=10) is not None
+        assert stranger.poll() is None
+        assert not (d / "run" / "s3.pid").exists() and not (d / "run" / "mlflow.pid").exists()
+    finally:
+        for proc in (s3, mlflow, stranger):
+            proc.kill()
+            proc.wait()
+
+
+def test_stack_up_and_down_take_the_stack_lock(tmp_path: Path) -> None:
+    """Issue 23 #7: two `stack up` of one directory ran at once; now up and down hold
+    run/stack.lock: a second one waits for the first (down here) or gives up naming it."""
+    import threading
+
+    from r1vflow.storage.procs import StackError, dir_lock
+
+    d = tmp_path / "stack"
+    lock = d / "run" / "stack.lock"
+    with dir_lock(lock, "test", timeout_s=1), pytest.raises(StackError, match=(
+            f"the stack in {d.resolve()} is busy \\(pid {os.getpid()} holds {lock}")):
+        stack_up(d, timeout_s=0.5)
+    held = threading.Event()
+
+    def hold() -> None:
+        with dir_lock(lock, "test", timeout_s=1):
+            held.set()
+            time.sleep(0.6)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    held.wait()
+    start = time.monotonic()
+    assert stack_down(d) == []
+    assert time.monotonic() - start >= 0.4  # waited for the holder
+    holder.join()

@@ -11,7 +11,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -72,6 +73,47 @@ def is_ours(pid: int, needles: Sequence[str]) -> bool:
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return False
     return all(n in cmdline for n in needles)
+
+
+def find_ours(needles: Sequence[str]) -> list[int]:
+    """Every running process whose command line holds every needle, as its group leader when
+    that leader is ours too (stopping the leader stops the group)."""
+    found = set()
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid != os.getpid() and is_ours(proc.pid, needles):
+            try:
+                leader = os.getpgid(proc.pid)
+            except ProcessLookupError:
+                continue
+            found.add(leader if leader != proc.pid and is_ours(leader, needles) else proc.pid)
+    return sorted(found)
+
+
+@contextmanager
+def dir_lock(path: Path, what: str, timeout_s: float) -> Iterator[None]:
+    """Hold an exclusive flock on `path` inside the block, waiting at most `timeout_s` for
+    another holder (StackError naming it). The kernel drops it when the holder exits."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    handle.seek(0)
+                    holder = handle.read().strip() or "another process"
+                    raise StackError(f"{what} is busy ({holder} holds {path}); wait for it "
+                                     "to finish and run the command again") from None
+                time.sleep(0.1)
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        yield
 
 
 def _gone(pid: int) -> bool:

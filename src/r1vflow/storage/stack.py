@@ -2,7 +2,7 @@
 
     stack_up(D)      start both (or report the running ones); writes D/stack.json
     stack_status(D)  which of them run and answer
-    stack_down(D)    stop exactly the processes recorded in D/run/*.pid; data stays in D
+    stack_down(D)    stop this stack's servers (pid files checked: ours only); data stays
 
 Layout of D: credentials.json (0600: access_key, secret_key), s3_identities.json (0600, the
 SeaweedFS identity file), s3data/ (objects), mlflow.db (SQLite tracking store; MLflow artifacts go
@@ -169,9 +169,19 @@ def _needles(d: Path, name: str) -> list[str]:
 
 
 def _alive(d: Path, name: str) -> int | None:
-    """The recorded pid of service `name` when that process still runs and is this stack's."""
+    """The pid of this stack's service `name` while it runs: the recorded one when it is ours
+    (its command line names this stack), else one found by command line (a pid file that was
+    rewritten or lost does not hide a running server)."""
     pid = procs.read_pid(_paths(d)["run"] / f"{name}.pid")
-    return pid if pid and procs.is_ours(pid, _needles(d, name)) else None
+    if pid and procs.is_ours(pid, _needles(d, name)):
+        return pid
+    found = procs.find_ours(_needles(d, name))
+    return found[0] if found else None
+
+
+def _lock(d: Path, timeout_s: float):
+    """One `stack up` / `stack down` at a time per stack directory."""
+    return procs.dir_lock(_paths(d)["run"] / "stack.lock", f"the stack in {d}", timeout_s)
 
 
 def _up_s3(
@@ -236,9 +246,16 @@ def stack_up(
     """Start (or find running) the S3 and MLflow servers of stack directory `d`.
 
     On failure, servers started by this call are stopped again and StackError shows the tail
-    of the failing server's log.
+    of the failing server's log. Holds the stack's lock (run/stack.lock) throughout: another
+    `up` or `down` of the same directory waits up to `timeout_s`.
     """
     d = Path(d).resolve()
+    with _lock(d, timeout_s):  # a second `stack up` waits, then finds the servers running
+        return _stack_up(d, s3_port, mlflow_port, bucket, timeout_s)
+
+
+def _stack_up(d: Path, s3_port: int | None, mlflow_port: int | None, bucket: str,
+              timeout_s: float) -> StackInfo:
     p = _paths(d)
     for sub in ("logs", "run", "s3data"):
         p[sub].mkdir(parents=True, exist_ok=True)
@@ -291,21 +308,33 @@ def stack_status(d: Path) -> StackStatus:
     return StackStatus(dir=str(d), info=info, services=services)
 
 
-def stack_down(d: Path) -> list[str]:
-    """Stop the processes recorded in d/run/*.pid (only if still ours). Returns what stopped."""
+def stack_down(d: Path, timeout_s: float = 60.0) -> list[str]:
+    """Stop this stack's servers: the pids in d/run/*.pid when ours, and any other process
+    whose command line names this stack (a rewritten pid file hides nothing). A pid file goes
+    only once its server is gone. Returns what stopped."""
     d = Path(d).resolve()
-    stopped = []
-    for name in ("mlflow", "s3"):
-        pid_file = _paths(d)["run"] / f"{name}.pid"
-        pid = _alive(d, name)
-        if pid:
-            procs.stop(pid, _needles(d, name), timeout_s=STOP_GRACE_S[name])
-            stopped.append(f"{name} (pid {pid})")
-        pid_file.unlink(missing_ok=True)
-    info = read_stack(d)
-    if info:
-        info.pids = {}
-        _paths(d)["stack"].write_text(info.model_dump_json(indent=2) + "\n")
+    with _lock(d, timeout_s):
+        stopped = _stop(d, "mlflow") + _stop(d, "s3")
+        info = read_stack(d)
+        if info:
+            info.pids = {}
+            _paths(d)["stack"].write_text(info.model_dump_json(indent=2) + "\n")
+    return stopped
+
+
+def _stop(d: Path, name: str) -> list[str]:
+    pid_file, needles = _paths(d)["run"] / f"{name}.pid", _needles(d, name)
+    recorded = procs.read_pid(pid_file)
+    pids = set(procs.find_ours(needles))
+    if recorded and procs.is_ours(recorded, needles):
+        pids.add(recorded)
+    stopped = [f"{name} (pid {pid})" for pid in sorted(pids)
+               if procs.stop(pid, needles, timeout_s=STOP_GRACE_S[name])]
+    left = procs.find_ours(needles)
+    if left:
+        raise StackError(f"{name} of the stack in {d} still runs (pid "
+                         f"{', '.join(map(str, left))}); {pid_file} is kept")
+    pid_file.unlink(missing_ok=True)
     return stopped
 
 
