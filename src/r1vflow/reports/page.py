@@ -15,6 +15,7 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
+from r1vflow.reports.benchmarks import stage_lead
 from r1vflow.reports.data import ReportData, format_value, headline_metric
 from r1vflow.reports.figures import grouped_bars
 from r1vflow.reports.stages import accuracy_table, stage_figures
@@ -77,14 +78,17 @@ def _headline_html(metrics: Mapping[str, float]) -> str:
 
 def stage_page(data: ReportData, markdown: str = "") -> StagePage:
     """One stage's page: headline metric, figures, every metric, the Markdown as plain text."""
+    lead, lead_figures = stage_lead(data)  # evaluate: the benchmark table and its chart
     figures = stage_figures(data)
     title = f"{data.stage}: {data.experiment}"
-    body = (f"<h1>{escape(title)}</h1>{_headline_html(data.metrics)}"
+    body = (f"<h1>{escape(title)}</h1>"
+            + (lead + _figures_html(lead_figures) if lead else "")
+            + f"{_headline_html(data.metrics)}"
             f"<h2>Figures</h2>{_figures_html(figures)}"
             f"<h2>Metrics</h2>{_metrics_table(data.metrics)}")
     if markdown:
         body += f"<h2>Report (plain text)</h2><pre>{escape(markdown)}</pre>"
-    return StagePage(_page(title, body), figures)
+    return StagePage(_page(title, body), lead_figures + figures)
 
 
 def summary_page(experiment: str, stages: Mapping[str, Mapping[str, Any]],

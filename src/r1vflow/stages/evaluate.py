@@ -13,7 +13,8 @@ the samples (the reports' protocol) and pass@k is added.
 `evaluate.benchmarks` adds published benchmarks (MMMU, MathVista, MATH-500, ... in their published
 layouts, scored by their official rules; r1vflow.eval.benchmarks): metrics
 `bench/<name>/<metric>/<model>`, the predictions in the `predictions` output and a table next to
-the reports' numbers in the report (docs/evaluation.md).
+the reports' numbers: in the Markdown report, leading the HTML page, and as an MLflow table on
+this run and the pipeline's parent run (docs/evaluation.md).
 """
 
 from __future__ import annotations
@@ -23,7 +24,13 @@ from pathlib import Path
 
 from r1vflow.config.stage_table import evaluated_models
 from r1vflow.data.io import load_split
-from r1vflow.eval.benchmarks.suite import benchmark_table, load_benchmarks, score_on_benchmarks
+from r1vflow.eval.benchmarks.suite import (
+    benchmark_rows,
+    benchmark_table,
+    load_benchmarks,
+    score_on_benchmarks,
+    table_columns,
+)
 from r1vflow.eval.grading import score_responses
 from r1vflow.eval.scoring import score_model
 from r1vflow.models.devices import place
@@ -76,8 +83,12 @@ def run(ctx: StageContext) -> StageOutcome:
         report += "\n## Monitor flags (the promotion gate refuses this candidate)\n\n" + "".join(
             f"- `{k}`: {v}\n" for k, v in flags.items())
     report += benchmark_table(benchmarks, metrics, list(examples))
+    rows = benchmark_rows(benchmarks, metrics, list(examples))
+    if rows:  # the models x benchmarks table, on the stage run and on the pipeline's run
+        ctx.tracker.log_table(table_columns(rows), "benchmarks.json")
+        ctx.tracker.log_parent_table(table_columns(rows), "benchmarks.json")
     return StageOutcome(metrics=metrics, model_version=candidate, report=report,
-                        report_data={"lineage": lineage, "evaluated": {
+                        report_data={"lineage": lineage, "benchmarks": rows, "evaluated": {
                             k: v for k, v in evaluated.items() if v}})
 
 

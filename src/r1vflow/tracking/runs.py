@@ -338,6 +338,15 @@ class StageTracker:
 
             mlflow_client().log_table(self.run_id, rows, artifact_file)
 
+    def log_parent_table(self, rows: dict[str, list], artifact_file: str) -> None:
+        """A table on the pipeline run's parent MLflow run ($R1VFLOW_MLFLOW_PARENT_RUN_ID),
+        where a reader of the whole run looks first; nothing without tracking or a parent."""
+        parent = os.environ.get(PARENT_ENV)
+        if self.enabled and parent:
+            from r1vflow.tracking.client import mlflow_client
+
+            mlflow_client().log_table(parent, rows, artifact_file)
+
     def describe(self, run_name: str, description: str) -> None:
         """The run's name and its Markdown description (MLflow's `mlflow.note.content`)."""
         if self.enabled:

@@ -113,6 +113,39 @@ def score_on_benchmarks(loaded: list[LoadedBenchmark], model, tokenizer, label: 
     return metrics
 
 
+# The reference columns: the reports' numbers for the released 38B models.
+REFERENCES = {"r1v-38b": "R1V-38B (report)", "r1v2-38b": "R1V2-38B (report)"}
+
+
+def benchmark_rows(loaded: list[LoadedBenchmark], metrics: dict[str, float],
+                   labels: list[str]) -> list[dict]:
+    """One JSON-able row per benchmark: ``benchmark``, ``split``, ``n``, ``samples``,
+    ``scores`` (model label -> pass@1 in %, None where that model was not scored) and
+    ``published`` (reference column title -> the report's number in %, None where a report
+    gives none)."""
+    rows = []
+    for entry in loaded:
+        name = entry.cfg.name
+        scores = {lab: (100 * metrics[k] if (k := f"bench/{name}/accuracy/{lab}") in metrics
+                        else None) for lab in labels}
+        rows.append({"benchmark": name, "split": entry.cfg.split or entry.bench.default_split,
+                     "n": len(entry.items), "samples": entry.cfg.samples, "scores": scores,
+                     "published": {title: PUBLISHED[name][key]
+                                   for key, title in REFERENCES.items()}})
+    return rows
+
+
+def table_columns(rows: list[dict]) -> dict[str, list]:
+    """The rows as equal-length columns (an MLflow table): benchmark, split, n, samples, one
+    column per model, then the two reference columns."""
+    labels = list(rows[0]["scores"]) if rows else []
+    columns: dict[str, list] = {k: [r[k] for r in rows]
+                                for k in ("benchmark", "split", "n", "samples")}
+    columns |= {lab: [r["scores"][lab] for r in rows] for lab in labels}
+    columns |= {title: [r["published"][title] for r in rows] for title in REFERENCES.values()}
+    return columns
+
+
 def benchmark_table(loaded: list[LoadedBenchmark], metrics: dict[str, float],
                     labels: list[str]) -> str:
     """Markdown: accuracy (%) of each model on each benchmark next to the reports' numbers."""
@@ -126,16 +159,13 @@ def benchmark_table(loaded: list[LoadedBenchmark], metrics: dict[str, float],
              "pass@1 in %, averaged over the samples; the last two columns are the reports' "
              "numbers for the released 38B models (Skywork R1V / R1V2).", "",
              "| benchmark | split | n | samples | " + " | ".join(labels)
-             + " | R1V-38B (report) | R1V2-38B (report) |",
+             + " | " + " | ".join(REFERENCES.values()) + " |",
              "|---" * (len(labels) + 6) + "|"]
-    for entry in loaded:
-        cfg, name = entry.cfg, entry.cfg.name
-        scores = [cell(100 * metrics[k]) if (k := f"bench/{name}/accuracy/{lab}") in metrics
-                  else "-" for lab in labels]
-        published = PUBLISHED[name]
-        lines.append(f"| {name} | {cfg.split or entry.bench.default_split} | {len(entry.items)} "
-                     f"| {cfg.samples} | " + " | ".join(scores)
-                     + f" | {cell(published['r1v-38b'])} | {cell(published['r1v2-38b'])} |")
+    for row in benchmark_rows(loaded, metrics, labels):
+        cells = [cell(row["scores"][lab]) for lab in labels]
+        cells += [cell(value) for value in row["published"].values()]
+        lines.append(f"| {row['benchmark']} | {row['split']} | {row['n']} | {row['samples']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines + _breakdown_lines(loaded, labels)) + "\n"
 
 
