@@ -18,24 +18,17 @@ import contextlib
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from r1vflow.config import Experiment, flatten
 from r1vflow.pipelines.dag import build_pipeline, pipeline_name
-from r1vflow.reports import headline_metric
+from r1vflow.pipelines.stage_logs import StageLogs
 from r1vflow.runtime.execute import RUN_DIR_ENV
 from r1vflow.runtime.reporting import publish_summary
 from r1vflow.tracking import runs as tracking
-
-
-def _headline(metrics: dict[str, Any]) -> str:
-    """The one metric a stage's end line shows (r1vflow.reports.headline_metric)."""
-    found = headline_metric(metrics)
-    return f"{found[0]}={found[1]:.3g}" if found else ""
 
 
 @contextlib.contextmanager
@@ -52,145 +45,6 @@ def _quiet_mlflow(enabled: bool = True):
         yield
     finally:
         logger.setLevel(level)
-
-
-class _Tee:
-    """A text stream writing to several (the log file, and the console when verbose)."""
-
-    def __init__(self, *streams: IO[str]):
-        self.streams = streams
-
-    def write(self, text: str) -> int:
-        for stream in self.streams:
-            stream.write(text)
-        return len(text)
-
-    def flush(self) -> None:
-        for stream in self.streams:
-            stream.flush()
-
-    def isatty(self) -> bool:
-        return False
-
-
-class StageLogs:
-    """Route kfp.local's output per task into `<log_dir>/<stage>.log` and report each stage.
-
-    kfp.local runs a task in `task_executor.execute_single_task` (cache lookup included); its
-    dispatcher streams the task subprocess's stdout+stderr through `print` and logs through a
-    handler on `sys.stdout` made per task, so swapping `sys.stdout`/`sys.stderr` around that call
-    captures all of a task. The pipeline's own lines (start, end, failure stack) go to
-    `pipeline.log`. `install` patches both entry points until `uninstall`."""
-
-    def __init__(self, log_dir: Path, run_dir: Path, verbose: bool = False,
-                 console: IO[str] | None = None, images: dict[str, str] | None = None):
-        self.log_dir, self.run_dir, self.verbose = log_dir, run_dir, verbose
-        self.images = images or {}  # stage -> the image it runs in (container runs only)
-        self.failed: set[str] = set()
-        self.console = console or sys.stdout
-        self.live = not verbose and self.console.isatty()
-        self._saved: list[tuple[Any, str, Any]] = []
-
-    def install(self) -> StageLogs:
-        from kfp.local import pipeline_orchestrator
-        from kfp.local.orchestrator import task_executor
-
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        for stale in self.log_dir.glob("*.log"):
-            stale.unlink()
-        self.uninstall()
-        for module, name, wrap in ((task_executor, "execute_single_task", self._task),
-                                   (pipeline_orchestrator, "_run_local_pipeline_implementation",
-                                    self._pipeline)):
-            original = getattr(module, name)
-            original = getattr(original, "_r1vflow_original", original)  # a leftover patch
-            wrapped = wrap(original)
-            wrapped._r1vflow_original = original
-            self._saved.append((module, name, original))
-            setattr(module, name, wrapped)
-        return self
-
-    def uninstall(self) -> None:
-        while self._saved:
-            module, name, original = self._saved.pop()
-            setattr(module, name, original)
-
-    @contextlib.contextmanager
-    def _into(self, path: Path, mode: str = "w"):
-        with path.open(mode, buffering=1) as log:
-            stream = _Tee(log, self.console) if self.verbose else log
-            with contextlib.redirect_stdout(stream), contextlib.redirect_stderr(stream):
-                yield log
-
-    def _pipeline(self, original):
-        def run(*args, **kwargs):
-            with self._into(self.log_dir / "pipeline.log", "a"):
-                return original(*args, **kwargs)
-        return run
-
-    def _task(self, original):
-        def run(*args, **kwargs):
-            task_name = kwargs.get("task_name", args[0] if args else "task")
-            task_spec = kwargs.get("task_spec", args[1] if len(args) > 1 else None)
-            stage = (task_spec.task_info.name if task_spec is not None else "") or task_name
-            path = self.log_dir / f"{stage}.log"
-            mirrored = self.run_dir / "stages" / f"{stage}.json"
-            before = mirrored.stat().st_mtime if mirrored.exists() else None
-            started = time.time()
-            quiet = stage == "configure"  # not a stage: shown only when it refuses the overrides
-            if not quiet:
-                self._say(f"{stage:<20} started")
-            spinner = self._spinner(stage) if self.live else contextlib.nullcontext()
-            with spinner, self._into(path) as log:
-                outputs, task_status = original(*args, **kwargs)
-                log.flush()
-                ran = "Executing task" in path.read_text(errors="replace")  # the dispatcher's
-                if not ran:
-                    log.write(f"{stage}: served from the KFP cache (no task ran)\n")
-            seconds = time.time() - started
-            result = self._result(outputs, mirrored, before)
-            ok = getattr(task_status, "name", str(task_status)) == "SUCCESS"
-            if ok:
-                cached = " (cached)" if not ran else ""
-                took = result.get("seconds", seconds) if ran else seconds
-                line = (f"{stage:<20} succeeded{cached} {took:7.1f} s  "
-                        f"{_headline(result.get('metrics') or {})}")
-            else:
-                self.failed.add(stage)
-                error = str(result.get("error") or "the task failed").splitlines()[0][:100]
-                where = f"image: {self.images[stage]}, " if stage in self.images else ""
-                line = f"{stage:<20} FAILED {seconds:7.1f} s  {error}  ({where}log: {path})"
-            if ok and quiet:
-                return outputs, task_status
-            self._say(line.rstrip())
-            return outputs, task_status
-        return run
-
-    @staticmethod
-    def _result(outputs: dict, mirrored: Path, before: float | None) -> dict[str, Any]:
-        """The stage's StageResult: its output (cached tasks too), else a fresh mirror."""
-        raw = (outputs or {}).get("Output")
-        if isinstance(raw, str):
-            with contextlib.suppress(ValueError):
-                result = json.loads(raw)
-                if isinstance(result, dict):
-                    return result
-        if mirrored.exists() and mirrored.stat().st_mtime != before:
-            with contextlib.suppress(ValueError, OSError):
-                return json.loads(mirrored.read_text())
-        return {}
-
-    def _spinner(self, stage: str):
-        from rich.console import Console
-
-        return Console(file=self.console).status(f"{stage} running ...")
-
-    def _say(self, line: str) -> None:
-        if self.live and line.endswith("started"):
-            return  # the spinner shows it
-        stamp = time.strftime("%H:%M:%S")
-        self.console.write(f"[{stamp}] {line}\n")
-        self.console.flush()
 
 
 def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
@@ -219,22 +73,35 @@ def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
     return entries
 
 
-def _promotion(tracking_uri: str, evaluation: dict[str, Any]) -> dict[str, Any] | None:
-    """The candidate evaluate named and where the champion alias points after the gate."""
+def _promotion(tracking_uri: str, evaluation: dict[str, Any],
+               promoted_now: bool) -> dict[str, Any] | None:
+    """The candidate evaluate named, where the champion alias points after the gate, and the
+    gate's verdict as its task logged it: `promoted` only when this run's `promote` task moved
+    the alias to the candidate; `already_champion` when the candidate was the champion before
+    (a rerun served from the cache); `decision` the reason the gate recorded on the version."""
     candidate = evaluation.get("model_version")
     if not candidate:
         return None
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    mlflow.set_tracking_uri(tracking_uri)
-    name = candidate.rsplit("/", 1)[0]
+    from r1vflow.tracking.promotion import DECISION_TAG
+
+    client = mlflow.MlflowClient(tracking_uri)
+    name, version = candidate.rsplit("/", 1)
     try:
-        champion = mlflow.MlflowClient().get_model_version_by_alias(name, "champion").version
+        champion = client.get_model_version_by_alias(name, "champion").version
     except MlflowException:
         champion = None
-    return {"candidate": candidate, "champion": f"{name}/{champion}" if champion else None,
-            "promoted": champion is not None and f"{name}/{champion}" == candidate}
+    champion = f"{name}/{champion}" if champion else None
+    try:
+        decision = client.get_model_version(name, version).tags.get(DECISION_TAG)
+    except MlflowException:
+        decision = None
+    promoted = promoted_now and champion == candidate
+    return {"candidate": candidate, "champion": champion, "promoted": promoted,
+            "already_champion": not promoted and champion == candidate,
+            "decision": decision}
 
 
 def _runner_fields(stages: dict[str, dict[str, Any]], runner: str, images: dict[str, str],
@@ -293,13 +160,18 @@ def run_local(exp: Experiment, output_dir: Path, experiment_file: str | None = N
     (`quiet` is the old name of the default and does nothing). `runner`: "subprocess", or
     "docker" for each task in its component's image (r1vflow.pipelines.containers).
 
-    The output dir is locked for the run (flock: a killed run leaves no lock behind); a
-    second run into it raises RunRefused at once, and so does an unreachable MLflow server
+    A checkpoint import_model would refuse (a hub id without a pinned revision) raises
+    RunRefused before anything starts. The output dir is locked for the run (flock: a killed
+    run leaves no lock behind); a second run into it raises RunRefused at once, and so does an unreachable MLflow server
     (after writing summary.json). summary.json is written atomically before the MLflow
     parent run is closed, whatever MLflow does then. `announce()` is called once the run
     passed those checks (the CLI prints its header line there)."""
+    from r1vflow.config.pins import unpinned_checkpoints
     from r1vflow.storage.atomic import OutputDirBusy, output_lock
 
+    unpinned = unpinned_checkpoints(exp)
+    if unpinned:  # import_model would refuse it, after the tasks before it
+        raise RunRefused(unpinned)
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -401,23 +273,40 @@ def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
     configure = output_dir / "stages" / "configure.json"
     if configure.exists():  # the overrides were refused: no stage ran
         summary["error"] = "configure: " + json.loads(configure.read_text())["error"]
-    return _finish(summary, tracking_uri, parent_id, output_dir)
+    return _finish(summary, tracking_uri, parent_id, output_dir, "promote" in logs.ran,
+                   _run_config(exp, overrides))
+
+
+def _run_config(exp: Experiment, overrides: list[str] | None) -> dict[str, Any]:
+    """The config the tasks ran with: `exp` and the pipeline's `overrides` (as configure
+    applies them; unchanged when it refused them)."""
+    from r1vflow.config import ConfigError
+    from r1vflow.config.slicing import apply_overrides
+
+    with contextlib.suppress(ConfigError):
+        exp = apply_overrides(exp, list(overrides or []))
+    return exp.model_dump(mode="json")
 
 
 def _finish(summary: dict[str, Any], tracking_uri: str, parent_id: str,
-            output_dir: Path) -> dict[str, Any]:
+            output_dir: Path, promoted_now: bool, config: dict[str, Any]) -> dict[str, Any]:
     """Promotion state, summary.json (atomically, first), then the MLflow parent run; an
     MLflow failure here is recorded in summary.json and loses nothing."""
     from r1vflow.storage.atomic import write_text
 
     stages, status = summary["stages"], summary["status"]
     try:
-        summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}))
+        summary["promotion"] = _promotion(tracking_uri, stages.get("evaluate", {}),
+                                          promoted_now)
     except Exception as err:  # noqa: BLE001 (MLflow down at the end)
         summary["promotion"] = {"error": f"{type(err).__name__}: {err}"[:300]}
     try:
+        facts = {"parent_run_id": parent_id, "fingerprint": summary["config_fingerprint"],
+                 "status": status, "seconds": summary["seconds"],
+                 "tracking_uri": tracking_uri, "promotion": summary["promotion"],
+                 "config": config}
         summary["report"] = str(publish_summary(output_dir, summary["experiment"], stages,
-                                                tracking_uri, parent_id))
+                                                tracking_uri, parent_id, facts))
     except Exception as err:  # noqa: BLE001 (MLflow down: the pages are written before it)
         page = output_dir / "reports" / "summary.html"
         summary["report"] = str(page) if page.is_file() else None

@@ -48,3 +48,26 @@ def test_transfer_progress_shows_bytes_done_of_total():
     assert "33.6/67.1 MB" in text        # DownloadColumn, decimal units
     small = ProgressBar(enabled=True, description="tiny", total=total - 1)
     assert small._progress is None       # below the threshold: no bar at all
+
+
+def test_without_a_terminal_every_step_is_one_plain_line():
+    """A task's output is a pipe into its log: a line per step (the driver shows the latest
+    beside its spinner) instead of a live bar that draws nothing until it ends."""
+    from r1vflow.train.progress import PROGRESS_MARK
+    from r1vflow.train.progress import training_progress as progress
+
+    stream = io.StringIO()
+    with progress(enabled=True, terminal=False, stream=stream) as bar:
+        task = bar.add_task("sft", total=4, loss=float("nan"), tok_s=0.0)
+        for step in range(4):
+            bar.update(task, advance=1, loss=2.0 - step / 4, tok_s=1234.5)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 4 and all(line.startswith(f"{PROGRESS_MARK} sft ") for line in lines)
+    assert lines[0].startswith(f"{PROGRESS_MARK} sft 1/4 loss 2.0000 · 1,234 tok/s · ")
+    assert " elapsed · ETA " in lines[0]
+    assert lines[-1].startswith(f"{PROGRESS_MARK} sft 4/4 loss 1.2500") and lines[-1].endswith(
+        "ETA 0 s")
+    silent = io.StringIO()
+    with progress(enabled=False, terminal=False, stream=silent) as bar:
+        bar.update(bar.add_task("x", total=1, loss=0.0, tok_s=0.0), advance=1)
+    assert silent.getvalue() == ""

@@ -82,3 +82,46 @@ def test_evaluate_flags_the_candidate(tmp_path):
     assert set(flags) == {"mpo/rm_accuracy_gap", "hallucination"}
     assert "0.200" in flags["hallucination"] and "0.15" in flags["hallucination"]
     assert "hallucination" not in candidate_flags(("grpo", tmp_path), metrics, 0.25)
+
+
+def test_the_champion_again_is_already_the_champion_in_the_log_and_the_summary(registry, capsys):
+    """A rerun served from the cache evaluates the champion itself: the gate's log line and
+    summary.json's promotion say the same thing (not promoted; already the champion)."""
+    from r1vflow.pipelines.local_run import _promotion
+    from r1vflow.tracking.promotion import DECISION_TAG, gate
+
+    mark_candidate("exp-sft/2", "accuracy", 0.4)
+    assert decide(_evaluation("exp-sft/2", 0.4), 0.0)
+    promote(_evaluation("exp-sft/2", 0.4))
+    capsys.readouterr()
+    uri = mlflow.get_tracking_uri()
+    first = _promotion(uri, {"model_version": "exp-sft/2"}, promoted_now=True)
+    assert first["promoted"] and not first["already_champion"]
+    assert first["decision"].startswith("no champion for exp-sft yet")
+
+    decision = gate(_evaluation("exp-sft/2", 0.4), 0.0)
+    assert (decision.promote, decision.already, decision.verdict) == (False, True, "not needed")
+    assert not decide(_evaluation("exp-sft/2", 0.4), 0.0)  # promote does not run again
+    logged = capsys.readouterr().out
+    assert logged.startswith("promotion not needed: exp-sft/2 (accuracy 0.4) is already the "
+                             "champion")
+    again = _promotion(uri, {"model_version": "exp-sft/2"}, promoted_now=False)
+    assert again == {"candidate": "exp-sft/2", "champion": "exp-sft/2", "promoted": False,
+                     "already_champion": True,
+                     "decision": registry.get_model_version("exp-sft", "2").tags[DECISION_TAG]}
+    assert again["decision"] in logged
+
+
+def test_a_worse_candidate_is_not_promoted_and_not_the_champion(registry, capsys):
+    from r1vflow.pipelines.local_run import _promotion
+
+    mark_candidate("exp-sft/1", "accuracy", 0.5)
+    decide(_evaluation("exp-sft/1", 0.5), 0.0)
+    promote(_evaluation("exp-sft/1", 0.5))
+    mark_candidate("exp-sft/2", "accuracy", 0.3)
+    assert not decide(_evaluation("exp-sft/2", 0.3), 0.0)
+    assert "promotion blocked: exp-sft/2" in capsys.readouterr().out
+    summary = _promotion(mlflow.get_tracking_uri(), {"model_version": "exp-sft/2"}, False)
+    assert (summary["promoted"], summary["already_champion"], summary["champion"]) == (
+        False, False, "exp-sft/1")
+    assert "does not beat the champion version 1" in summary["decision"]

@@ -127,6 +127,38 @@ def test_summary_page_links_stage_pages_and_charts_accuracy():
     close_figures(page.figures)
 
 
+def test_summary_page_shows_run_promotion_config_benchmarks_and_cached_times():
+    stages = {"sft": {"status": "succeeded", "seconds": 12.5, "cached": True,
+                      "metrics": {"val_accuracy": 0.4}},
+              "evaluate": {"status": "succeeded", "seconds": 3.0, "metrics": {
+                  "accuracy/sft": 0.4, "bench/mathvista/accuracy/base": 0.25,
+                  "bench/mathvista/n/base": 4.0, "bench/mathvista/accuracy/sft": 0.5,
+                  "bench/mathvista/n/sft": 4.0}}}
+    run = {"parent_run_id": "0123abcd", "fingerprint": "f" * 64, "status": "succeeded",
+           "seconds": 14.2, "tracking_uri": "sqlite:///x/mlflow.db",
+           "promotion": {"candidate": "smoke-grpo/1", "champion": "smoke-grpo/1",
+                         "promoted": False, "already_champion": True,
+                         "decision": "smoke-grpo/1 (accuracy 0.4) is already the champion"},
+           "config": {"name": "smoke", "sft": {"lr": 0.001}}}
+    page = summary_page("smoke", stages, run=run)
+    html = page.html
+    assert "<code>0123abcd</code>" in html and f"<code>{'f' * 64}</code>" in html
+    assert '<details id="config"><summary>config (fingerprint ffffffffffffffff)</summary>' in html
+    assert "sft:\n  lr: 0.001" in html  # the config, as YAML, collapsed
+    assert "smoke-grpo/1 is already the champion" in html
+    assert "gate: smoke-grpo/1 (accuracy 0.4) is already the champion" in html
+    assert 'data-metric="evaluate:bench/mathvista/accuracy/sft">0.5<' in html
+    assert "(n=4)" in html
+    assert "12.5 <small>(first run; cached now)</small>" in html
+    labels = [t.get_text() for t in page.figures[-1][1].axes[0].get_xticklabels()]
+    assert labels == ["sft\n(cached)", "evaluate"]
+    close_figures(page.figures)
+    promoted = summary_page("smoke", stages, run={**run, "promotion": {
+        **run["promotion"], "promoted": True, "already_champion": False}})
+    assert "promoted: smoke-grpo/1 is the new champion" in promoted.html
+    close_figures(promoted.figures)
+
+
 def test_the_browser_helper_names_what_is_missing(monkeypatch, tmp_path):
     from browser import _missing
 

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
     def validate(config: ConfigArg, set_: SetOpt = None) -> None:
         """Check an experiment file; print its stages and fingerprint."""
         exp = check_data_or_exit(load_or_exit(config, set_))
+        _refuse_unpinned(exp)
         typer.echo(f"ok: {exp.name}  fingerprint {exp.fingerprint()[:16]}  "
                    f"stages: {' -> '.join(exp.stages())}")
 
@@ -77,30 +78,52 @@ def register(app: typer.Typer) -> None:
         if runner not in ("subprocess", "docker"):
             raise fail(f"--runner {runner!r}: expected subprocess or docker")
         exp = check_data_or_exit(load_or_exit(config, set_), sign=True)
+        _refuse_unpinned(exp)
+        out = output_dir or Path("runs") / exp.name
+        # at once: what follows (imports, the MLflow parent run, configure) takes seconds
+        console.print(f"[bold]r1vflow[/bold] running {exp.name} "
+                      f"({' -> '.join(exp.stages())}) into {escape(str(out))}", soft_wrap=True)
         from r1vflow.eval.benchmarks.suite import missing_paths
 
         missing = missing_paths(exp.evaluate.benchmarks)
         if missing:  # kfp.local tasks read them from this machine: fail before any training
             raise fail(f"evaluate.benchmarks: no such file or directory: "
                        f"{', '.join(missing)} (relative paths start at {Path.cwd()})")
-        out = output_dir or Path("runs") / exp.name
-
-        def announce() -> None:
-            console.print(f"[bold]r1vflow[/bold] running {exp.name} "
-                          f"({' -> '.join(exp.stages())}) into {escape(str(out))}",
-                          soft_wrap=True)
         from r1vflow.pipelines.containers import ContainerError
         from r1vflow.pipelines.local_run import RunRefused
         from r1vflow.storage.store import StoreConfigError
 
         try:
             summary = run_local(exp, out, experiment_file=str(config), applied=set_,
-                                verbose=verbose, runner=runner, announce=announce)
+                                verbose=verbose, runner=runner)
         except (StoreConfigError, ContainerError, RunRefused) as err:  # e.g. MLflow down
             raise fail(str(err)) from None
         _print_summary(summary)
         if summary["status"] != "succeeded":
             raise typer.Exit(1)
+
+
+def _refuse_unpinned(exp) -> None:
+    """A checkpoint import_model would refuse (a hub id without a pinned revision, a missing
+    directory): one line naming the field, exit 2, before anything runs."""
+    from r1vflow.config.pins import unpinned_checkpoints
+
+    problem = unpinned_checkpoints(exp)
+    if problem:
+        raise fail(problem)
+
+
+def _mlflow_command() -> str:
+    """`mlflow` of this environment (a new shell has no venv active), as short as it goes."""
+    import sys
+
+    found = Path(sys.executable).parent / "mlflow"
+    if not found.is_file():
+        return "mlflow"
+    try:
+        return str(found.relative_to(Path.cwd()))
+    except ValueError:
+        return str(found)
 
 
 def _print_summary(summary: dict) -> None:
@@ -129,4 +152,8 @@ def _print_summary(summary: dict) -> None:
     if uri.startswith(("http://", "https://")):  # a running server: its UI is at that address
         typer.echo(f"MLflow UI: {uri}")
     else:  # a store without a server: the command that opens a UI on it
-        typer.echo(f"MLflow:  {uri} (open a UI: mlflow ui --backend-store-uri {uri})")
+        typer.echo(f"MLflow:  {uri} (open a UI: {_mlflow_command()} ui --backend-store-uri "
+                   f"{uri})")
+    parent = summary["mlflow"].get("parent_run_id")
+    if parent:  # what `r1vflow compare` takes
+        typer.echo(f"run id:  {parent} (r1vflow compare {parent} OTHER_RUN_ID --run-dir {out})")

@@ -6,7 +6,8 @@
     r1vflow gitops render --out manifests/gitops/rendered [--check]
     r1vflow gitops release 3f2a9c1d            # give up a claim by hand (a lost cluster run)
 
-State lives in MLflow: --tracking-uri, else $MLFLOW_TRACKING_URI.
+State lives in MLflow: --tracking-uri, else $MLFLOW_TRACKING_URI (plan also: --stack DIR, else
+a running runs/stack, else it plans as if nothing has run and says so).
 """
 
 from __future__ import annotations
@@ -121,15 +122,53 @@ def register(app: typer.Typer) -> None:
     app.add_typer(gitops, name="gitops")
 
 
+class _NothingRan:
+    """The planner's state when no store is given or found: no claim, no run."""
+
+    def observe(self, fingerprint: str):
+        from r1vflow.gitops.state import Observed
+
+        return Observed()
+
+
+def _plan_state(tracking_uri: str | None, stack: Path | None):
+    """The state `plan` reads: the store given (--tracking-uri, $MLFLOW_TRACKING_URI, --stack)
+    or the running local stack, said on stderr; without any, an empty state, said so."""
+    from r1vflow.gitops.state import MlflowState
+    from r1vflow.tracking.locate import NoTrackingStore, locate
+
+    if tracking_uri is None and stack is None:
+        try:
+            found = locate(None)
+        except NoTrackingStore as err:
+            if os.environ.get("MLFLOW_TRACKING_URI"):
+                raise _fail(str(err)) from None
+            found = None
+        if found is None or found.how.startswith("the only run directory"):
+            typer.echo("gitops state: no MLflow store given (--tracking-uri, "
+                       "$MLFLOW_TRACKING_URI, --stack DIR) and no running runs/stack: planned "
+                       "as if nothing has run", err=True)
+            return _NothingRan()
+        tracking_uri = found.uri
+    elif tracking_uri is None:
+        try:
+            tracking_uri = locate(None, stack).uri
+        except NoTrackingStore as err:
+            raise _fail(str(err)) from None
+    uri = _tracking_uri(tracking_uri)
+    typer.echo(f"gitops state: {uri}", err=True)
+    return MlflowState(uri)
+
+
 @gitops.command()
 def plan(repo: RepoOpt = Path("."), experiments_dir: DirOpt = "experiments",
          tracking_uri: UriOpt = None, stale_after: StaleOpt = 900.0,
-         only: OnlyOpt = None, json_: JsonOpt = False) -> None:
+         only: OnlyOpt = None, json_: JsonOpt = False,
+         stack: Annotated[Path | None, typer.Option(
+             "--stack", help="Read the state from the MLflow of `r1vflow stack up --dir DIR`.")
+         ] = None) -> None:
     """Per experiment file: its fingerprint and run, skip or invalid, with the reason."""
-    from r1vflow.gitops.state import MlflowState
-
-    entries = _plan(repo, experiments_dir, only, MlflowState(_tracking_uri(tracking_uri)),
-                    stale_after)
+    entries = _plan(repo, experiments_dir, only, _plan_state(tracking_uri, stack), stale_after)
     rows = [e.to_json() for e in entries]
     if json_:
         echo_json(rows)

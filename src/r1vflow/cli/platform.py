@@ -82,9 +82,35 @@ def stack_down(directory: DirOpt = DEFAULT_STACK) -> None:
     stopped = down(directory)
     typer.echo("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
 
+def _verify_directory(path: Path, tracking_uri: str | None, stack_dir: Path | None
+                      ) -> list[str]:
+    """A local model directory (the model_uri of a run with storage.backend file) against the
+    manifest digest its registered version carries (r1vflow.tracking.verify_local)."""
+    from r1vflow.tracking.verify_local import run_dir_of, verify_model_dir
+
+    if not (path / "r1vflow_model.json").is_file():
+        raise fail(f"{path}: no _r1vflow_manifest.json and no r1vflow_model.json: neither a "
+                   "stored artifact nor an r1vflow model directory")
+    store = located_store(tracking_uri, stack_dir,
+                          None if tracking_uri or stack_dir else run_dir_of(path))
+    try:
+        problems, checked = verify_model_dir(path, store)
+    except ValueError as err:
+        raise fail(str(err)) from None
+    typer.echo(f"checked: {checked}", err=True)
+    return problems
+
+
 @artifacts.command("verify")
-def verify(uri: str, stack_dir: Annotated[Path | None, typer.Option(
-        "--stack", help="Read S3 settings from this stack.")] = None) -> None:
+def verify(uri: Annotated[str, typer.Argument(
+               help="s3://... or file://... of a stored artifact, or a model directory (the "
+                    "model_uri summary.json reports)")],
+           stack_dir: Annotated[Path | None, typer.Option(
+               "--stack", help="Read S3 settings (and MLflow) from this stack.")] = None,
+           tracking_uri: Annotated[str | None, typer.Option(
+               "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+               help="A model directory: the MLflow store of its version (else the run dir "
+                    "it lies in).")] = None) -> None:
     """Check a stored artifact against its manifest; non-zero exit names each bad file."""
     import os
 
@@ -95,7 +121,13 @@ def verify(uri: str, stack_dir: Annotated[Path | None, typer.Option(
     try:
         if stack_dir is not None:
             os.environ.update(stack_env(stack_dir))
-        problems = verify_uri(uri)
+        if "://" not in uri and Path(uri).is_dir() and not (
+                Path(uri) / "_r1vflow_manifest.json").is_file():
+            problems = _verify_directory(Path(uri), tracking_uri, stack_dir)
+        else:
+            if "://" not in uri and Path(uri).is_dir():  # a directory with its manifest
+                uri = Path(uri).resolve().as_uri()
+            problems = verify_uri(uri)
     except (StoreError, StackError, ValueError, OSError) as err:  # bad URI, no manifest, ...
         _fail(str(err))
     if problems:
@@ -137,15 +169,39 @@ def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
 
     typer.echo(dumps_json(run_bench(json_out, rows=rows, side=side)))
 
+TrackingOpt = Annotated[str | None, typer.Option(
+    "--tracking-uri", envvar="MLFLOW_TRACKING_URI",
+    help="The MLflow store (else --stack, --run-dir, a running runs/stack, or the one run "
+         "directory under runs/).")]
+StackOpt = Annotated[Path | None, typer.Option(
+    "--stack", help="Use the MLflow server of `r1vflow stack up --dir DIR`.")]
+RunDirOpt = Annotated[Path | None, typer.Option(
+    "--run-dir", help="Use the MLflow store of this run's output dir (its summary.json).")]
+
+
+def located_store(tracking_uri: str | None, stack: Path | None = None,
+                  run_dir: Path | None = None) -> str:
+    """The MLflow store a reading command uses (r1vflow.tracking.locate), said on stderr in
+    one line; never one it would create. Exit 2 in one line when none is given or found."""
+    from r1vflow.tracking.locate import NoTrackingStore, locate
+
+    try:
+        found = locate(tracking_uri, stack, run_dir)
+    except NoTrackingStore as err:
+        raise fail(str(err)) from None
+    typer.echo(found.line(), err=True)
+    return checked_tracking_uri(found.uri)
+
+
 def lineage(name: str, version: str,
             as_json: Annotated[bool, typer.Option("--json")] = False,
-            tracking_uri: Annotated[str | None, typer.Option(
-                "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
+            tracking_uri: TrackingOpt = None, stack_dir: StackOpt = None,
+            run_dir: RunDirOpt = None) -> None:
     """Walk a model version's r1vflow.parent chain back to the base models and data sets."""
     from r1vflow.tracking.lineage import LineageError, walk_lineage
 
     try:
-        chain = walk_lineage(name, version, checked_tracking_uri(tracking_uri))
+        chain = walk_lineage(name, version, located_store(tracking_uri, stack_dir, run_dir))
     except LineageError as err:
         _fail(str(err))
     if as_json:
@@ -161,9 +217,8 @@ def lineage(name: str, version: str,
                       (node["config_fingerprint"] or "")[:12])
     Console(markup=False).print(table)  # user text in cells is shown as typed
 
-def compare(run_ids: list[str],
-            tracking_uri: Annotated[str | None, typer.Option(
-                "--tracking-uri", envvar="MLFLOW_TRACKING_URI")] = None) -> None:
+def compare(run_ids: list[str], tracking_uri: TrackingOpt = None, stack_dir: StackOpt = None,
+            run_dir: RunDirOpt = None) -> None:
     """Pipeline (parent) runs side by side, as MLflow's run comparison shows them (runs,
     metrics), then the experiment configs' differences."""
     import time
@@ -171,7 +226,7 @@ def compare(run_ids: list[str],
     from r1vflow.tracking.lineage import LineageError, compare_runs, config_diff
 
     try:
-        rows, runs = compare_runs(run_ids, checked_tracking_uri(tracking_uri))
+        rows, runs = compare_runs(run_ids, located_store(tracking_uri, stack_dir, run_dir))
     except LineageError as err:
         _fail(str(err))
     heads = [f"{run['name']} ({run['run_id'][:8]})" for run in runs]

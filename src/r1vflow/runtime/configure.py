@@ -52,7 +52,11 @@ def _record_on_parent(exp: Experiment, overrides: list[str]) -> None:
 
     On a cluster this first task creates the KFP run's parent run; `r1vflow run` creates its own
     with the params and the overrides tag already, so neither is written twice (MLflow params are
-    immutable)."""
+    immutable). Under `r1vflow run` (the local driver names its run directory) it touches no
+    MLflow at all: the driver has recorded both already, and a cached rerun skips the seconds
+    that opening the store takes."""
+    if os.environ.get(RUN_DIR_ENV):
+        return
     uri = exp.tracking.tracking_uri or tracking_uri_from_env()
     if uri:  # no-op locally: the local driver has created the parent already
         attach_parent_run(uri, experiment_name(exp.name, exp.tracking.experiment_name), exp.name,

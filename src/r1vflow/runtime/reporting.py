@@ -72,11 +72,13 @@ def _write(path: Path, text: str) -> Path:
 
 
 def publish_summary(output_dir: Path, experiment: str, stages: dict[str, dict[str, Any]],
-                    tracking_uri: str | None = None, parent_run_id: str | None = None) -> Path:
+                    tracking_uri: str | None = None, parent_run_id: str | None = None,
+                    run: dict[str, Any] | None = None) -> Path:
     """The pipeline run's pages in `<output_dir>/reports/`: every stage's page copied there
-    (cached stages' too) as `<stage>.html`, and `summary.html` linking them; with a parent
-    run, the summary page, its figures and a description go to the parent run. Records each
-    copied page as `report` in its `stages` entry; returns the summary page's path."""
+    (cached stages' too) as `<stage>.html`, and `summary.html` linking them (with `run`, the
+    run's facts, promotion and config: r1vflow.reports.summary_page); with a parent run, the
+    summary page, its figures and a description go to the parent run. Records each copied
+    page as `report` in its `stages` entry; returns the summary page's path."""
     folder = output_dir / "reports"
     folder.mkdir(parents=True, exist_ok=True)
     links = {}
@@ -88,7 +90,7 @@ def publish_summary(output_dir: Path, experiment: str, stages: dict[str, dict[st
                 target.write_text(Path(source).read_text())
             entry["report"] = str(target)
             links[stage] = target.name
-    page = summary_page(experiment, stages, links)
+    page = summary_page(experiment, stages, links, run)
     path = _write(folder / "summary.html", page.html)
     try:
         if tracking_uri and parent_run_id:

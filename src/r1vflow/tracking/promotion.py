@@ -42,6 +42,14 @@ class PromotionDecision:
     reason: str
     champion_version: str | None = None
     champion_score: float | None = None
+    already: bool = False  # the candidate is the champion already: nothing to move
+
+    @property
+    def verdict(self) -> str:
+        """What the gate's log line and summary.json call the outcome."""
+        if self.already:
+            return "not needed"
+        return "approved" if self.promote else "blocked"
 
 
 def beats(candidate: float, champion: float | None, min_delta: float = 0.0) -> bool:
@@ -141,6 +149,9 @@ def _compare(candidate: str, score: float, metric: str, name: str, tag: str,
     if version is None:
         return PromotionDecision(True, f"no champion for {name} yet: {candidate} "
                                        f"({metric} {score}) becomes the first")
+    if f"{name}/{version}" == candidate:  # e.g. a rerun served from KFP's cache
+        return PromotionDecision(False, f"{candidate} ({metric} {score}) is already the "
+                                        "champion", version, current, already=True)
     if current is None:
         return PromotionDecision(False, f"the champion of {name} (version {version}) has no {tag} "
                                         "tag, so the candidate cannot be compared with it: "
@@ -177,7 +188,7 @@ def _incomplete(candidate: str) -> str | None:
 def decide(evaluation_json: str, min_delta: float) -> bool:
     """The pipeline's gate: `gate`, its reason printed and recorded on the candidate version."""
     decision = gate(evaluation_json, min_delta)
-    print(f"promotion {'approved' if decision.promote else 'blocked'}: {decision.reason}")
+    print(f"promotion {decision.verdict}: {decision.reason}")
     record_decision(evaluation_json, decision)
     return decision.promote
 

@@ -25,14 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
+from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from r1vflow.train.distributed import rank_world
@@ -349,14 +342,9 @@ class TrainEngine:
 
 
 def training_progress(enabled: bool) -> Progress:
-    """A rich progress bar with live loss and tokens/s fields (disabled: renders nothing)."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TextColumn("{task.fields[tok_s]:,.0f} tok/s"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-    )
+    """The training loops' progress: a rich bar with live loss and tokens/s fields on a
+    terminal, a plain line per step in a task's log (r1vflow.train.progress); disabled:
+    nothing."""
+    from r1vflow.train.progress import training_progress as progress
+
+    return progress(enabled)
