@@ -154,3 +154,26 @@ def test_progress_line():
     # 16 of 100 items in 24 s: 24/16 s an item, 84 left -> 126 s; 2,048 tokens / 24 s
     assert progress_line("mathvista", 16, 100, 2048, 24.0) == (
         "mathvista: 16/100 items, 2,048 tokens, 85.3 tokens/s, ETA 0:02:06")
+
+
+def _processor_counts(model, family: str, expected: dict) -> list[int]:
+    """Image tokens per image as the family's own processor output implies them."""
+    if family.startswith("qwen"):
+        merge = model.r1vflow_image_processor.merge_size
+        return [int(g.prod()) // merge**2 for g in expected["image_grid_thw"]]
+    if family.startswith("internvl"):
+        return [int(n) * model.config.image_seq_length for n in expected["num_patches"]]
+    return [TOKENS_12PX["llava"]] * len(expected["pixel_values"])  # a fixed square per image
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen3_vl", "internvl_chat"])
+def test_two_images_reach_every_other_family_in_the_questions_order(models, family):
+    model, tokenizer = load_model(models[family]), load_tokenizer(models[family])
+    calls = _spy(model)
+    item, in_order = _two_image_item()
+    rows = generate_predictions(model, tokenizer, [item], None, 1, 3, 1, 0.0)
+    expected = model.r1vflow_image_processor(images=in_order, return_tensors="pt")
+    assert torch.equal(calls[0]["pixel_values"], expected["pixel_values"])
+    counts = _processor_counts(model, family, expected)
+    assert _runs(calls[0]["input_ids"][0].tolist(), model.config.image_token_id) == counts
+    assert rows[0]["images"] == 2 and rows[0]["image_tokens"] == sum(counts)
