@@ -177,3 +177,13 @@ def test_two_images_reach_every_other_family_in_the_questions_order(models, fami
     counts = _processor_counts(model, family, expected)
     assert _runs(calls[0]["input_ids"][0].tolist(), model.config.image_token_id) == counts
     assert rows[0]["images"] == 2 and rows[0]["image_tokens"] == sum(counts)
+
+
+def test_eval_run_errors_are_one_line(models, tmp_path):
+    for args, message in (
+            (["--data", str(tmp_path / "nowhere")], f"{tmp_path / 'nowhere'}: no such file"),
+            (["--data", str(tmp_path), "--benchmark", "gsm8k"], "unknown benchmark 'gsm8k'")):
+        result = CliRunner().invoke(app, ["eval", "run", "--model", str(models["qwen2_5_vl"]),
+                                          "--benchmark", "mathvista", *args])
+        assert result.exit_code == 2 and message in result.output, result.output
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ Benchmarks: mmmu, mathvista, math500, mathvision, aime2024, olympiadbench (docs/
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -85,27 +86,36 @@ def register(app: typer.Typer) -> None:
                 "--json", help="Where the report goes (default <benchmark>.json).")] = None) -> None:
         """Generate responses with a model (batched; on a GPU when there is one) and score them;
         a progress line (items done, tokens/s, ETA) goes to stderr after every batch."""
-        from r1vflow.eval.benchmarks import BenchmarkDataError, get_benchmark
-        from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
+        from r1vflow.eval.benchmarks.run import write_jsonl
 
         if samples > 1 and temperature == 0:
             _fail("--samples > 1 needs --temperature > 0 (greedy copies would be identical)")
         if not (model / "config.json").is_file():
             _fail(f"{model}: not a saved model folder (no config.json)")
-        try:
-            bench = get_benchmark(benchmark)
-            items = _items(benchmark, data, split, subset, limit)
-            vlm, tokenizer = _load(model)
-            report = run_benchmark(benchmark, bench, vlm, tokenizer, items, None, samples,
-                                   max_new_tokens, batch_size, temperature,
-                                   on_batch=_progress(benchmark))
-        except (BenchmarkDataError, ValueError) as err:  # ValueError: a model that won't load
-            _fail(str(err))
+        report = _generate(model, benchmark, lambda: _items(benchmark, data, split, subset, limit),
+                           samples, max_new_tokens, batch_size, temperature)
         predictions = predictions or Path(f"{benchmark}.predictions.jsonl")
         predictions.parent.mkdir(parents=True, exist_ok=True)
         write_jsonl(predictions, report["items"])
         _write_json(json_out or Path(f"{benchmark}.json"), report)
         typer.echo(_summary(report))
+
+
+def _generate(model_dir: Path, benchmark: str, items: Callable[[], list], samples: int,
+              max_new_tokens: int, batch_size: int, temperature: float) -> dict:
+    """Read the items, load the model, generate (progress on stderr) and score: the report; a
+    benchmark or model problem (ValueError: a model that won't load) is one error line."""
+    from r1vflow.eval.benchmarks import BenchmarkDataError, get_benchmark
+    from r1vflow.eval.benchmarks.run import run_benchmark
+
+    try:
+        bench, read = get_benchmark(benchmark), items()
+        vlm, tokenizer = _load(model_dir)
+        return run_benchmark(benchmark, bench, vlm, tokenizer, read, None, samples,
+                             max_new_tokens, batch_size, temperature,
+                             on_batch=_progress(benchmark))
+    except (BenchmarkDataError, ValueError) as err:
+        _fail(str(err))
 
 
 def progress_line(name: str, done: int, total: int, tokens: int, seconds: float) -> str:
