@@ -25,7 +25,6 @@ from r1vflow.eval.benchmarks import (
     resolve_path,
 )
 from r1vflow.eval.benchmarks.hub import PLACEHOLDER_REVISION, hub_repo
-from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
 
 # The reports' numbers for the released 38B models (docs/recipe.md: Skywork R1V arXiv 2504.05599,
 # R1V2 arXiv 2504.16656); None where a report gives none.
@@ -95,6 +94,10 @@ def score_on_benchmarks(loaded: list[LoadedBenchmark], model, tokenizer, label: 
                         image_size: int, max_new_tokens: int, batch_size: int, seed: int,
                         out_dir: Path) -> dict[str, float]:
     """Run one model on every benchmark; returns its ``bench/...`` metrics, writes its files."""
+    # here, not at the top: `r1vflow run` imports this module for missing_paths before any
+    # task starts, and generation imports torch (seconds of a cached rerun)
+    from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
+
     metrics: dict[str, float] = {}
     for entry in loaded:
         cfg = entry.cfg
