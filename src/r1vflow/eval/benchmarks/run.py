@@ -139,12 +139,14 @@ def _check_fits(model, request: Request, n_prompt: int, max_new_tokens: int) -> 
             "max_new_tokens or use a model with a longer context")
 
 
-def _generate_batch(model, tokenizer, requests: list[Request], options: dict,
+def _generate_batch(model, tokenizer, requests: list[Request], options: dict, n: int,
                     image_size: int | None) -> list[Generated]:
+    """One ``model.generate`` call: every request's images through the family's encoding,
+    its prompt with their placeholders, repeated ``n`` times (tiles and patches cannot go
+    through generate's own num_return_sequences expansion)."""
     from r1vflow.models.families.images import ImageBatch, image_kwargs, token_type_kwargs
     from r1vflow.models.generate import decode_completion
 
-    n = options.pop("samples")
     device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     encoded = [encode_request_images(model, r.images, image_size) for r in requests]
     prompts = [_prompt_ids(tokenizer, r, e) for r, e in zip(requests, encoded, strict=True)]
@@ -184,8 +186,8 @@ def generate_requests(model, tokenizer, requests: list[Request], max_new_tokens:
             torch.manual_seed(seed)
             for first in range(0, len(requests), batch_size):
                 batch = requests[first:first + batch_size]
-                results += _generate_batch(model, tokenizer, batch,
-                                           {**options, "samples": samples}, image_size)
+                results += _generate_batch(model, tokenizer, batch, options, samples,
+                                           image_size)
                 tokens += sum(c.num_tokens for g in results[first:] for c in g.completions)
                 if on_batch:
                     on_batch(len(results), len(requests), tokens, time.monotonic() - start)
