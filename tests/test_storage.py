@@ -361,6 +361,26 @@ def test_bench_artifacts_small_run_cleans_up(tmp_path: Path) -> None:
     for key in ("upload_mb_s", "download_mb_s", "reference_upload_mb_s", "reference_download_mb_s"):
         assert result[key] > 0
     assert [p.name for p in tmp_path.iterdir()] == ["bench.json"]  # work directory removed
+    assert result["targets_met"] == {
+        "upload_ge_0.8x_reference": result["upload_vs_reference"] >= 0.8,
+        "download_ge_0.8x_reference": result["download_vs_reference"] >= 0.8,
+        "reupload_sends_nothing": True}
+
+
+def test_bench_commands_exit_1_when_they_miss_a_target(tmp_path: Path, monkeypatch) -> None:
+    """Issue 23: a bench that prints a missed target must not exit 0."""
+    from typer.testing import CliRunner
+
+    import r1vflow.bench.artifacts as artifacts
+    from r1vflow.cli import app
+
+    for met in (True, False):
+        monkeypatch.setattr(artifacts, "run_bench", lambda out, size_mb, met=met: {
+            "download_vs_reference": 0.68, "targets_met": {"upload_ge_0.8x_reference": True,
+                                                           "download_ge_0.8x_reference": met}})
+        done = CliRunner().invoke(app, ["bench", "artifacts", "--json", str(tmp_path / "b.json")])
+        assert done.exit_code == (0 if met else 1), done.output
+        assert ("missed target(s): download_ge_0.8x_reference" in done.output) is not met
 
 
 # -- issue 23 #7: part files, fetch cache ---------------------------------------------------
@@ -406,3 +426,21 @@ def test_fetch_cache_rechecks_a_changed_file_and_cleans_a_killed_fetch(tmp_path:
         (tmp / "weights").mkdir(parents=True)
     store.fetch(pointer, cache)
     assert not killed.exists() and alive.exists()
+
+
+def test_download_hashes_and_writes_on_a_second_thread_and_stops_it_on_errors(
+        tmp_path: Path) -> None:
+    """The download's hash-and-write thread: the digest and file of every chunk put; a failure
+    of the receiver (the with block) ends the thread and propagates."""
+    from r1vflow.storage.store import _HashWriter
+
+    chunks = [bytes([k]) * (1 << 20) for k in range(20)]  # more than the queue holds
+    with _HashWriter(tmp_path / "f") as out:
+        for chunk in chunks:
+            out.put(chunk)
+    assert out.hexdigest() == hashlib.sha256(b"".join(chunks)).hexdigest()
+    assert (tmp_path / "f").read_bytes() == b"".join(chunks)
+    with pytest.raises(ConnectionError), _HashWriter(tmp_path / "g") as out:
+        out.put(chunks[0])
+        raise ConnectionError("reset by peer")
+    assert not out._thread.is_alive()

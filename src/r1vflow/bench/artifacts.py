@@ -9,6 +9,7 @@ config/tokenizer files), then in one run and against one S3 server measures:
 - reference_upload_mb_s / reference_download_mb_s: minio's single fput_object / fget_object of an
   uncompressed tar of the same directory (tar built beforehand, not timed);
 - reupload_bytes: bytes our store sends for a second upload of the unchanged directory (must be 0).
+`targets` / `targets_met`: upload and download each at least 0.8x the reference, reupload 0.
 Rates are MiB/s of the median of `repeats` rounds whose order alternates (the machine may be
 shared); `client_cpu_s` gives this process's CPU seconds per operation (median), which shows
 what the sha256 verification costs on top of the transfer. Without an endpoint or stack
@@ -42,6 +43,9 @@ from r1vflow.storage.stack import read_stack
 
 MiB = 1024 * 1024
 SHARD_TARGET_MB = 250
+# Safety does not cost speed: each way at least 0.8x the plain client, every byte verified
+# (`r1vflow bench artifacts` exits 1 when a target is missed).
+TARGETS = {"upload_vs_reference": 0.8, "download_vs_reference": 0.8, "reupload_bytes": 0}
 
 
 def make_checkpoint_dir(root: Path, size_mb: int, seed: int = 0) -> Path:
@@ -149,6 +153,13 @@ def measure(
     )  # fmt: skip
     out["upload_vs_reference"] = round(out["upload_mb_s"] / out["reference_upload_mb_s"], 2)
     out["download_vs_reference"] = round(out["download_mb_s"] / out["reference_download_mb_s"], 2)
+    out["targets"] = dict(TARGETS)
+    out["targets_met"] = {
+        f"upload_ge_{TARGETS['upload_vs_reference']}x_reference":
+            out["upload_vs_reference"] >= TARGETS["upload_vs_reference"],
+        f"download_ge_{TARGETS['download_vs_reference']}x_reference":
+            out["download_vs_reference"] >= TARGETS["download_vs_reference"],
+        "reupload_sends_nothing": out["reupload_bytes"] == TARGETS["reupload_bytes"]}
     return out
 
 
@@ -214,5 +225,4 @@ def run_bench(
         shutil.rmtree(work, ignore_errors=True)
     Path(out_json).parent.mkdir(parents=True, exist_ok=True)
     Path(out_json).write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
     return result

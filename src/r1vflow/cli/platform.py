@@ -28,6 +28,15 @@ def _fail(message: str) -> None:
     raise fail(message)
 
 
+def _report(result: dict) -> None:
+    """Print a benchmark's JSON; exit 1 when it misses a target it states (`targets_met`)."""
+    typer.echo(dumps_json(result))
+    missed = [name for name, met in result.get("targets_met", {}).items() if not met]
+    if missed:
+        error(f"missed target(s): {', '.join(missed)}")
+        raise typer.Exit(1)
+
+
 def _port(option: str, port: int | None) -> int | None:
     if port is not None and not 1 <= port <= 65535:
         _fail(f"{option} {port}: a TCP port is 1..65535")
@@ -142,7 +151,7 @@ def bench_artifacts(json_out: Annotated[Path, typer.Option("--json")],
     """Our store vs the minio client's single put/get of one tar, on a local S3 server."""
     from r1vflow.bench.artifacts import run_bench
 
-    typer.echo(dumps_json(run_bench(json_out, size_mb=size_mb)))
+    _report(run_bench(json_out, size_mb=size_mb))
 
 @bench.command("mpo")
 def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
@@ -150,7 +159,7 @@ def bench_mpo(json_out: Annotated[Path, typer.Option("--json")],
     """Our MPO (DPO + BCO + NLL) vs TRL's DPOTrainer with the same loss types and work."""
     from r1vflow.bench.mpo import run_bench
 
-    typer.echo(dumps_json(run_bench(json_out, quick=quick)))
+    _report(run_bench(json_out, quick=quick))
 
 @bench.command("grpo")
 def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
@@ -158,7 +167,7 @@ def bench_grpo(json_out: Annotated[Path, typer.Option("--json")],
     """Our GRPO vs TRL's GRPOTrainer on the same work, and SSB on vs off."""
     from r1vflow.bench.grpo import run_bench
 
-    typer.echo(dumps_json(run_bench(json_out, quick=quick)))
+    _report(run_bench(json_out, quick=quick))
 
 @bench.command("data-import")
 def bench_data_import(json_out: Annotated[Path, typer.Option("--json")],
