@@ -133,16 +133,20 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Experiment:
 
 
 def check_data_or_exit(exp: Experiment, sign: bool = False) -> Experiment:
-    """For a `files` data source: make its path absolute (tasks may run elsewhere), check that
-    the files have the columns the enabled stages need (one error line each, exit 2), and with
-    `sign` record the files' signature (a changed file is then a new cache key)."""
+    """For a `files` data source: make its path absolute (tasks may run elsewhere), fit the
+    stages to the columns the files have (r1vflow.data.needs.adapt: one `note:` line per
+    change), check that they have the columns the enabled stages need (one error line each,
+    exit 2), and with `sign` record the files' signature (a changed file is then a new cache
+    key)."""
     source = exp.data.source
     if source.kind != "files":
         return exp
-    from r1vflow.data.needs import check, files_signature
+    from r1vflow.data.needs import adapt, check, files_signature, source_columns
 
     source.path = str(Path(source.path).resolve())
     try:
+        for line in adapt(exp, source_columns(exp) or set()):  # an ordinary Q/A file runs
+            typer.echo(f"note: {line}", err=True)
         found = check(exp)
         if sign and not found:
             source.files_signature = files_signature(exp)

@@ -91,6 +91,38 @@ def source_columns(exp: Experiment, hub: bool = False) -> set[str] | None:
     return columns
 
 
+def adapt(exp: Experiment, columns: set[str]) -> list[str]:
+    """Fit the enabled stages to an ordinary question/answer(/solution) file, in place, as
+    docs/data.md describes, with one notice line per change: no chosen/rejected columns ->
+    `data.source.derive_pairs` (pairs made from the answers); no solution -> `answer_only_sft`;
+    no caption -> align_projector's `captions` steps use `cot`. A setting the experiment gives
+    explicitly is left alone (`problems` then names what is missing)."""
+    source, cols, notices = exp.data.source, exp.data.source.columns, []
+    given = source.model_fields_set
+    if (exp.train_reward_model is not None and "derive_pairs" not in given
+            and not source.derive_pairs
+            and not {cols.chosen, cols.rejected} & columns):
+        source.derive_pairs = True
+        notices.append(f"data.source: no {cols.chosen}/{cols.rejected} columns, so "
+                       "derive_pairs=true: train_reward_model trains on pairs made from the "
+                       "answers (wrong-answer and broken-format responses)")
+    if (cols.solution not in columns and "answer_only_sft" not in given
+            and not source.answer_only_sft):
+        source.answer_only_sft = True
+        notices.append(f"data.source: no {cols.solution} column, so answer_only_sft=true: sft "
+                       "trains on <think></think><answer>A</answer> targets")
+    align = exp.align_projector
+    if align is not None and cols.caption not in columns:
+        steps = [s for s in [*align.substages, align.align] if s.data == "captions"]
+        for step in steps:
+            step.data = "cot"
+        if steps:
+            names = ", ".join(getattr(s, "name", "align") for s in steps)
+            notices.append(f"align_projector: no {cols.caption} column, so its captions "
+                           f"step(s) ({names}) train on data: cot")
+    return notices
+
+
 def check(exp: Experiment, hub: bool = False) -> list[str]:
     """Problems of a `files` (or, with `hub`, a hub) source for the enabled stages."""
     columns = source_columns(exp, hub)
