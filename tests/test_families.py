@@ -418,7 +418,7 @@ def test_rollouts_expand_tiled_images_per_sample(imported):
     generated greedily within a batch (left padding, its own tiles) equals it alone."""
     from r1vflow.models.generate import generate_completions
     from r1vflow.rl.batch import encode_vlm_prompts
-    from r1vflow.rl.rollout import TransformersRollout
+    from r1vflow.rl.rollout import Rollout
 
     model, tokenizer = load_model(imported["internvl"]), load_tokenizer(imported["internvl"])
     items = encode_pixels(model, [image(40, 96, 3), image(32, 32, 4)], 32)
@@ -426,8 +426,8 @@ def test_rollouts_expand_tiled_images_per_sample(imported):
     images = stack_images(items)
     ids = encode_vlm_prompts(tokenizer, ["how many?", "which is larger?"],
                              image_texts(images, None))
-    rollout = TransformersRollout(model, tokenizer, max_new_tokens=6, temperature=1.0,
-                                  batch_size=2)
+    rollout = Rollout.transformers(model, tokenizer, max_new_tokens=6, temperature=1.0,
+                                   batch_size=2)
     groups = rollout.generate(ids, images, num_samples=3, seed=5)
     assert [len(g) for g in groups] == [3, 3]
     assert groups == rollout.generate(ids, images, num_samples=3, seed=5)

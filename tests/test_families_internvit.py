@@ -171,10 +171,17 @@ def test_forward_swap_and_sft_lower_the_loss(imported):
 
 
 def test_vllm_rollouts_refuse_an_internvit_composition(imported):
-    from r1vflow.rl.rollout import VLLMRollout
+    """vLLM's Llava cannot build the InternViT tower: backend vllm is refused naming it, and
+    auto falls back to transformers saying why."""
+    from r1vflow.config.generation import GenerationConfig
+    from r1vflow.generation import choose_backend
+    from r1vflow.models.families import read_config
 
-    with pytest.raises(ValueError, match=r"not 'internvl_vision'.*grpo\.rollout: transformers"):
-        VLLMRollout(imported["base_model"], eos_id=0, pad_id=0, max_new_tokens=4)
+    config = read_config(imported["base_model"])
+    with pytest.raises(ValueError, match=r"not 'internvl_vision'.*generation\.backend to auto"):
+        choose_backend(GenerationConfig(backend="vllm"), config)
+    backend, why = choose_backend(GenerationConfig(backend="auto"), config)
+    assert backend == "transformers" and "internvl_vision" in why
 
 
 def test_r1v_preset_composes_r1v_s_own_parts():

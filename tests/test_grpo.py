@@ -24,7 +24,7 @@ from r1vflow.rl.core import policy_loss
 from r1vflow.rl.grpo import GRPOPrompt, prefilter_pool, train_grpo
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.rewards import format_reward, hybrid_reward, make_reward_model_reward
-from r1vflow.rl.rollout import TransformersRollout, left_pad
+from r1vflow.rl.rollout import Rollout, left_pad
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext
 from r1vflow.tracking.runs import StageTracker
@@ -59,8 +59,7 @@ def make_prompts(model, tokenizer):
 
 
 def make_rollout(model, tokenizer, max_new_tokens=6):
-    return TransformersRollout(model, tokenizer, max_new_tokens, temperature=1.0,
-                               suppress_ids=[model.config.image_token_id, tokenizer.pad_token_id])
+    return Rollout.transformers(model, tokenizer, max_new_tokens, temperature=1.0)
 
 
 class Scripted:

@@ -32,7 +32,7 @@ def _worker(root: Path, out: Path) -> None:
     from r1vflow.rl.batch import encode_vlm_prompts
     from r1vflow.rl.grpo import GRPOPrompt, train_grpo
     from r1vflow.rl.rewards import hybrid_reward
-    from r1vflow.rl.rollout import TransformersRollout
+    from r1vflow.rl.rollout import Rollout
     from r1vflow.rl.ssb import SelectiveSampleBuffer
     from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
 
@@ -53,9 +53,7 @@ def _worker(root: Path, out: Path) -> None:
         return [float(len(c) % 2 == 0) for c in completions]
 
     reward = hybrid_reward({"accuracy": even_length}, {"accuracy": 1.0})
-    rollout = TransformersRollout(model, tokenizer, max_new_tokens=6, temperature=1.0,
-                                  suppress_ids=[model.config.image_token_id,
-                                                tokenizer.pad_token_id])
+    rollout = Rollout.transformers(model, tokenizer, max_new_tokens=6, temperature=1.0)
     ck = Checkpointer("grpo", root, CheckpointPolicy(every=2, keep=2))
     train_grpo(model, tokenizer, prompts, reward, rollout, steps=STEPS, prompts_per_step=2,
                group_size=4, lr=1e-2, backend="deepspeed", zero_stage=2, seed=0,

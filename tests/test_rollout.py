@@ -1,20 +1,14 @@
-"""Rollout backends: padding/trimming helpers, shapes, determinism, greedy mode, vLLM import."""
-
-import importlib.util
+"""The transformers generation engine under GRPO's rollouts: padding/trimming helpers, shapes,
+determinism, greedy mode, bad requests (the vLLM engine: tests/test_vllm.py)."""
 
 import pytest
 import torch
 
+from r1vflow.generation import GenerationEngine, Sampling, TransformersEngine
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import assemble_vlm, build_tiny_llm, build_tiny_vision, num_image_tokens
 from r1vflow.rl.batch import encode_vlm_prompts
-from r1vflow.rl.rollout import (
-    RolloutBackend,
-    TransformersRollout,
-    VLLMRollout,
-    left_pad,
-    trim_completion,
-)
+from r1vflow.rl.rollout import Rollout, left_pad, trim_completion
 
 CORPUS = [
     "How many red circles are there? <think>red circle, red circle. 2 red circles.</think>"
@@ -38,10 +32,9 @@ def vlm(tokenizer):
     return assemble_vlm(vision, llm, tokenizer)
 
 
-def rollout(model, tokenizer, **kw):
-    args = {"max_new_tokens": 6, "temperature": 1.0, "batch_size": 2,
-            "suppress_ids": [tokenizer.pad_token_id]}
-    return TransformersRollout(model, tokenizer, **{**args, **kw})
+def rollout(model, tokenizer, temperature=1.0):
+    return Rollout.transformers(model, tokenizer, max_new_tokens=6, temperature=temperature,
+                                batch_size=2)
 
 
 def test_left_pad_hand_values():
@@ -59,9 +52,8 @@ def test_trim_completion_keeps_eos_and_drops_padding():
 
 
 def test_vlm_groups_have_the_requested_shape(vlm, tokenizer):
-    backend = rollout(vlm, tokenizer, suppress_ids=[vlm.config.image_token_id,
-                                                    tokenizer.pad_token_id])
-    assert isinstance(backend, RolloutBackend)
+    backend = rollout(vlm, tokenizer)
+    assert isinstance(backend.engine, GenerationEngine)
     ids = encode_vlm_prompts(tokenizer, QUESTIONS, num_image_tokens(vlm))
     groups = backend.generate(ids, torch.randn(3, 3, 16, 16), num_samples=4, seed=0)
     assert [len(g) for g in groups] == [4, 4, 4]  # batch_size 2: two generate calls
@@ -93,26 +85,41 @@ def test_text_only_policy_and_greedy_mode(tokenizer):
     ids = [tokenizer.encode(q, add_special_tokens=False) for q in QUESTIONS]
     sampled = rollout(llm, tokenizer).generate(ids, None, num_samples=2, seed=0)
     assert [len(g) for g in sampled] == [2, 2, 2]
-    greedy = rollout(llm, tokenizer, temperature=0.0)
-    first = greedy.generate(ids, None, num_samples=1, seed=0)
-    again = greedy.generate(ids, None, num_samples=1, seed=123)
+    greedy = TransformersEngine(llm, tokenizer, batch_size=2)
+    first = greedy.generate(ids, None, Sampling(6, temperature=0.0, seed=0))
+    again = greedy.generate(ids, None, Sampling(6, temperature=0.0, seed=123))
     assert [g[0].token_ids for g in first] == [g[0].token_ids for g in again]
-    with pytest.raises(ValueError, match="num_samples=1"):
-        greedy.generate(ids, None, num_samples=2, seed=0)
+    with pytest.raises(ValueError, match="n=1"):
+        Sampling(6, temperature=0.0, n=2)
 
 
 def test_bad_requests_are_rejected(vlm, tokenizer):
     backend = rollout(vlm, tokenizer)
     ids = encode_vlm_prompts(tokenizer, QUESTIONS, num_image_tokens(vlm))
-    with pytest.raises(ValueError, match="3 prompts but 2 images"):
+    with pytest.raises(ValueError, match="3 prompts but images for 2"):
         backend.generate(ids, torch.randn(2, 3, 16, 16), 2, seed=0)
     with pytest.raises(ValueError, match="no prompts"):
         backend.generate([], None, 2, seed=0)
-    with pytest.raises(ValueError, match="temperature must be >= 0"):
+    with pytest.raises(ValueError, match="temperature must be > 0"):
         rollout(vlm, tokenizer, temperature=-1.0)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        Sampling(6, temperature=-1.0)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vllm is installed")
-def test_vllm_backend_without_vllm_names_the_extra(tmp_path):
-    with pytest.raises(ImportError, match=r"pip install 'r1vflow\[gpu\]'"):
-        VLLMRollout(tmp_path, eos_id=2, pad_id=0, max_new_tokens=8)
+def test_transformers_logprobs_are_the_trainers(vlm, tokenizer):
+    """The engine's per-token log-probabilities equal a forward pass over prompt + completion
+    (what the GRPO loss computes), so the rollout/trainer gap measures only the backend."""
+    from r1vflow.rl.batch import completion_logprobs, sequence_batch
+
+    ids = encode_vlm_prompts(tokenizer, QUESTIONS, num_image_tokens(vlm))
+    pixels = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    engine = TransformersEngine(vlm, tokenizer, batch_size=3)
+    groups = engine.generate(ids, pixels, Sampling(6, temperature=1.0, n=2, seed=4, logprobs=True))
+    rows = [c for g in groups for c in g]
+    batch = sequence_batch([ids[i // 2] for i in range(6)], [c.token_ids for c in rows],
+                           tokenizer.pad_token_id)
+    with torch.no_grad():
+        trainer = completion_logprobs(vlm.eval(), batch, pixels.repeat_interleave(2, dim=0))
+    for i, c in enumerate(rows):
+        assert len(c.logprobs) == c.num_tokens
+        assert torch.allclose(torch.tensor(c.logprobs), trainer[i, :c.num_tokens], atol=1e-4)

@@ -43,12 +43,14 @@ from pathlib import Path
 import torch
 
 from r1vflow.config import GRPOConfig, SSBConfig
+from r1vflow.config.generation import GenerationConfig
 from r1vflow.data.synth import text_corpus, tokenizer_corpus
+from r1vflow.generation import Sampling, TransformersEngine, build_engine
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import build_tiny_llm
 from r1vflow.rl.grpo import GRPOPrompt, grpo_settings, train_grpo
 from r1vflow.rl.rewards import accuracy_reward, format_reward, hybrid_reward
-from r1vflow.rl.rollout import TransformersRollout
+from r1vflow.rl.rollout import Rollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.train.bootstrap import pretrain_llm
 
@@ -90,24 +92,28 @@ def _prompts(tokenizer, tasks: list[TextTask]) -> list[GRPOPrompt]:
 
 def greedy_accuracy(model, tokenizer, tasks: list[TextTask], max_new_tokens: int) -> float:
     """Share of `tasks` answered right with greedy decoding."""
-    rollout = TransformersRollout(model, tokenizer, max_new_tokens, temperature=0.0,
-                                  batch_size=128, suppress_ids=[tokenizer.pad_token_id])
+    engine = TransformersEngine(model, tokenizer, batch_size=128)
     ids = [tokenizer.encode(p, add_special_tokens=False) for p, _ in tasks]
-    texts = [g[0].text for g in rollout.generate(ids, None, 1, seed=0)]
+    texts = [g[0].text for g in engine.generate(ids, None, Sampling(max_new_tokens))]
     return sum(accuracy_reward(texts, [a for _, a in tasks])) / len(tasks)
 
 
 def run_ours(model, tokenizer, tasks, grpo: GRPOConfig,
-             ssb: SelectiveSampleBuffer | None = None) -> dict:
-    """Our trainer with the settings of a `grpo` config section (as the grpo stage runs it)."""
+             ssb: SelectiveSampleBuffer | None = None, backend: str = "transformers") -> dict:
+    """Our trainer with the settings of a `grpo` config section (as the grpo stage runs it),
+    generating on `backend` (transformers or a colocated vLLM engine; its build is timed
+    apart as `engine_build_s`: it happens once per run, not per step)."""
     steps, prompts_per_step = grpo.steps, grpo.prompts_per_step
-    rollout = TransformersRollout(model, tokenizer, grpo.max_new_tokens,
-                                  temperature=grpo.temperature, batch_size=prompts_per_step,
-                                  suppress_ids=[tokenizer.pad_token_id])
+    built = time.perf_counter()
+    engine = build_engine(GenerationConfig(backend=backend, batch_size=prompts_per_step,
+                                           max_model_len=256), model, tokenizer, say=None)
+    build_s = time.perf_counter() - built
+    rollout = Rollout(engine, grpo.max_new_tokens, grpo.temperature)
     start = time.perf_counter()
     result = train_grpo(model, tokenizer, _prompts(tokenizer, tasks), _reward(), rollout,
                         **grpo_settings(grpo), ssb=ssb, progress=False)
     seconds = time.perf_counter() - start
+    engine.close()
     tokens = sum(h["completion_tokens"] for h in result.history)
     s = result.summary
     return {
@@ -115,8 +121,12 @@ def run_ours(model, tokenizer, tasks, grpo: GRPOConfig,
         "prompts_per_s": steps * prompts_per_step / seconds,
         "tokens_per_s": tokens / seconds,
         "completion_tokens": tokens,
+        "backend": backend, "engine_build_s": build_s,
+        "rollout_tokens_per_s": s["rollout_tokens_per_s"],
+        "weight_syncs": s["weight_syncs"],
+        "logprob_gap_mean": s.get("logprob_gap_mean"),
         "where_time_goes": {k: s[f"{k}_mean"] * steps for k in ("rollout_s", "reward_s",
-                                                                 "train_s")},
+                                                                 "train_s", "sync_s")},
         "effective_ratio_late": s["effective_ratio_late"],
         "effective_ratio_before_late": s["effective_ratio_before_late"],
         "effective_ratio_mean": s["effective_ratio_mean"],
@@ -185,10 +195,20 @@ def run_trl(model, tokenizer, tasks, grpo: GRPOConfig, workdir: Path) -> dict:
         "prompts_per_s": steps * prompts_per_step / seconds,
         "tokens_per_s": tokens / seconds,
         "completion_tokens": tokens,
+        "rollout_tokens_per_s": tokens / max(_generate_seconds(collected), 1e-9),
         "frac_reward_zero_std_mean": statistics.mean(
             e.get("frac_reward_zero_std", float("nan")) for e in steps_logged),
         "step_time_sum": sum(float(e.get("step_time", 0.0)) for e in steps_logged),
     }
+
+
+def _generate_seconds(logs: list[dict]) -> float:
+    """TRL's own generation timer over the run (profiling logs `profiling/Time taken:
+    GRPOTrainer._generate...`), else its whole step time."""
+    keys = [k for e in logs for k in e if k.startswith("profiling/") and "_generate" in k]
+    if keys:
+        return sum(float(e[k]) for e in logs for k in e if k in set(keys))
+    return sum(float(e.get("step_time", 0.0)) for e in logs)
 
 
 _GRPO_DEFAULTS = GRPOConfig()
@@ -251,11 +271,12 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
     tasks = text_tasks(cfg.tasks_per_family, cfg.seed + 101)
     heldout = text_tasks(cfg.heldout_per_family, cfg.seed + 202)
     grpo = cfg.grpo()
-    ours_runs, trl_runs, off_model = [], [], None
+    ours_runs, vllm_runs, trl_runs, off_model = [], [], [], None
     for _ in range(cfg.rounds):
         model = copy.deepcopy(base)
         ours_runs.append(run_ours(model, tokenizer, tasks, grpo))
         off_model = off_model or model
+        vllm_runs.append(run_ours(copy.deepcopy(base), tokenizer, tasks, grpo, backend="vllm"))
         with tempfile.TemporaryDirectory() as tmp:
             trl_runs.append(run_trl(copy.deepcopy(base), tokenizer, tasks, grpo,
                                     workdir=Path(tmp)))
@@ -264,6 +285,7 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
     on_model = copy.deepcopy(base)
     on = run_ours(on_model, tokenizer, tasks, grpo, ssb=ssb)
     ours, theirs = _median_run(ours_runs), _median_run(trl_runs)
+    ours_vllm = _median_run(vllm_runs)
     arms = {"off": (ours_runs[0], off_model), "on": (on, on_model)}
     result = {
         "setup": {
@@ -275,10 +297,13 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
             "base_heldout_accuracy": greedy_accuracy(base, tokenizer, heldout,
                                                      cfg.max_new_tokens),
             "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
-                         "trl": trl.__version__},
+                         "trl": trl.__version__, "vllm": _vllm_version()},
         },
         "ours": {k: v for k, v in ours.items() if k != "history"},
+        "ours_vllm": {k: v for k, v in ours_vllm.items() if k != "history"},
         "trl": theirs,
+        "speedup_vllm": statistics.median(t["seconds"] / o["seconds"]
+                                          for o, t in zip(vllm_runs, trl_runs, strict=True)),
         # per-round ratios: each round runs both trainers back to back under the same load
         "speedup": statistics.median(t["seconds"] / o["seconds"]
                                      for o, t in zip(ours_runs, trl_runs, strict=True)),
@@ -294,6 +319,7 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
     late = {name: arm["effective_ratio_late"] for name, arm in result["ssb"].items()}
     result["targets_met"] = {
         "speedup_ge_1": result["speedup"] >= 1.0,
+        "vllm_speedup_ge_3": result["speedup_vllm"] >= 3.0,
         "ssb_off_effective_ratio_late_le_0.45": late["off"] <= 0.45,
         "ssb_on_effective_ratio_late_ge_0.6": late["on"] >= 0.6,
     }
@@ -302,6 +328,12 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _vllm_version() -> str:
+    import vllm
+
+    return vllm.__version__
 
 
 POLICY_NOTE = (

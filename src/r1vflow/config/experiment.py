@@ -10,6 +10,7 @@ import re
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from r1vflow.config.base import Strict
+from r1vflow.config.generation import GenerationConfig, merged
 from r1vflow.config.platform import ClusterConfig, ResourceSpec, StorageConfig, TrackingConfig
 from r1vflow.config.recipe import (
     AlignProjectorConfig,
@@ -81,6 +82,10 @@ class Experiment(Strict):
         None, description="R1V2 GRPO on the latest model before it (MPO, else SFT, else "
                           "base); null skips the stage.")
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    generation: GenerationConfig = Field(
+        default_factory=GenerationConfig,
+        description="The generation engine of every stage that generates (distill, mpo, grpo, "
+                    "evaluate); each can override fields in its own `generation:`.")
     resources: dict[StageName, ResourceSpec] = Field(
         default_factory=dict, description="Per-stage cluster resources, keyed by stage name.")
     storage: StorageConfig = Field(default_factory=StorageConfig)
@@ -91,6 +96,11 @@ class Experiment(Strict):
         description="Cron schedule: `r1vflow gitops apply --host` makes the experiment a KFP "
                     "recurring run (5 fields, or 6 with seconds first, or @daily/@weekly...). "
                     "Not fingerprinted and not compiled into the pipeline (docs/gitops.md).")
+
+    def generation_for(self, stage: str) -> GenerationConfig:
+        """The generation settings of `stage`: the experiment's, with the stage's overrides."""
+        section = getattr(self, stage, None)
+        return merged(self.generation, getattr(section, "generation", None))
 
     @field_validator("schedule")
     @classmethod

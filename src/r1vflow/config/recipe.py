@@ -10,6 +10,9 @@ from pydantic import Field, model_validator
 from r1vflow.config.base import Part, Seed, Strict
 from r1vflow.config.benchmarks import BenchmarkConfig
 from r1vflow.config.data_source import ContaminationConfig, DataSourceConfig
+from r1vflow.config.generation import GenerationOverride
+
+_GEN = "This stage's changes to the experiment's `generation:` section (null: as it says)."
 
 # --------------------------------------------------------------------------- model & data
 
@@ -386,6 +389,7 @@ class DistillConfig(Strict):
                                                       "rest keep templated chains); None: all.")
     compare_limit: int = Field(200, ge=1, description="Prompts of the fixed-penalty comparison.")
     fixed_penalty: float = Field(1.0, gt=0, description="The comparison's fixed penalty.")
+    generation: GenerationOverride | None = Field(None, description=_GEN)
     seed: Seed = 0
 
 
@@ -475,8 +479,11 @@ class GRPOConfig(TrainConfig):
                                            "(GRPO), or mean over all tokens (DAPO).")
     ssb: SSBConfig = Field(default_factory=SSBConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
-    rollout: Literal["transformers", "vllm"] = Field(
-        "transformers", description="Rollout backend; vllm needs a GPU and the 'gpu' extra.")
+    tis_cap: float | None = Field(
+        None, gt=0, description="Truncated importance sampling: weight each token by "
+                                "min(trainer / rollout probability, tis_cap), correcting for "
+                                "the generation engine's numerics (verl, TRL); null: off.")
+    generation: GenerationOverride | None = Field(None, description=_GEN)
     checkpoint_every: int | None = Field(
         None, ge=1, description="Every N steps: save a resumable checkpoint and the policy as a "
                                 "model in the checkpoints/ output; None: by time only.")
@@ -485,9 +492,6 @@ class GRPOConfig(TrainConfig):
     def _grpo_consistent(self) -> GRPOConfig:
         if self.epochs != 1:
             raise ValueError("grpo.epochs is unused: set grpo.steps instead (epochs must stay 1)")
-        if self.zero_stage == 3:
-            raise ValueError("grpo supports zero_stage 0-2: rollouts need the full weights "
-                             "on every process")
         if self.max_new_tokens >= self.max_length:
             raise ValueError(f"grpo.max_new_tokens ({self.max_new_tokens}) must be below "
                              f"grpo.max_length ({self.max_length}), which also holds the prompt")
@@ -546,6 +550,7 @@ class MPOConfig(TrainConfig):
                                 "rule accuracy, format rate and reward-model score to the "
                                 "monitor (the MPO threshold); None: no probe.")
     probe_size: int = Field(32, ge=1, description="Prompts per probe.")
+    generation: GenerationOverride | None = Field(None, description=_GEN)
 
     @model_validator(mode="after")
     def _mpo_consistent(self) -> MPOConfig:
@@ -567,6 +572,7 @@ class EvaluateConfig(Strict):
     benchmarks: list[BenchmarkConfig] = Field(
         default_factory=list, description="Published benchmarks scored on every model besides "
                                           "the data set's test split (docs/evaluation.md).")
+    generation: GenerationOverride | None = Field(None, description=_GEN)
     max_hallucination_rate: float | None = Field(
         None, ge=0, le=1, description="A candidate whose hallucination rate (synthetic scenes) "
                                       "is above this is flagged and never promoted; None: not "

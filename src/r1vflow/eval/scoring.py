@@ -25,16 +25,19 @@ def sample_pixels(dataset_dir: Path, samples: list[Sample], image_size: int, mod
 
 def score_model(model, tokenizer, samples: list[Sample], dataset_dir: Path, image_size: int,
                 max_new_tokens: int, batch_size: int, temperature: float = 0.0,
-                num_samples: int = 1, seed: int = 0) -> tuple[dict[str, float], list[str]]:
+                num_samples: int = 1, seed: int = 0,
+                engine=None) -> tuple[dict[str, float], list[str]]:
     """Accuracy (pass@1, averaged over `num_samples` when sampling), format rate, mean response
     length in characters and tokens, accuracy per task family, and the hallucination rate
     where the samples carry their scene (r1vflow.eval.hallucination). Returns (metrics, first
-    response of each sample)."""
+    response of each sample). `engine` (r1vflow.generation, serving `model`'s weights)
+    generates when given; else transformers on `model`."""
     from r1vflow.models.generate import generate_completions
 
     pixels = sample_pixels(dataset_dir, samples, image_size, model)
     groups = generate_completions(
-        model, tokenizer, [s.question for s in samples], pixels, max_new_tokens, batch_size,
+        engine or model, tokenizer, [s.question for s in samples], pixels, max_new_tokens,
+        batch_size,
         temperature=temperature, num_return_sequences=num_samples, seed=seed)
     golds = [s.answer for s in samples for _ in range(num_samples)]
     texts = [c.text for group in groups for c in group]

@@ -95,12 +95,14 @@ def policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     aggregation: Aggregation = "seq-mean-token-mean",
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Clipped surrogate loss (PPO/GRPO), to be minimised.
 
     logprobs, old_logprobs, mask: [N, T]; advantages: [N] (one per sequence, broadcast over
     tokens). Per token: -min(ratio * A, clip(ratio, 1 - clip_low, 1 + clip_high) * A) with
-    ratio = exp(logprobs - old_logprobs); old_logprobs carry no gradient.
+    ratio = exp(logprobs - old_logprobs); old_logprobs carry no gradient. `weights` [N, T]
+    (no gradient) multiply each token's term: truncated importance sampling (`tis_weights`).
     Returns a scalar aggregated over valid tokens (see module docstring).
     """
     _check_nt("old_logprobs", old_logprobs, logprobs.shape)
@@ -113,7 +115,22 @@ def policy_loss(
     unclipped = ratio * adv
     clipped = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
     per_token = -torch.minimum(unclipped, clipped)  # [N, T]
+    if weights is not None:
+        _check_nt("weights", weights, logprobs.shape)
+        per_token = per_token * weights.detach().to(per_token.dtype)
     return masked_aggregate(per_token, mask, aggregation)
+
+
+def tis_weights(trainer_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor,
+                cap: float) -> torch.Tensor:
+    """Truncated importance sampling (verl's and TRL's correction for the rollout engine's
+    numerics): per token min(exp(trainer - rollout log-prob), cap). The samples came from the
+    engine's distribution, the loss is the trainer's: the ratio reweights them, the cap bounds
+    its variance. [N, T] -> [N, T], no gradient."""
+    if cap <= 0:
+        raise ValueError(f"tis cap must be > 0, got {cap}")
+    _check_nt("rollout_logprobs", rollout_logprobs, trainer_logprobs.shape)
+    return torch.exp(trainer_logprobs.detach() - rollout_logprobs).clamp(max=cap)
 
 
 @torch.no_grad()

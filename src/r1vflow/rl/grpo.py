@@ -36,11 +36,11 @@ from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.models.generate import Completion
 from r1vflow.models.io import save_model
 from r1vflow.rl.batch import completion_logprobs, loss_scale, sequence_batch
-from r1vflow.rl.core import Aggregation, clip_fraction, kl_k3, policy_loss
+from r1vflow.rl.core import Aggregation, clip_fraction, kl_k3, policy_loss, tis_weights
 from r1vflow.rl.core import group_advantages as compute_advantages
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.rewards import HybridReward
-from r1vflow.rl.rollout import RolloutBackend
+from r1vflow.rl.rollout import Rollout
 from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
 from r1vflow.train.checkpoint import PhaseCheckpoint
 from r1vflow.train.distributed import rank_world
@@ -89,6 +89,7 @@ class _Row:
     advantage: float
     old_logprobs: torch.Tensor | None = None  # [T]; set for replayed rows
     replayed: bool = False
+    rollout_logprobs: tuple[float, ...] | None = None  # the engine's, for fresh rows
 
 
 def _global_mean(values: list[float]) -> list[float]:
@@ -124,7 +125,7 @@ class _PromptSampler:
 
 
 def _rollout(
-    rollout: RolloutBackend, prompts: list[GRPOPrompt], group_size: int, seed: int
+    rollout: Rollout, prompts: list[GRPOPrompt], group_size: int, seed: int
 ) -> list[Completion]:
     pixels = None
     if prompts[0].pixel_values is not None:
@@ -143,7 +144,7 @@ def _score(reward: HybridReward, prompts: list[GRPOPrompt], completions: list[Co
 
 def prefilter_pool(
     prompts: Sequence[GRPOPrompt],
-    rollout: RolloutBackend,
+    rollout: Rollout,
     reward: HybridReward,
     group_size: int,
     batch_prompts: int,
@@ -188,6 +189,21 @@ def _pad_old(rows: list[_Row], width: int) -> torch.Tensor:
     return out
 
 
+def _tis(rows: list[_Row], old: torch.Tensor, cap: float | None) -> torch.Tensor | None:
+    """Truncated importance weights min(exp(trainer - rollout log-prob), cap) per token of the
+    fresh rows that carry the engine's log-probabilities (1 elsewhere); None when off."""
+    if cap is None:
+        return None
+    rollout = torch.zeros_like(old)
+    fresh = torch.zeros_like(old, dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r.rollout_logprobs is not None and not r.replayed:
+            n = min(len(r.rollout_logprobs), old.shape[1])
+            rollout[i, :n] = torch.tensor(r.rollout_logprobs[:n], dtype=old.dtype)
+            fresh[i, :n] = True
+    return torch.where(fresh, tis_weights(old.detach(), rollout, cap), torch.ones_like(old))
+
+
 def _forward(model, rows: list[_Row], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     batch = sequence_batch([r.prompt.token_ids for r in rows], [r.completion for r in rows],
                            pad_id)
@@ -208,6 +224,7 @@ class _Opt:
     kl_coef: float
     aggregation: Aggregation
     pad_id: int
+    tis_cap: float | None = None
 
 
 def _optimize(engine: TrainEngine, ref: torch.nn.Module | None, rows: list[_Row], opt: _Opt):
@@ -229,14 +246,17 @@ def _optimize(engine: TrainEngine, ref: torch.nn.Module | None, rows: list[_Row]
     metrics: dict[str, float] = {}
     clipped: list[float] = []
     kls: list[float] = []
+    weights = None
     for _ in range(opt.ppo_epochs):
         logprobs, mask = _forward(engine.model, sub, opt.pad_id)
         if old is None:
             old = logprobs.detach()
+        if weights is None:
+            weights = _tis(sub, old, opt.tis_cap)
         replayed = torch.tensor([r.replayed for r in sub]).unsqueeze(1)
         behaviour = torch.where(replayed, _pad_old(sub, mask.shape[1]), old)
         loss = scale * policy_loss(logprobs, behaviour, advantages, mask, opt.clip_low,
-                                   opt.clip_high, opt.aggregation)
+                                   opt.clip_high, opt.aggregation, weights)
         if ref_lp is not None:
             kl = kl_k3(logprobs, ref_lp, mask, opt.aggregation)
             loss = loss + opt.kl_coef * kl
@@ -246,6 +266,8 @@ def _optimize(engine: TrainEngine, ref: torch.nn.Module | None, rows: list[_Row]
                                      opt.clip_low, opt.clip_high))
         metrics.update(loss=float(loss.detach()), **stats)
     metrics["clip_fraction"] = sum(clipped) / len(clipped)
+    if weights is not None:
+        metrics["tis_weight_mean"] = float((weights * mask).sum() / mask.sum().clamp(min=1))
     if kls:
         metrics["kl"] = sum(kls) / len(kls)  # mean over the epochs, like clip_fraction
     fresh_old = {i: old[k][: len(rows[i].completion)]
@@ -271,7 +293,20 @@ def _step_metrics(scores, completions: list[Completion], adv: torch.Tensor) -> d
     return metrics
 
 
-def _grpo_step(engine, ref, rollout, reward, batch: list[GRPOPrompt], opt: _Opt,
+def logprob_gap(completions: Sequence[Completion],
+                trainer: dict[int, torch.Tensor]) -> dict[str, float]:
+    """|engine - trainer| log-probability per token over the completions the trainer scored
+    (`trainer`: completion index -> its [T] log-probs): mean and max. Empty without the
+    engine's log-probabilities."""
+    gaps = [torch.tensor(completions[i].logprobs[:len(lp)]) - lp.float().cpu()
+            for i, lp in trainer.items() if completions[i].logprobs is not None]
+    if not gaps:
+        return {}
+    flat = torch.cat(gaps).abs()
+    return {"logprob_gap_mean": float(flat.mean()), "logprob_gap_max": float(flat.max())}
+
+
+def _grpo_step(engine, ref, rollout: Rollout, reward, batch: list[GRPOPrompt], opt: _Opt,
                ssb: SelectiveSampleBuffer | None, group_size: int, scale_by_std: bool,
                step: int, seed: int) -> dict[str, float]:
     start = time.perf_counter()
@@ -280,7 +315,7 @@ def _grpo_step(engine, ref, rollout, reward, batch: list[GRPOPrompt], opt: _Opt,
     scores = _score(reward, batch, completions, group_size)
     adv = compute_advantages(torch.tensor(scores.total), group_size, scale_by_std)
     scored = time.perf_counter()
-    rows = [_Row(batch[i // group_size], list(c.token_ids), float(a))
+    rows = [_Row(batch[i // group_size], list(c.token_ids), float(a), rollout_logprobs=c.logprobs)
             for i, (c, a) in enumerate(zip(completions, adv.tolist(), strict=True))]
     rows, ssb_stats = _apply_ssb(rows, ssb, step)
     train_metrics, fresh_old = _optimize(engine, ref, rows, opt)
@@ -288,13 +323,17 @@ def _grpo_step(engine, ref, rollout, reward, batch: list[GRPOPrompt], opt: _Opt,
         ssb.add([Candidate(rows[i].prompt.id, rows[i].prompt, rows[i].completion, lp,
                            rows[i].advantage) for i, lp in fresh_old.items()], step)
         ssb_stats["buffer_size"] = float(len(ssb))
-    rollout.sync(engine.module)
+    synced = time.perf_counter()
+    sync_s = rollout.sync(engine.module, rollout.names)
     end = time.perf_counter()
     tokens = sum(len(c.token_ids) for c in completions)
     return {
         **_step_metrics(scores, completions, adv), **ssb_stats, **train_metrics,
-        "rollout_s": rolled - start, "reward_s": scored - rolled, "train_s": end - scored,
+        **logprob_gap(completions, fresh_old),
+        "rollout_s": rolled - start, "reward_s": scored - rolled, "train_s": synced - scored,
+        "sync_s": sync_s if rollout.engine.backend != "transformers" else 0.0,
         "step_s": end - start, "completion_tokens": float(tokens),
+        "rollout_tokens_per_s": tokens / max(rolled - start, 1e-9),
         "tokens_per_s": tokens / (end - start), "prompts_per_s": len(batch) / (end - start),
     }
 
@@ -323,8 +362,15 @@ def summarize(history: list[dict[str, float]]) -> dict[str, float]:
         "replay_fraction_mean": mean("replay_fraction"),
     }
     components = sorted({k for h in history for k in h if k.startswith("reward/")})
+    rolled = sum(h["rollout_s"] for h in history)
+    out["rollout_tokens_per_s"] = sum(h["completion_tokens"] for h in history) / max(rolled, 1e-9)
+    gaps = [h["logprob_gap_max"] for h in history if "logprob_gap_max" in h]
+    if gaps:  # the rollout/trainer mismatch: mean of the steps' means, largest token gap
+        out["logprob_gap_max"] = max(gaps)
+        out["logprob_gap_mean"] = mean("logprob_gap_mean")
     for key in ("reward_mean", "accuracy", "format_rate", "loss", "clip_fraction", "kl",
-                "rollout_s", "reward_s", "train_s", "completion_tokens_mean", *components):
+                "rollout_s", "reward_s", "train_s", "sync_s", "completion_tokens_mean",
+                "tis_weight_mean", *components):
         if any(key in h for h in history):
             out[f"{key}_mean"] = mean(key)
     for key in ("accuracy", "format_rate", "reward_mean"):
@@ -360,7 +406,7 @@ def _check_args(n_prompts: int, steps: int, prompts_per_step: int, group_size: i
 # The `train_grpo` keywords that a `grpo` config section (GRPOConfig) sets, under the same names.
 GRPO_SETTINGS = ("steps", "prompts_per_step", "group_size", "lr", "ppo_epochs", "weight_decay",
                  "warmup_ratio", "clip_low", "clip_high", "kl_coef", "scale_by_std",
-                 "aggregation", "backend", "zero_stage", "seed", "checkpoint_every")
+                 "aggregation", "backend", "zero_stage", "seed", "checkpoint_every", "tis_cap")
 
 
 def grpo_settings(cfg: GRPOConfig) -> dict[str, Any]:
@@ -417,7 +463,7 @@ def train_grpo(
     tokenizer: PreTrainedTokenizerBase,
     prompts: Sequence[GRPOPrompt],
     reward: HybridReward,
-    rollout: RolloutBackend,
+    rollout: Rollout,
     *,
     steps: int,
     prompts_per_step: int,
@@ -437,6 +483,7 @@ def train_grpo(
     zero_stage: int = 0,
     seed: int = 0,
     checkpoint_every: int | None = None,
+    tis_cap: float | None = None,
     checkpoint_dir: Path | None = None,
     checkpoint_metadata: dict | None = None,
     checkpoint: PhaseCheckpoint | None = None,
@@ -466,7 +513,9 @@ def train_grpo(
                          total_steps=steps * ppo_epochs, backend=backend, zero_stage=zero_stage)
     rank, _ = rank_world()  # after the engine: DeepSpeed sets up torch.distributed
     rollout.sync(engine.module)
-    opt = _Opt(ppo_epochs, clip_low, clip_high, kl_coef, aggregation, tokenizer.pad_token_id)
+    rollout.names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
+    opt = _Opt(ppo_epochs, clip_low, clip_high, kl_coef, aggregation, tokenizer.pad_token_id,
+               tis_cap)
     sampler = _PromptSampler(len(prompts), prompts_per_step, seed + 7919 * rank)
     history: list[dict[str, float]] = []
     result = GRPOResult(history=history, summary={})
@@ -496,5 +545,6 @@ def train_grpo(
             if stop:
                 break
     engine.release()
-    result.summary = {**summarize(history), "stopped_early": float(result.stop_reason is not None)}
+    result.summary = {**summarize(history), "weight_syncs": float(rollout.syncs),
+                      "stopped_early": float(result.stop_reason is not None)}
     return result

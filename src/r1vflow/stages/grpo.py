@@ -15,8 +15,9 @@ metadata for the promotion gate. After training: greedy validation accuracy, sav
 
 Departures from the paper: group size, clip range, buffer sizes and the monitor's thresholds
 are not given by the reports and are config values here; the reward-model term defaults to
-weight 0 (its score is still logged and watched when a reward model is trained); the loop
-runs on CPU with `transformers.generate` (a vLLM backend exists for GPUs).
+weight 0 (its score is still logged and watched when a reward model is trained); rollouts
+come from the generation engine (`generation:`; vLLM colocated where it serves the model, the
+same code on a CPU and on GPUs), synced after every optimizer step.
 
     r1vflow run pipelines/configs/tiny.yaml --set grpo.steps=40 --set grpo.ssb.enabled=false
 """
@@ -27,6 +28,7 @@ import json
 
 from r1vflow.data.io import load_split, read_info
 from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.generation import build_engine
 from r1vflow.models.devices import place
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import ImageBatch, image_texts, stack_images
@@ -44,7 +46,7 @@ from r1vflow.rl.rewards import (
     hybrid_reward,
     make_reward_model_reward,
 )
-from r1vflow.rl.rollout import RolloutBackend, TransformersRollout, VLLMRollout
+from r1vflow.rl.rollout import Rollout
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
 from r1vflow.storage.atomic import write_text
@@ -97,13 +99,15 @@ def build_prompts(model, tokenizer, samples, dataset, image_size: int,
             for k, (s, i) in enumerate(zip(samples, ids, strict=True))]
 
 
-def build_rollout(kind: str, model, tokenizer, model_dir, max_new_tokens: int,
-                  temperature: float, batch_size: int) -> RolloutBackend:
-    if kind == "vllm":
-        return VLLMRollout(model_dir, tokenizer.eos_token_id, tokenizer.pad_token_id,
-                           max_new_tokens, temperature)
-    return TransformersRollout(model, tokenizer, max_new_tokens, temperature, batch_size,
-                               suppress_ids=[model.config.image_token_id, tokenizer.pad_token_id])
+def build_rollout(exp, model, tokenizer) -> Rollout:
+    """The rollouts of `exp.grpo` on the engine its `generation` settings choose (the stage log
+    says which); with truncated importance sampling the transformers backend also returns
+    log-probabilities."""
+    cfg = exp.grpo
+    settings = exp.generation_for("grpo").model_copy(update={"batch_size": cfg.batch_size})
+    engine = build_engine(settings, model, tokenizer)
+    return Rollout(engine, cfg.max_new_tokens, cfg.temperature,
+                   logprobs=engine.backend == "vllm" or cfg.tis_cap is not None)
 
 
 START_INPUTS = ("mpo_model", "sft_model", "base_model")  # the first one given is the start
@@ -131,8 +135,7 @@ def run(ctx: StageContext) -> StageOutcome:
     if "reward_model" in ctx.inputs:
         scorer = load_reward_scorer(ctx.input("reward_model"), cfg.batch_size, cfg.max_length)
     reward = build_reward(w.accuracy, w.format, w.reward_model, scorer)
-    rollout = build_rollout(cfg.rollout, model, tokenizer, sft_dir, cfg.max_new_tokens,
-                            cfg.temperature, cfg.batch_size)
+    rollout = build_rollout(exp, model, tokenizer)
     extra: dict[str, float] = {}
     if cfg.ssb.prefilter:
         prompts, extra = prefilter_pool(prompts, rollout, reward, cfg.group_size,
@@ -155,7 +158,8 @@ def run(ctx: StageContext) -> StageOutcome:
         on_step=on_step, progress=True)
     scored, _ = score_model(model, tokenizer, val[:cfg.val_limit], dataset,
                             exp.data.image_size, max_new_tokens=cfg.val_max_new_tokens,
-                            batch_size=cfg.val_batch_size)
+                            batch_size=cfg.val_batch_size, engine=rollout.engine)
+    rollout.engine.close()
     _write_checkpoint_index(ctx, result)
     for path in result.checkpoints:  # with an object store: pointers in the KFP artifact
         if path.is_dir():

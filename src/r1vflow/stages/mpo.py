@@ -30,6 +30,7 @@ import torch
 from r1vflow.data.io import load_preferences, load_split, read_info
 from r1vflow.eval.grading import format_ok
 from r1vflow.eval.scoring import sample_pixels, score_model
+from r1vflow.generation import build_engine
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.generate import generate_completions
 from r1vflow.models.io import load_model, save_model
@@ -66,6 +67,8 @@ def rm_score_fn(scorer: RewardScorer):
 
 def build_pairs(ctx: StageContext, model, tokenizer, train, rm) -> tuple[list[PairRow],
                                                                           PairReport]:
+    """The preference pairs: sampled from `model` on the engine `mpo.generation` chooses (freed
+    before training), and/or synthesize_data's pairs."""
     cfg, dataset = ctx.exp.mpo, ctx.input("dataset")
     p = cfg.pairs
     report, rows = PairReport(), []
@@ -75,7 +78,12 @@ def build_pairs(ctx: StageContext, model, tokenizer, train, rm) -> tuple[list[Pa
                                     cfg.val_batch_size, p.min_steps, p.rule_margin,
                                     p.rm_margin, p.gold_chosen, cfg.seed)
         pixels = sample_pixels(dataset, prompts, ctx.exp.data.image_size, model)
-        rows, report = sample_pairs(model, tokenizer, prompts, pixels, settings, rm)
+        engine = build_engine(ctx.exp.generation_for("mpo").model_copy(
+            update={"batch_size": cfg.val_batch_size}), model, tokenizer)
+        try:
+            rows, report = sample_pairs(engine, tokenizer, prompts, pixels, settings, rm)
+        finally:
+            engine.close()
     if p.source in ("synthetic", "both"):
         rows += synthetic_pairs(load_preferences(dataset), report)
     if not rows:

@@ -36,8 +36,10 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 VOCAB = 400
-TEXT = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 64,
-        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+# head_dim 32: the smallest head size vLLM's CPU attention serves (it refused 8), so that every
+# family's tiny checkpoint is servable by vLLM in the tests.
+TEXT = {"vocab_size": VOCAB, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
         "max_position_embeddings": 1024, "tie_word_embeddings": False}
 
 
@@ -75,21 +77,22 @@ def _ids(tokenizer, family: str) -> dict[str, int]:
 def _native_model(family: str, ids: dict[str, int]):
     import transformers
 
-    rope = {"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 10000.0}
+    rope = {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0}
     if family == "qwen2_5_vl":
         config = transformers.Qwen2_5_VLConfig(
             text_config={**TEXT, "rope_parameters": rope},
             vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64,
-                           "num_heads": 4, "out_hidden_size": 32, "patch_size": 14,
+                           "num_heads": 2, "out_hidden_size": 64, "patch_size": 14,
                            "spatial_merge_size": 2, "temporal_patch_size": 2,
                            "window_size": 56, "fullatt_block_indexes": [1]}, **ids)
         return transformers.Qwen2_5_VLForConditionalGeneration(config)
     if family == "qwen3_vl":
         config = transformers.Qwen3VLConfig(
-            text_config={**TEXT, "head_dim": 8,
-                         "rope_parameters": {**rope, "mrope_interleaved": True}},
+            text_config={**TEXT, "head_dim": 32,
+                         "rope_parameters": {**rope, "mrope_section": [6, 5, 5],
+                                             "mrope_interleaved": True}},
             vision_config={"depth": 2, "hidden_size": 32, "intermediate_size": 64,
-                           "num_heads": 4, "out_hidden_size": 32, "patch_size": 16,
+                           "num_heads": 4, "out_hidden_size": 64, "patch_size": 16,
                            "spatial_merge_size": 2, "temporal_patch_size": 2,
                            "deepstack_visual_indexes": [1], "num_position_embeddings": 64},
             **ids)
