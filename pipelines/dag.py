@@ -69,15 +69,20 @@ def _inputs(stage: str, tasks: dict, base_model) -> dict:
     return kwargs
 
 
-def build_pipeline(exp: Experiment):
-    """Return the KFP pipeline function for this experiment's enabled stages."""
+def build_pipeline(exp: Experiment, local: bool = False):
+    """Return the KFP pipeline function for this experiment's enabled stages.
+
+    `local` (the local driver, r1vflow.pipelines.local_run): `configure` is cached like a stage.
+    On a cluster it never is, because there it finds or creates the KFP run's MLflow parent run;
+    under the local driver it touches no MLflow (the driver made the parent run), so its slices
+    depend on its inputs alone and a cached rerun skips its process."""
     stages = exp.stages()
     Outputs = NamedTuple("Outputs", [(s, str) for s in stages])  # noqa: UP014 (dynamic fields)
 
     @dsl.pipeline(name=pipeline_name(exp), description=exp.description or f"r1vflow {exp.name}")
     def pipeline(experiment_json: str, overrides: list = []) -> Outputs:  # noqa: B006 (KFP default)
         config = configure(experiment_json=experiment_json, overrides=overrides)
-        config.set_display_name("configure").set_caching_options(False)
+        config.set_display_name("configure").set_caching_options(local)
         apply_environment(config, exp.cluster)  # MLflow settings: it tags the parent run
         apply_image(config, exp.cluster)
         slices = config.outputs

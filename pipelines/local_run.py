@@ -234,7 +234,7 @@ def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
         "R1VFLOW_KFP_RUN": f"local:{parent_id}",
     })
     pipeline_root = output_dir / "pipeline_root"
-    pipeline = build_pipeline(exp)
+    pipeline = build_pipeline(exp, local=True)
     images = _task_images(pipeline) if runner == "docker" else {}
     try:
         with _kfp_runner(runner, output_dir, images) as kfp_runner:

@@ -9,7 +9,8 @@ stage's latest progress line: step/total, loss, tokens/s, ETA). Besides that:
   log of the run that produced the cached output, under one header line, and the console line
   says so and names it.
 - Warnings that tell the user nothing (kfp.local's notes on the image and display names,
-  DeepSpeed's "Setting accelerator to CPU", transformers' deprecation notes) go to
+  DeepSpeed's "Setting accelerator to CPU", transformers' deprecation notes and weight-loading
+  bars) go to
   `logs/debug.log` instead of the stage logs and the console.
 - Retries are the driver's (the task's KFP retry policy, applied here instead of by kfp.local):
   each is announced with the failure and the delay, and a failure that a retry cannot mend (a
@@ -41,6 +42,7 @@ NOISE = re.compile("|".join((
     r"Setting (ds_)?accelerator to (CPU|cpu)",
     r"\[real_accelerator\.py:\d+:get_accelerator\]",
     r"(FutureWarning|DeprecationWarning): .*(transformers|torch_dtype|deprecated)",
+    r"^\s*(Loading weights|Writing model shards):\s+\d+%",  # transformers' per-load bars
 )))
 NOISE_SOURCE = re.compile(r"^\s+(warnings\.warn\(|_warn_local_only_noops\(|warn\()")
 

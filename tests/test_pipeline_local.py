@@ -177,6 +177,36 @@ def test_final_model_is_candidate_and_first_champion(smoke_run):
     assert again["promotion"]["champion"] == promotion["champion"]
 
 
+def test_a_cached_rerun_keeps_the_logs_of_the_run_that_trained(smoke_run):
+    """Each logs/<stage>.log after the cached rerun is the first run's log under a header that
+    names where it is kept; the rerun's console line for the stage names that log."""
+    out, summary, again = smoke_run
+    for stage in summary["stages"]:
+        text = (out / "logs" / f"{stage}.log").read_text()
+        first_line = text.splitlines()[0]
+        assert first_line.startswith(f"{stage}: served from the KFP cache (no task ran). Below: "
+                                     "the log of the run that produced its output"), first_line
+        kept = Path(first_line.rsplit("kept at ", 1)[1])
+        assert kept.is_file() and kept.is_relative_to(out / "pipeline_root")
+        assert text.endswith(kept.read_text()) and "Executing task" in text
+    assert "[progress] sft " in (out / "logs" / "sft.log").read_text()
+    assert "RuntimeWarning: You may be attemping" not in (out / "logs" / "sft.log").read_text()
+    assert "RuntimeWarning: You may be attemping" in (out / "logs" / "debug.log").read_text()
+
+
+def test_promoted_in_the_summary_and_the_gate_log_agree(smoke_run):
+    out, summary, again = smoke_run
+    assert summary["promotion"]["promoted"] and not summary["promotion"]["already_champion"]
+    promotion = again["promotion"]
+    assert (promotion["promoted"], promotion["already_champion"]) == (False, True)
+    log = (out / "logs" / "decide_promotion.log").read_text()
+    assert f"promotion not needed: {promotion['decision']}" in log
+    assert "is already the champion" in promotion["decision"] and "blocked" not in log
+    page = (out / "reports" / "summary.html").read_text()
+    assert f"{promotion['candidate']} is already the champion" in page
+    assert again["mlflow"]["parent_run_id"] in page
+
+
 def test_second_run_is_served_from_cache(smoke_run):
     _, summary, again = smoke_run
     assert again["status"] == "succeeded"
