@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_hardening import BILLION_LAUGHS, SECRET
 
 from conftest import PRESETS
 
@@ -199,3 +200,56 @@ def test_any_predictions_file_scores_or_raises_one_benchmark_error(tmp_path_fact
             assert str(err) and "\n" not in str(err)
         else:
             assert report["n"] == 1 and 0.0 <= report["accuracy"] <= 1.0
+
+
+# --------------------------------------------------------------------------- the CLI, end to end
+
+HOSTILE = [  # YAML values a careless user or an attacker writes (issue 23)
+    "2024-01-01", "!!set {a: null}", "!!binary aGk=", "!!python/name:os.system x",
+    "&loop [*loop]", "*undefined", ".inf", "-.inf", ".nan", "18446744073709551616", "-1",
+    "'[/x]'", "'[bold]b[/bold] [link=file:///etc/passwd]x[/link]'",
+    f"'http://user:{SECRET}@h.example/x'", f"'https://h.example/x?access_token={SECRET}'",
+    "[" * 60 + "]" * 60, "{a: 1, a: 2}", "&b [1, 2]", "[*b, *b, *b]", "'\\u0000'",
+]
+CLI_FUZZ = settings(max_examples=25, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _one_gib() -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+
+
+@CLI_FUZZ
+@given(field=st.sampled_from(FIELDS), hostile=st.sampled_from(HOSTILE),
+       prefix=st.sampled_from(["", BILLION_LAUGHS, "b: &b [1]\n"]), noise=st.binary(max_size=4),
+       at=st.integers(0, 400))
+def test_validate_any_hostile_config_is_ok_or_one_error_line(field, hostile, prefix, noise, at,
+                                                             tmp_path_factory):
+    """`r1vflow validate` in a subprocess limited to 1 GiB of address space, on the smoke preset
+    with one field's value replaced by hostile YAML (after an alias bomb or an anchor, with a
+    few random bytes spliced in): exit 0 and `ok:`, or exit 2 and exactly one `error:` line,
+    never a traceback or a printed secret."""
+    import subprocess
+    import sys
+
+    data = json.loads(json.dumps(SMOKE))
+    node, *path = data, *field.split(".")
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = "__HOSTILE__"
+    text = (prefix + yaml.safe_dump(data)).encode().replace(b"'__HOSTILE__'", b"__HOSTILE__")
+    text = text.replace(b"__HOSTILE__", hostile.encode())
+    text = text[:at] + noise + text[at:] if noise else text
+    file = tmp_path_factory.mktemp("cli") / "exp.yaml"
+    file.write_bytes(text)
+    proc = subprocess.run([sys.executable, "-m", "r1vflow.cli", "validate", str(file)],
+                          capture_output=True, text=True, timeout=60, preexec_fn=_one_gib)
+    assert proc.returncode in (0, 2), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and SECRET not in proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        assert proc.stdout.startswith("ok: ")
+    else:
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and proc.stderr.startswith("error:"), proc.stderr[-3000:]

@@ -95,8 +95,11 @@ def register(app: typer.Typer) -> None:
         report = _generate(model, benchmark, lambda: _items(benchmark, data, split, subset, limit),
                            samples, max_new_tokens, batch_size, temperature)
         predictions = predictions or Path(f"{benchmark}.predictions.jsonl")
-        predictions.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(predictions, report["items"])
+        try:
+            predictions.parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl(predictions, report["items"])
+        except OSError as err:
+            _fail(f"{predictions}: cannot write the predictions ({err.strerror or err})")
         _write_json(json_out or Path(f"{benchmark}.json"), report)
         typer.echo(_summary(report))
 
@@ -135,8 +138,11 @@ def _progress(name: str):
 
 
 def _write_json(path: Path, report: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps_json(report, indent=1, ensure_ascii=False) + "\n")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps_json(report, indent=1, ensure_ascii=False) + "\n")
+    except OSError as err:  # a directory, a full disk, no permission
+        _fail(f"{path}: cannot write the report ({err.strerror or err})")
 
 
 def _load(model_dir: Path):

@@ -4,8 +4,8 @@ config value carries a credential (docs/reliability.md, "Secrets in text").
     redact("http://u:pw@h:5000/x?access_token=abc&a=1")  -> "http://***@h:5000/x?access_token=***&a=1"
     credential_in("s3://b/k?X-Amz-Signature=ab")          -> "query parameter 'X-Amz-Signature'"
 
-What counts as a credential: the `user[:password]@` of a URI (`scheme://user:pw@host`, or a
-bare `user:pw@host`), and the value of a query parameter whose name says it is one (CREDENTIAL_PARAMS,
+What counts as a credential: the `user[:password]@` of a URI (`scheme://user:pw@host`,
+`//user:pw@host`, or a bare `user:pw@host`), and the value of a query parameter whose name says it is one (CREDENTIAL_PARAMS,
 compared case-insensitively).
 """
 
@@ -20,8 +20,8 @@ CREDENTIAL_PARAMS = (
     "access_key", "secret_key", "sig", "signature", "x-amz-signature", "x-amz-credential",
     "x-amz-security-token", "sas", "credential", "credentials")
 _PARAMS = "|".join(re.escape(p) for p in sorted(CREDENTIAL_PARAMS, key=len, reverse=True))
-# scheme://userinfo@  (userinfo: no '/', whitespace, quote or '@')
-_SCHEME_USERINFO = re.compile(r"(?P<lead>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<info>[^/\s@'\"<>]+)@")
+# //userinfo@ (after a scheme or not; userinfo: no '/', whitespace, quote or '@')
+_SCHEME_USERINFO = re.compile(r"(?P<lead>(?<!/)//)(?!/)(?P<info>[^/\s@'\"<>]+)@")
 # bare user:password@host (no scheme): the ':' is what tells it from an e-mail address
 _BARE_USERINFO = re.compile(
     r"(?P<lead>(?<![\w.:/@%+-]))(?P<info>[\w.%+-]+:[^\s@/'\"<>]+)@(?=[\w\[])")
@@ -40,11 +40,10 @@ def redact(text: str) -> str:
 
 def credential_in(text: str) -> str | None:
     """What credential `text` carries ("user:password@ in a URI", "query parameter 'x'"), or None.
-    Only the `scheme://user@` form counts here: a config value is refused for it."""
-    if "@" in text:
-        match = _SCHEME_USERINFO.search(text)
-        if match and not match["info"].startswith("/"):
-            return "user:password@ in a URI"
+    Only the `//user@` form counts here (not a bare user:pw@host): a config value is refused
+    for it."""
+    if "@" in text and _SCHEME_USERINFO.search(text):
+        return "user:password@ in a URI"
     if "=" in text:
         match = _QUERY.search(text)
         if match:

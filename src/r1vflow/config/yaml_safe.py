@@ -96,8 +96,7 @@ class _BoundedLoader(yaml.SafeLoader):
 
     def construct_object(self, node, deep=False):
         if node.tag not in PLAIN_TAGS:
-            kind = node.tag.rsplit(":", 1)[-1] if node.tag.startswith("tag:yaml.org") \
-                else node.tag
+            kind = node.tag.removeprefix("tag:yaml.org,2002:")
             raise YamlRefused(f"{_where(node)}: a value of YAML type {kind!r} ({node.value!r:.40})"
                               " is not a config value: quote it to make it text")
         return super().construct_object(node, deep=deep)
@@ -123,8 +122,9 @@ def _size(node, memo: dict[int, int]) -> int:
 
 def load_yaml_text(text: str) -> Any:
     """The plain data of one YAML document, or YamlRefused (one line, with the line number)."""
-    loader = _BoundedLoader(text)
+    loader = None
     try:
+        loader = _BoundedLoader(text)  # refuses control characters already
         return loader.get_single_data()
     except YamlRefused:
         raise
@@ -137,7 +137,8 @@ def load_yaml_text(text: str) -> Any:
     except RecursionError:
         raise YamlRefused(f"nested more than {MAX_DEPTH} levels deep") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def read_text_file(path: Path, max_bytes: int = MAX_FILE_BYTES) -> str:
