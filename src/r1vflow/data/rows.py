@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 from PIL import Image
 
@@ -37,9 +37,6 @@ from r1vflow.data.schema import (
     THINK_OPEN,
     format_response,
 )
-
-if TYPE_CHECKING:
-    from r1vflow.data.files import FilePolicy
 
 AnswerKind = Literal["choice", "number", "latex", "text"]
 LETTERS = string.ascii_uppercase
@@ -63,6 +60,16 @@ class ImageRef:
 
     def describe(self) -> str:
         return str(self.path) if self.data is None else f"<{len(self.data)} bytes>"
+
+
+class ReadPolicy(Protocol):
+    """How `decode_images` reads files and checks sizes: r1vflow.data.files.FilePolicy."""
+
+    max_pixels: int
+
+    def read(self, path: Path) -> bytes: ...
+    def check_bytes(self, data: bytes, what: str) -> bytes: ...
+    def vague(self, path: Path | None) -> RowError | None: ...
 
 
 @dataclass(frozen=True)
@@ -277,7 +284,7 @@ def derived_pair(row: ParsedRow, index: int) -> tuple[str, str, str]:
 
 
 # ----------------------------------------------------------------------------- images
-def decode_images(refs: Sequence[ImageRef], policy: FilePolicy,
+def decode_images(refs: Sequence[ImageRef], policy: ReadPolicy,
                   ) -> list[tuple[Image.Image, bytes, str]]:
     """(RGB image, the encoded bytes, the file extension of their format) of each of a row's
     images. Files are read under `policy` (r1vflow.data.files: place, kind, byte budget); every
@@ -301,11 +308,11 @@ def decode_images(refs: Sequence[ImageRef], policy: FilePolicy,
             image.close()
 
 
-def _vague(ref: ImageRef, policy: FilePolicy) -> RowError | None:
+def _vague(ref: ImageRef, policy: ReadPolicy) -> RowError | None:
     return policy.vague(ref.path) if ref.data is None else None
 
 
-def _header(ref: ImageRef, policy: FilePolicy) -> tuple[bytes, Image.Image]:
+def _header(ref: ImageRef, policy: ReadPolicy) -> tuple[bytes, Image.Image]:
     """The bytes of `ref` and PIL's image on them, with only the header read."""
     if ref.data is None:
         data = policy.read(ref.path)
@@ -321,7 +328,7 @@ def _header(ref: ImageRef, policy: FilePolicy) -> tuple[bytes, Image.Image]:
 
 
 def _decoded(ref: ImageRef, data: bytes, image: Image.Image,
-             policy: FilePolicy) -> tuple[Image.Image, bytes, str]:
+             policy: ReadPolicy) -> tuple[Image.Image, bytes, str]:
     try:
         image.load()
         fmt = (image.format or "PNG").lower()
@@ -332,7 +339,7 @@ def _decoded(ref: ImageRef, data: bytes, image: Image.Image,
     return rgb, data, {"jpeg": "jpg", "mpo": "jpg"}.get(fmt, fmt)
 
 
-def decode_image(ref: ImageRef, policy: FilePolicy) -> tuple[Image.Image, bytes, str]:
+def decode_image(ref: ImageRef, policy: ReadPolicy) -> tuple[Image.Image, bytes, str]:
     """`decode_images` of one image."""
     return decode_images([ref], policy)[0]
 
