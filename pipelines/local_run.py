@@ -47,6 +47,18 @@ def _quiet_mlflow(enabled: bool = True):
         logger.setLevel(level)
 
 
+def _preparing(verbose: bool):
+    """On a terminal, a spinner while the MLflow parent run is opened (seconds: the store is
+    created or migrated) before the first task's own spinner."""
+    import sys
+
+    if verbose or not sys.stdout.isatty():
+        return contextlib.nullcontext()
+    from rich.console import Console
+
+    return Console().status("opening the MLflow parent run ...")
+
+
 def _stage_entries(exp: Experiment, outputs: dict[str, str], run_dir: Path,
                    new_dirs: list[Path]) -> dict[str, dict[str, Any]]:
     """Per stage: the task's StageResult (cached tasks included), else the mirrored failure.
@@ -223,7 +235,7 @@ def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
         "r1vflow.output_dir": str(output_dir),
         "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
     }
-    with _quiet_mlflow(enabled=not verbose):  # "Creating initial MLflow database tables", ...
+    with _preparing(verbose), _quiet_mlflow(enabled=not verbose):  # "Creating initial ..."
         parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
                                               parent_tags, flatten(exp.model_dump(mode="json")))
     os.environ.update({
