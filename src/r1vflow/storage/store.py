@@ -383,7 +383,11 @@ class BaseStore(ABC, Generic[L]):
                 # A name no manifest key can take (a key `x.r1vflow-part` beside `x` shared the
                 # old `x` + PART_SUFFIX and corrupted `x`): hidden, random, per download.
                 tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}{PART_SUFFIX}")
-                found = self._hash_stored(loc, rel, tmp, bar)
+                try:
+                    found = self._hash_stored(loc, rel, tmp, bar)
+                except BaseException:  # an outage past the retries: leave no temporary
+                    tmp.unlink(missing_ok=True)
+                    raise
                 problem = check_entry(rel, manifest.files[rel], found)
                 if problem:
                     tmp.unlink(missing_ok=True)
