@@ -79,6 +79,9 @@ def register(app: typer.Typer) -> None:
             temperature: Annotated[float, typer.Option("--temperature", min=0.0)] = 0.0,
             max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", min=1)] = 512,
             batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 16,
+            backend: Annotated[str, typer.Option(
+                "--backend", help="Generation engine: auto (vLLM where it serves the model, "
+                                  "else transformers), vllm or transformers.")] = "auto",
             predictions: Annotated[Path | None, typer.Option(
                 "--predictions", help="Where the responses go (default <benchmark>.predictions"
                                       ".jsonl).")] = None,
@@ -90,10 +93,12 @@ def register(app: typer.Typer) -> None:
 
         if samples > 1 and temperature == 0:
             _fail("--samples > 1 needs --temperature > 0 (greedy copies would be identical)")
+        if backend not in ("auto", "vllm", "transformers"):
+            _fail(f"--backend {backend!r}: choose auto, vllm or transformers")
         if not (model / "config.json").is_file():
             _fail(f"{model}: not a saved model folder (no config.json)")
         report = _generate(model, benchmark, lambda: _items(benchmark, data, split, subset, limit),
-                           samples, max_new_tokens, batch_size, temperature)
+                           samples, max_new_tokens, batch_size, temperature, backend)
         predictions = predictions or Path(f"{benchmark}.predictions.jsonl")
         try:
             predictions.parent.mkdir(parents=True, exist_ok=True)
@@ -105,18 +110,27 @@ def register(app: typer.Typer) -> None:
 
 
 def _generate(model_dir: Path, benchmark: str, items: Callable[[], list], samples: int,
-              max_new_tokens: int, batch_size: int, temperature: float) -> dict:
-    """Read the items, load the model, generate (progress on stderr) and score: the report; a
-    benchmark or model problem (ValueError: a model that won't load) is one error line."""
+              max_new_tokens: int, batch_size: int, temperature: float,
+              backend: str = "auto") -> dict:
+    """Read the items, load the model, build the generation engine (its choice on stderr),
+    generate (progress on stderr) and score: the report; a benchmark or model problem
+    (ValueError: a model that won't load) is one error line."""
+    from r1vflow.config.generation import GenerationConfig
     from r1vflow.eval.benchmarks import BenchmarkDataError, get_benchmark
     from r1vflow.eval.benchmarks.run import run_benchmark
+    from r1vflow.generation import build_engine
 
     try:
         bench, read = get_benchmark(benchmark), items()
         vlm, tokenizer = _load(model_dir)
-        return run_benchmark(benchmark, bench, vlm, tokenizer, read, None, samples,
-                             max_new_tokens, batch_size, temperature,
-                             on_batch=_progress(benchmark))
+        engine = build_engine(GenerationConfig(backend=backend, batch_size=batch_size), vlm,
+                              tokenizer, say=lambda line: typer.echo(line, err=True))
+        try:
+            return run_benchmark(benchmark, bench, vlm, tokenizer, read, None, samples,
+                                 max_new_tokens, batch_size, temperature,
+                                 on_batch=_progress(benchmark), engine=engine)
+        finally:
+            engine.close()
     except (BenchmarkDataError, ValueError) as err:
         _fail(str(err))
 

@@ -120,9 +120,9 @@ class TransformersEngine:
                   "pad_token_id": self.tokenizer.pad_token_id,
                   "eos_token_id": self.tokenizer.eos_token_id, "use_cache": True,
                   "suppress_tokens": self.suppress, **sampling_options(sampling)}
-        if images:
-            flat = stack_images([image for row in images for image in row])
-            kwargs.update(image_kwargs(flat, param.device, param.dtype))
+        flat = [image for row in images or () for image in row]
+        if flat:
+            kwargs.update(image_kwargs(stack_images(flat), param.device, param.dtype))
             kwargs.update(token_type_kwargs(self.model, ids))
         if sampling.logprobs:
             kwargs.update(output_logits=True, return_dict_in_generate=True)

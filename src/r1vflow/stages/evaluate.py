@@ -56,23 +56,27 @@ def run(ctx: StageContext) -> StageOutcome:
     predictions: dict[str, list] = {}  # the MLflow table of the test-split responses
     evaluated: dict[str, str | None] = {}  # label -> registered version
     final: tuple[str, Path] | None = None  # the last training stage's model: the candidate
+    engine = None  # one engine: each later model of the run is synced into it
     for input_name, label in MODEL_INPUTS.items():
         if input_name not in ctx.inputs:
             continue
         path = ctx.input(input_name)
         final = (label, path) if label != "base" else final
         model, tokenizer = place(load_model(path, "vlm")), load_tokenizer(path)
+        engine = _engine_for(exp, engine, model, tokenizer)
         scored, responses = score_model(
             model, tokenizer, samples, dataset, exp.data.image_size, cfg.max_new_tokens,
             cfg.batch_size, temperature=cfg.temperature, num_samples=cfg.num_samples,
-            seed=exp.data.seed)
+            seed=exp.data.seed, engine=engine)
         metrics.update({f"{k}/{label}": v for k, v in scored.items()})
         metrics.update(score_on_benchmarks(
             benchmarks, model, tokenizer, label, exp.data.image_size, cfg.max_new_tokens,
-            cfg.batch_size, exp.data.seed, predictions_dir))
+            cfg.batch_size, exp.data.seed, predictions_dir, engine=engine))
         examples[label] = responses[:EXAMPLES_IN_REPORT]
         _add_predictions(predictions, label, samples, responses)
         evaluated[label] = parent_version(path)
+    if engine is not None:
+        engine.close()
     flags = candidate_flags(final, metrics, cfg.max_hallucination_rate) if final else {}
     metrics.update({FLAG_METRIC.format(flag=k): 1.0 for k in flags})
     candidate = _mark_candidate(ctx, final, metrics) if final else None
@@ -90,6 +94,24 @@ def run(ctx: StageContext) -> StageOutcome:
     return StageOutcome(metrics=metrics, model_version=candidate, report=report,
                         report_data={"lineage": lineage, "benchmarks": rows, "evaluated": {
                             k: v for k, v in evaluated.items() if v}})
+
+
+def _engine_for(exp, engine, model, tokenizer):
+    """The generation engine for `model`: the first model's is built (`evaluate.generation`);
+    a later model of the same architecture is synced into it (vLLM; transformers: the model
+    itself), one of another architecture gets a new engine."""
+    from r1vflow.generation import TransformersEngine, build_engine
+
+    same = engine is not None and type(engine.config) is type(model.config) and (
+        engine.config.to_dict().get("text_config") == model.config.to_dict().get("text_config"))
+    if same and not isinstance(engine, TransformersEngine):
+        engine.sync(model)
+        return engine
+    if engine is not None:
+        engine.close()
+    settings = exp.generation_for("evaluate").model_copy(
+        update={"batch_size": exp.evaluate.batch_size})
+    return build_engine(settings, model, tokenizer)
 
 
 def benchmark_locator(exp):

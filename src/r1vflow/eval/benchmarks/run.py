@@ -10,8 +10,8 @@ the marker first stands; the others go before the question, as in training. Text
 (MATH-500, AIME) get no image. Each row records ``image_tokens``, the image tokens the model
 read for it, and ``images``.
 
-`generate_requests` is the one function that generates (transformers ``model.generate``,
-batched, on the model's device); the generation engine of the vLLM issue replaces its body.
+`generate_requests` is the one function that generates: batched on the generation engine
+(r1vflow.generation: vLLM where it serves the model, else transformers' ``generate``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from PIL import Image
 
 from r1vflow.data.io import atomic_write_bytes
@@ -120,16 +119,6 @@ def _prompt_ids(tokenizer, request: Request, encoded: list) -> list[int]:
     return tokenizer.encode(prompt, add_special_tokens=False)
 
 
-def _left_padded(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):] = torch.tensor(row)
-        mask[i, width - len(row):] = 1
-    return ids, mask
-
-
 def _check_fits(model, request: Request, n_prompt: int, max_new_tokens: int) -> None:
     limit = context_length(model)
     if limit is not None and n_prompt + max_new_tokens > limit:
@@ -139,71 +128,56 @@ def _check_fits(model, request: Request, n_prompt: int, max_new_tokens: int) -> 
             "max_new_tokens or use a model with a longer context")
 
 
-def _generate_batch(model, tokenizer, requests: list[Request], options: dict, n: int,
+def _generate_batch(engine, model, tokenizer, requests: list[Request], sampling,
                     image_size: int | None) -> list[Generated]:
-    """One ``model.generate`` call: every request's images through the family's encoding,
-    its prompt with their placeholders, repeated ``n`` times (tiles and patches cannot go
-    through generate's own num_return_sequences expansion)."""
-    from r1vflow.models.families.images import ImageBatch, image_kwargs, token_type_kwargs
-    from r1vflow.models.generate import decode_completion
-
-    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
+    """One engine call: every request's images through the family's encoding (in the order the
+    question places them), its prompt with their placeholders."""
     encoded = [encode_request_images(model, r.images, image_size) for r in requests]
     prompts = [_prompt_ids(tokenizer, r, e) for r, e in zip(requests, encoded, strict=True)]
     for request, ids in zip(requests, prompts, strict=True):
-        _check_fits(model, request, len(ids), options["max_new_tokens"])
-    ids, mask = _left_padded([p for p in prompts for _ in range(n)], tokenizer.pad_token_id)
-    inputs = [i for e in encoded for _ in range(n) for i in e]
-    pixels = image_kwargs(ImageBatch(tuple(inputs)), device, dtype) if inputs else {}
-    sequences = model.generate(
-        input_ids=ids.to(device), attention_mask=mask.to(device), **pixels,
-        **token_type_kwargs(model, ids.to(device)), pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, use_cache=True,
-        suppress_tokens=[model.config.image_token_id, tokenizer.pad_token_id], **options)
-    rows = [decode_completion(tokenizer, row) for row in sequences[:, ids.shape[1]:].tolist()]
+        _check_fits(model, request, len(ids), sampling.max_new_tokens)
+    groups = engine.generate(prompts, encoded, sampling)
     pad = model.config.image_token_id
-    return [Generated(rows[i * n:(i + 1) * n], prompts[i].count(pad))
-            for i in range(len(requests))]
+    return [Generated(group, ids.count(pad)) for group, ids in zip(groups, prompts, strict=True)]
 
 
 def generate_requests(model, tokenizer, requests: list[Request], max_new_tokens: int,
                       batch_size: int, temperature: float, samples: int = 1, seed: int = 0,
-                      image_size: int | None = None,
-                      on_batch: OnBatch | None = None) -> list[Generated]:
-    """``samples`` responses to every request, ``batch_size`` requests per ``generate`` call:
+                      image_size: int | None = None, on_batch: OnBatch | None = None,
+                      engine=None) -> list[Generated]:
+    """``samples`` responses to every request, ``batch_size`` requests per engine call, on
+    `engine` (r1vflow.generation, serving `model`'s weights; None: transformers on `model`):
     greedy at temperature 0, else plain temperature sampling, reproducible given ``seed``
-    (the global RNG untouched). ``image_size``: the tiny Llava path's square (None: its
-    vision tower's). ``on_batch`` hears (done, total, tokens, seconds) after each batch."""
-    from r1vflow.models.generate import sampling_options
+    (batch k draws with seed + k; the global RNG untouched). ``image_size``: the tiny Llava
+    path's square (None: its vision tower's). ``on_batch`` hears (done, total, tokens,
+    seconds) after each batch."""
+    from r1vflow.generation import Sampling, TransformersEngine
 
     if temperature == 0 and samples != 1:
         raise ValueError("greedy decoding (temperature=0) gives identical copies; use samples=1")
-    options = {"max_new_tokens": max_new_tokens, **sampling_options(temperature)}
-    was_training, results, tokens, start = model.training, [], 0, time.monotonic()
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[]), torch.no_grad():
-            torch.manual_seed(seed)
-            for first in range(0, len(requests), batch_size):
-                batch = requests[first:first + batch_size]
-                results += _generate_batch(model, tokenizer, batch, options, samples,
-                                           image_size)
-                tokens += sum(c.num_tokens for g in results[first:] for c in g.completions)
-                if on_batch:
-                    on_batch(len(results), len(requests), tokens, time.monotonic() - start)
-    finally:
-        model.train(was_training)
+    engine = engine or TransformersEngine(model, tokenizer, batch_size)
+    results: list[Generated] = []
+    tokens, start = 0, time.monotonic()
+    for first in range(0, len(requests), batch_size):
+        sampling = Sampling(max_new_tokens, temperature, samples, seed + first)
+        batch = _generate_batch(engine, model, tokenizer, requests[first:first + batch_size],
+                                sampling, image_size)
+        results += batch
+        tokens += sum(c.num_tokens for g in batch for c in g.completions)
+        if on_batch:
+            on_batch(len(results), len(requests), tokens, time.monotonic() - start)
     return results
 
 
 def generate_predictions(model, tokenizer, items: list[Item], image_size: int | None,
                          samples: int, max_new_tokens: int, batch_size: int, temperature: float,
-                         seed: int = 0, on_batch: OnBatch | None = None) -> list[dict]:
+                         seed: int = 0, on_batch: OnBatch | None = None,
+                         engine=None) -> list[dict]:
     """``samples`` responses per item: rows ``{"id", "sample", "response", "tokens",
     "images", "image_tokens"}``."""
     requests = [request_of(item) for item in items]
     generated = generate_requests(model, tokenizer, requests, max_new_tokens, batch_size,
-                                  temperature, samples, seed, image_size, on_batch)
+                                  temperature, samples, seed, image_size, on_batch, engine)
     return [{"id": r.id, "sample": k, "response": c.text, "tokens": c.num_tokens,
              "images": len(r.images), "image_tokens": g.image_tokens}
             for r, g in zip(requests, generated, strict=True)
@@ -212,12 +186,14 @@ def generate_predictions(model, tokenizer, items: list[Item], image_size: int | 
 
 def run_benchmark(name: str, bench: Benchmark, model, tokenizer, items: list[Item],
                   image_size: int | None, samples: int, max_new_tokens: int, batch_size: int,
-                  temperature: float, seed: int = 0, on_batch: OnBatch | None = None) -> dict:
-    """Generate and score: the `score_predictions` report (its items hold the responses)."""
+                  temperature: float, seed: int = 0, on_batch: OnBatch | None = None,
+                  engine=None) -> dict:
+    """Generate (on `engine`, else transformers on `model`) and score: the
+    `score_predictions` report (its items hold the responses)."""
     if not items:
         raise BenchmarkDataError(f"{name}: no items to run (empty split or subset?)")
     rows = generate_predictions(model, tokenizer, items, image_size, samples, max_new_tokens,
-                                batch_size, temperature, seed, on_batch)
+                                batch_size, temperature, seed, on_batch, engine)
     return score_predictions(name, bench, {item.id: item for item in items}, rows)
 
 

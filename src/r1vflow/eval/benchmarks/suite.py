@@ -92,8 +92,9 @@ def load_benchmarks(configs: list, locate: Locate = local_path) -> list[LoadedBe
 
 def score_on_benchmarks(loaded: list[LoadedBenchmark], model, tokenizer, label: str,
                         image_size: int, max_new_tokens: int, batch_size: int, seed: int,
-                        out_dir: Path) -> dict[str, float]:
-    """Run one model on every benchmark; returns its ``bench/...`` metrics, writes its files."""
+                        out_dir: Path, engine=None) -> dict[str, float]:
+    """Run one model on every benchmark (generated on `engine`, which serves `model`'s
+    weights; None: transformers); returns its ``bench/...`` metrics, writes its files."""
     # here, not at the top: `r1vflow run` imports this module for missing_paths before any
     # task starts, and generation imports torch (seconds of a cached rerun)
     from r1vflow.eval.benchmarks.run import run_benchmark, write_jsonl
@@ -103,7 +104,7 @@ def score_on_benchmarks(loaded: list[LoadedBenchmark], model, tokenizer, label: 
         cfg = entry.cfg
         report = run_benchmark(cfg.name, entry.bench, model, tokenizer, entry.items, image_size,
                                cfg.samples, cfg.max_new_tokens or max_new_tokens, batch_size,
-                               cfg.temperature, seed)
+                               cfg.temperature, seed, engine=engine)
         folder = out_dir / cfg.name
         folder.mkdir(parents=True, exist_ok=True)
         write_jsonl(folder / f"{label}.predictions.jsonl", report["items"])
