@@ -151,3 +151,43 @@ def test_collapse_runs_leaves_one_placeholder_per_image():
     assert collapse_runs([1, 7, 7, 7, 2, 7, 7, 3], token=7) == [1, 7, 2, 7, 3]
     assert collapse_runs([1, 5, 7, 7, 6, 3], token=7, drop=(5, 6)) == [1, 7, 3]
     assert collapse_runs([1, 2, 3], token=None) == [1, 2, 3]
+
+
+# --------------------------------------------------------------------------- rollout check
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_rollout_check_passes_after_a_perturbed_sync(served, family, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from r1vflow.cli import app
+
+    out = tmp_path / "check.json"
+    result = CliRunner().invoke(app, ["rollout", "check", str(served[family]), "--perturb",
+                                      "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "rollout check passed" in result.output
+    report = json.loads(out.read_text())
+    assert report["family"] == family and report["perturbed"] is True
+    assert report["greedy_match"] == 1.0 and report["logprob_gap_max"] <= LOGPROB_TOL
+    assert report["prompts"] == 6  # four with images of four sizes, two text-only
+
+
+def test_rollout_check_names_a_weight_it_cannot_map(served, monkeypatch):
+    """A table that lost a prefix (as when a transformers release renames keys): the check
+    fails in one line naming the weight, exit 2."""
+    from typer.testing import CliRunner
+
+    from r1vflow.cli import app
+    from r1vflow.generation import weights
+
+    table = weights.NAME_MAPS["qwen2_5_vl"]
+    renamed = weights.NameMap("qwen2_5_vl", tuple(r for r in table.rules
+                                                   if r[0] != "model.visual."))
+    monkeypatch.setitem(weights.NAME_MAPS, "qwen2_5_vl", renamed)
+    result = CliRunner().invoke(app, ["rollout", "check", str(served["qwen2_5_vl"])])
+    assert result.exit_code == 2, result.output
+    assert "rollout check: weight sync (qwen2_5_vl): no rule places the policy parameter " \
+           "'model.visual." in result.output

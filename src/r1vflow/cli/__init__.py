@@ -6,6 +6,7 @@
     models      models import
     gitops      gitops plan / apply / render / release
     evaluation  eval score / run (published benchmarks)
+    rollout     rollout check (vLLM against transformers on a saved model)
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ import sys  # noqa: E402
 
 import typer  # noqa: E402
 
-from r1vflow.cli import cluster, evaluation, experiment, gitops, models, platform  # noqa: E402
+from r1vflow.cli import (  # noqa: E402
+    cluster,
+    evaluation,
+    experiment,
+    gitops,
+    models,
+    platform,
+    rollout,
+)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Declarative R1V/R1V2 training pipelines on Kubeflow Pipelines.")
@@ -34,7 +43,7 @@ def _everything_written_is_redacted() -> None:
 
 
 # Imports inside the commands keep `r1vflow --help` fast.
-for _group in (experiment, platform, cluster, gitops, models, evaluation):
+for _group in (experiment, platform, cluster, gitops, models, evaluation, rollout):
     _group.register(app)
 
 
