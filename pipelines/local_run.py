@@ -208,6 +208,19 @@ def _refuse(exp: Experiment, output_dir: Path, tracking_uri: str, error: str) ->
     return RunRefused(error)
 
 
+def _parent_tags(exp: Experiment, commit: str | None, experiment_file: str | None,
+                 output_dir: Path, overrides: list[str]) -> dict[str, str]:
+    """The MLflow parent run's tags: what ran, from which file and commit, with which changes."""
+    return {
+        "r1vflow.config_fingerprint": exp.fingerprint(),
+        "r1vflow.pipeline": pipeline_name(exp),
+        "r1vflow.git_commit": commit or "",
+        "r1vflow.experiment_file": experiment_file or "",
+        "r1vflow.output_dir": str(output_dir),
+        "r1vflow.overrides": json.dumps(overrides),
+    }
+
+
 def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
                 overrides: list[str] | None, applied: list[str] | None,
                 verbose: bool, announce: Callable[[], None] | None,
@@ -227,14 +240,8 @@ def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
     mlflow_experiment = tracking.experiment_name(exp.name, exp.tracking.experiment_name)
     commit = tracking.git_commit()
     fingerprint = exp.fingerprint()
-    parent_tags = {
-        "r1vflow.config_fingerprint": fingerprint,
-        "r1vflow.pipeline": pipeline_name(exp),
-        "r1vflow.git_commit": commit or "",
-        "r1vflow.experiment_file": experiment_file or "",
-        "r1vflow.output_dir": str(output_dir),
-        "r1vflow.overrides": json.dumps([*(applied or []), *(overrides or [])]),
-    }
+    parent_tags = _parent_tags(exp, commit, experiment_file, output_dir,
+                               [*(applied or []), *(overrides or [])])
     with _preparing(verbose), _quiet_mlflow(enabled=not verbose):  # "Creating initial ..."
         parent_id = tracking.start_parent_run(tracking_uri, mlflow_experiment, exp.name,
                                               parent_tags, flatten(exp.model_dump(mode="json")))
