@@ -228,7 +228,9 @@ def test_submit_host_with_credentials_is_refused_unprinted():
 def test_tracking_uri_with_credentials_or_dead_server_fails_fast_unprinted(command, tmp_path):
     (tmp_path / "experiments").mkdir()
     for uri, says in ((f"http://bob:{SECRET}@127.0.0.1:9", "must not contain credentials"),
-                      ("http://127.0.0.1:9", "unreachable")):
+                      (f"https://127.0.0.1:9/?password={SECRET}", "must not contain credentials"),
+                      ("http://127.0.0.1:9", "unreachable"),
+                      ("http://a b", "is not a URI"), ("htp:/x", "htp:/x")):
         started = time.monotonic()
         result = cli(*command, "--tracking-uri", uri, cwd=tmp_path, timeout=60)
         assert time.monotonic() - started < 30  # was ~250 s of MLflow retries

@@ -1,5 +1,5 @@
 """What every command module shares: the console, the `--set` and config arguments, and the
-CLI's one way of writing (docs/reliability.md, "What the CLI writes"):
+CLI's one way of writing (docs/reliability.md, "Hostile input: the config and the CLI"):
 
 - `fail(message)` / `error(message)`: the one error printer. `error: <message>` on stderr, the
   message's credentials redacted and its `[...]` shown as typed (Rich markup escaped), not
@@ -105,20 +105,27 @@ MLFLOW_CLI_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1",
 
 
 def checked_tracking_uri(uri: str | None, option: str = "--tracking-uri") -> str | None:
-    """`uri` for a command that reads MLflow: refused (exit 2) with credentials in it or when
-    its server does not answer /health within 5 s; MLflow's HTTP retries bounded."""
+    """`uri` for a command that reads MLflow: refused (exit 2) with credentials or whitespace in
+    it, or when its server does not answer /health within 5 s; MLflow's HTTP retries bounded."""
+    import http.client
     import os
 
     from r1vflow.config.platform import MLFLOW_CREDENTIALS_HINT, uri_userinfo
+    from r1vflow.config.redaction import credential_in
     from r1vflow.tracking.runs import unreachable
 
     for name, value in MLFLOW_CLI_HTTP.items():
         os.environ.setdefault(name, value)
     if not uri:
         return uri
-    if uri_userinfo(uri):
+    if uri_userinfo(uri) or credential_in(uri):
         raise fail(f"{option} {uri} must not contain credentials: {MLFLOW_CREDENTIALS_HINT}")
-    why = unreachable(uri)
+    if any(c.isspace() or not c.isprintable() for c in uri):
+        raise fail(f"{option} {uri!r} is not a URI (it holds whitespace or control characters)")
+    try:
+        why = unreachable(uri)
+    except (OSError, ValueError, http.client.HTTPException) as err:
+        why = f"MLflow at {uri} cannot be reached ({type(err).__name__}: {err})"
     if why:
         raise fail(why)
     return uri

@@ -28,6 +28,11 @@ def _fail(message: str) -> None:
     raise fail(message)
 
 
+def _mlflow_fail(err: Exception) -> None:
+    """One line for an error MLflow raised (its messages run over several lines)."""
+    _fail(" ".join(str(getattr(err, "message", None) or err).split()))
+
+
 def _report(result: dict) -> None:
     """Print a benchmark's JSON; exit 1 when it misses a target it states (`targets_met`)."""
     typer.echo(dumps_json(result))
@@ -207,12 +212,14 @@ def lineage(name: str, version: str,
             tracking_uri: TrackingOpt = None, stack_dir: StackOpt = None,
             run_dir: RunDirOpt = None) -> None:
     """Walk a model version's r1vflow.parent chain back to the base models and data sets."""
+    from mlflow.exceptions import MlflowException
+
     from r1vflow.tracking.lineage import LineageError, walk_lineage
 
     try:
         chain = walk_lineage(name, version, located_store(tracking_uri, stack_dir, run_dir))
-    except LineageError as err:
-        _fail(str(err))
+    except (LineageError, MlflowException) as err:  # e.g. a URI scheme MLflow does not know
+        _mlflow_fail(err)
     if as_json:
         typer.echo(dumps_json(chain))
         return
@@ -232,12 +239,14 @@ def compare(run_ids: list[str], tracking_uri: TrackingOpt = None, stack_dir: Sta
     metrics), then the experiment configs' differences."""
     import time
 
+    from mlflow.exceptions import MlflowException
+
     from r1vflow.tracking.lineage import LineageError, compare_runs, config_diff
 
     try:
         rows, runs = compare_runs(run_ids, located_store(tracking_uri, stack_dir, run_dir))
-    except LineageError as err:
-        _fail(str(err))
+    except (LineageError, MlflowException) as err:
+        _mlflow_fail(err)
     heads = [f"{run['name']} ({run['run_id'][:8]})" for run in runs]
     details = _table("runs", "", heads)
     details.add_row("status", *[run["status"] for run in runs])
