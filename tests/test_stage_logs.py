@@ -156,3 +156,16 @@ def test_a_failure_a_retry_cannot_mend_is_not_retried(tmp_path):
     (None, False), ("", False)])
 def test_permanent_failures_are_told_by_their_type(error, permanent):
     assert permanent_failure(error) is permanent
+
+
+def test_a_task_whose_config_slice_is_refused_says_why_and_is_not_retried(tmp_path, monkeypatch):
+    """execute() mirrors a slice it cannot read (e.g. code and driver out of step) as a
+    ConfigError, which the driver does not retry."""
+    from r1vflow.runtime.execute import execute
+
+    monkeypatch.setenv("R1VFLOW_RUN_DIR", str(tmp_path))
+    with pytest.raises(Exception, match="unknown key"):
+        execute("grpo", json.dumps({"name": "x", "grpo": {"no_such_field": 1}}), {}, {})
+    mirrored = json.loads((tmp_path / "stages" / "grpo.json").read_text())
+    assert mirrored["status"] == "failed" and mirrored["error"].startswith("ConfigError: ")
+    assert permanent_failure(mirrored["error"])

@@ -112,7 +112,12 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
     `experiment_json` is the stage's config slice (r1vflow.config.slicing), or a whole
     experiment. `report` (Markdown) and `html_report` (HTML) are the KFP report artifacts
     (r1vflow.runtime.reporting)."""
-    exp = experiment_from_slice(experiment_json)
+    try:
+        exp = experiment_from_slice(experiment_json)
+    except Exception as err:  # the driver reads why (a config error is not worth a retry)
+        _mirror(StageResult(stage=stage, status="failed", seconds=0.0,
+                            error=f"{type(err).__name__}: {err}"))
+        raise
     started = time.time()
     run_id = None
     try:
