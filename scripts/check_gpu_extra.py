@@ -1,7 +1,9 @@
 """Check that `pip install '.[gpu]'` resolves on a CUDA Linux machine without backtracking.
 
 Runs pip's resolver (`pip install --dry-run --ignore-installed --report`) for the project with
-its `gpu` extra, reading wheel metadata only (nothing is installed or kept), and prints one JSON
+its `gpu` extra, reading wheel metadata only (nothing is installed or kept), `--isolated` from
+this machine's pip settings (their local CPU torch wheel and caps are not a CUDA machine's), and
+prints one JSON
 line: the vllm, torch, torchvision and transformers versions it chose, how many vllm versions it
 looked at, and the seconds it took. Exits 1 when pip fails, when it backtracked through vllm
 releases, or when vllm is not in the answer.
@@ -27,8 +29,9 @@ def main() -> int:
         report = Path(tmp) / "report.json"
         start = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
-             "--no-cache-dir", "--report", str(report), "-v", f"{ROOT}[gpu]"],
+            [sys.executable, "-m", "pip", "install", "--isolated", "--dry-run",
+             "--ignore-installed", "--no-cache-dir", "--report", str(report), "-v",
+             f"{ROOT}[gpu]"],
             capture_output=True, text=True, timeout=1800)
         seconds = round(time.monotonic() - start, 1)
         log = proc.stdout + proc.stderr
@@ -48,6 +51,10 @@ def main() -> int:
     print(json.dumps(result))
     if result["vllm"] is None:
         print("check-gpu-extra: vllm is not in pip's answer", file=sys.stderr)
+        return 1
+    if "+cpu" in (result["torch"] or ""):
+        print(f"check-gpu-extra: pip chose a CPU torch ({result['torch']}), not vLLM's CUDA one",
+              file=sys.stderr)
         return 1
     if "backtracking" in log.lower() or len(tried) > 1:
         print(f"check-gpu-extra: pip backtracked through vllm releases: {tried}", file=sys.stderr)
