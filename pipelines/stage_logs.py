@@ -10,7 +10,7 @@ stage's latest progress line: step/total, loss, tokens/s, ETA). Besides that:
   says so and names it.
 - Warnings that tell the user nothing (kfp.local's notes on the image and display names,
   DeepSpeed's "Setting accelerator to CPU", transformers' deprecation notes and weight-loading
-  bars) go to
+  bars, vLLM's CPU-build notes repeated at every generation call) go to
   `logs/debug.log` instead of the stage logs and the console.
 - Retries are the driver's (the task's KFP retry policy, applied here instead of by kfp.local):
   each is announced with the failure and the delay, and a failure that a retry cannot mend (a
@@ -43,6 +43,12 @@ NOISE = re.compile("|".join((
     r"\[real_accelerator\.py:\d+:get_accelerator\]",
     r"(FutureWarning|DeprecationWarning): .*(transformers|torch_dtype|deprecated)",
     r"^\s*(Loading weights|Writing model shards):\s+\d+%",  # transformers' per-load bars
+    # vLLM's CPU build: once per generation call, and notes on this machine's setup
+    r"\[cpu_worker\.py:\d+\] CPU backend doesn't allow to use `torch\.set_num_threads`",
+    r"\[cpu_worker\.py:\d+\] lib\w+ is not found in LD_PRELOAD",
+    r"\[cpu\.py:\d+\] Triton is not installed",
+    r"Model Runner V2 requires Triton",
+    r"\[block_pool\.py:\d+\] Successfully reset prefix cache",
 )))
 NOISE_SOURCE = re.compile(r"^\s+(warnings\.warn\(|_warn_local_only_noops\(|warn\()")
 

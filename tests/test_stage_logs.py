@@ -100,12 +100,15 @@ def test_noise_goes_to_the_debug_log_and_progress_to_the_spinner(tmp_path):
     out, debug, shown = io.StringIO(), io.StringIO(), []
     router = LineRouter(out, debug, "sft", shown.append)
     router.write(NOISE + "Setting accelerator to CPU. If you have GPU ...\nloss 1.0\n"
-                 "    Loading weights: 100%|##########| 52/52 [00:00<00:00, 29738.72it/s]\n")
+                 "    Loading weights: 100%|##########| 52/52 [00:00<00:00, 29738.72it/s]\n"
+                 "    (MainProcess pid=3429) WARNING 12-05 02:02:32 [cpu_worker.py:140] CPU "
+                 "backend doesn't allow to use `torch.set_num_threads` after the thread "
+                 "binding, skip it.\n")
     router.write("    [progress] sft 1/4 loss 2.0000 · 10 tok/s · 1 s elapsed · ETA 3 s\npart")
     router.flush()
     assert out.getvalue() == ("loss 1.0\n    [progress] sft 1/4 loss 2.0000 · 10 tok/s · 1 s "
                               "elapsed · ETA 3 s\npart\n")
-    assert debug.getvalue().count("sft: ") == 4  # the warning, its source, DeepSpeed, loading
+    assert debug.getvalue().count("sft: ") == 5  # warning, source, DeepSpeed, loading, vLLM
     assert shown == ["sft 1/4 loss 2.0000 · 10 tok/s · 1 s elapsed · ETA 3 s"]
 
 
