@@ -435,3 +435,17 @@ def test_eval_score_report_that_cannot_be_written_is_one_line(tmp_path):
                                       str(tmp_path / "m"), "--predictions", str(pred),
                                       "--json", str(tmp_path / "r.json")])
     assert result.exit_code == 2 and "id '[/x]'" in one_error(result.output)
+
+
+def test_a_manifest_key_with_markup_is_shown_as_typed(tmp_path):
+    from r1vflow.storage import FileStore
+
+    src = tmp_path / "src"
+    (src / "d[").mkdir(parents=True)
+    (src / "d[" / "b].txt").write_text("good")  # manifest key 'd[/b].txt': a closing tag
+    uri = FileStore(tmp_path / "store", show_progress=False).upload_dir(src, "runs/a").pointer.uri
+    (Path(uri.removeprefix("file://")) / "d[" / "b].txt").write_text("evil")  # tampered
+    result = CliRunner().invoke(app, ["artifacts", "verify", uri])
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    bad = [line for line in result.output.splitlines() if line.startswith("bad:")]
+    assert len(bad) == 1 and "d[/b].txt" in bad[0], result.output
