@@ -90,7 +90,12 @@ def make_repo(tmp_path: Path) -> tuple[Path, Path]:
     return tmp_path / "repo", outside
 
 
-def test_gitops_plan_refuses_links_out_of_the_repo_and_bad_files_and_plans_the_others(tmp_path):
+def test_gitops_plan_refuses_links_out_of_the_repo_and_bad_files_and_plans_the_others(
+        tmp_path, monkeypatch):
+    from r1vflow.cli.common import MLFLOW_CLI_HTTP
+
+    for name, value in MLFLOW_CLI_HTTP.items():  # the in-process plan sets them: restored after
+        monkeypatch.setenv(name, value)
     repo, _ = make_repo(tmp_path)
     store = f"sqlite:///{tmp_path / 'mlflow.db'}"
     result = cli("gitops", "plan", "--json", "--repo", str(repo), "--tracking-uri", store)
@@ -109,8 +114,9 @@ def test_gitops_plan_refuses_links_out_of_the_repo_and_bad_files_and_plans_the_o
     assert "'timestamp'" in reasons["date"]
     assert "not UTF-8" in reasons["latin1"]
     assert "[/x]: unknown key" in reasons["markup"]
-    table = cli("gitops", "plan", "--repo", str(repo), "--tracking-uri", store)
-    assert table.returncode == 0 and "[/x]" in table.stdout, table.stderr[-3000:]
+    table = CliRunner().invoke(app, ["gitops", "plan", "--repo", str(repo), "--tracking-uri",
+                                     store])
+    assert table.exit_code == 0 and "[/x]: unknown key" in table.output, table.output
 
 
 # --------------------------------------------------------------------------- 2. the judge
@@ -228,14 +234,27 @@ def test_submit_host_with_credentials_is_refused_unprinted():
 def test_tracking_uri_with_credentials_or_dead_server_fails_fast_unprinted(command, tmp_path):
     (tmp_path / "experiments").mkdir()
     for uri, says in ((f"http://bob:{SECRET}@127.0.0.1:9", "must not contain credentials"),
-                      (f"https://127.0.0.1:9/?password={SECRET}", "must not contain credentials"),
-                      ("http://127.0.0.1:9", "unreachable"),
-                      ("http://a b", "is not a URI"), ("htp:/x", "htp:/x")):
+                      ("http://127.0.0.1:9", "unreachable")):
         started = time.monotonic()
         result = cli(*command, "--tracking-uri", uri, cwd=tmp_path, timeout=60)
         assert time.monotonic() - started < 30  # was ~250 s of MLflow retries
         assert result.returncode == 2 and SECRET not in result.stdout + result.stderr
         assert says in one_error(result.stderr)
+
+
+@pytest.mark.parametrize("command", [["lineage", "m", "1"], ["gitops", "plan"]])
+def test_odd_tracking_uris_are_one_line(command, tmp_path, monkeypatch):
+    from r1vflow.cli.common import MLFLOW_CLI_HTTP
+
+    for name, value in MLFLOW_CLI_HTTP.items():  # restored after the test
+        monkeypatch.setenv(name, value)
+    (tmp_path / "experiments").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for uri, says in ((f"https://127.0.0.1:9/?password={SECRET}", "must not contain credentials"),
+                      ("http://a b", "is not a URI"), ("htp:/x", "htp:/x")):
+        result = CliRunner().invoke(app, [*command, "--tracking-uri", uri])
+        assert result.exit_code == 2 and SECRET not in result.output, result.output
+        assert says in one_error(result.output)
 
 
 def test_messages_written_by_any_command_are_redacted():
