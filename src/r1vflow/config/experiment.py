@@ -142,6 +142,11 @@ class Experiment(Strict):
                 and self.distill is None):
             raise ValueError("sft.iterative.distill repeats AL-CoTD before each iteration with "
                              "the distill section's settings: enable distill, or set it false")
+        if (self.grpo is not None and self.grpo.zero_stage == 3
+                and self.generation_for("grpo").backend == "transformers"):
+            raise ValueError("grpo.zero_stage 3 needs rollouts on vLLM, which gathers the "
+                             "partitioned weights module by module for each sync: set "
+                             "generation.backend (or grpo.generation.backend) to vllm or auto")
         if (self.grpo is not None and self.grpo.reward_weights.reward_model > 0
                 and self.train_reward_model is None):
             raise ValueError("grpo.reward_weights.reward_model > 0 scores rollouts with the "

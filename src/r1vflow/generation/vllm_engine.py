@@ -166,7 +166,7 @@ def _engine_args(settings: GenerationConfig, model: torch.nn.Module, on_gpu: boo
     if on_gpu:
         args.update(gpu_memory_utilization=settings.gpu_memory_utilization,
                     enable_sleep_mode=settings.sleep_mode)
-    if rank_world()[1] > 1:  # inside torchrun: the engine lives in each rank
+    if rank_world(os.environ)[1] > 1:  # inside torchrun: the engine lives in each rank
         args["distributed_executor_backend"] = "external_launcher"
     return args
 
@@ -189,6 +189,10 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", f"{settings.cpu_kvcache_gb:g}")
         import vllm
 
+        if rank_world(os.environ)[1] > 1:  # the trainer's process group first: vLLM joins it
+            from r1vflow.train.engine import init_deepspeed_distributed
+
+            init_deepspeed_distributed()
         self._vllm = vllm
         self.tokenizer, self.config = tokenizer, model.config
         self.names = name_map(model.config)
@@ -209,8 +213,16 @@ class VLLMEngine:
         self.sync(model)
 
     def close(self) -> None:
-        """Free the engine (its memory and its serving folder)."""
-        self.llm = None
+        """Free the engine (its memory and its serving folder). Inside torchrun vLLM shares the
+        trainer's process group, which its shutdown would destroy, and its exit hook fails once
+        the trainer destroyed it: there the hook is detached and the engine only dropped."""
+        if self.llm is not None:
+            core = self.llm.llm_engine.engine_core
+            if "distributed_executor_backend" in self.args:
+                core._finalizer.detach()
+            else:
+                core.shutdown()
+            self.llm = None
         self._dir.cleanup()
 
     def _wake(self) -> None:

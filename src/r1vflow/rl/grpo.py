@@ -386,7 +386,7 @@ def _reference(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _check_args(n_prompts: int, steps: int, prompts_per_step: int, group_size: int,
-                ppo_epochs: int, kl_coef: float, zero_stage: int) -> None:
+                ppo_epochs: int, kl_coef: float, zero_stage: int, engine: str) -> None:
     problems = []
     if n_prompts < 1:
         problems.append("no training prompts")
@@ -398,7 +398,10 @@ def _check_args(n_prompts: int, steps: int, prompts_per_step: int, group_size: i
     if kl_coef < 0:
         problems.append(f"kl_coef must be >= 0, got {kl_coef}")
     if zero_stage == 3:
-        problems.append("zero_stage 3 is not supported: rollouts need full weights on each rank")
+        if engine != "vllm":
+            problems.append("zero_stage 3 needs rollouts on vLLM (generation.backend vllm): "
+                            "transformers' generate on partitioned weights would need every "
+                            "rank at every decoding step")
     if problems:
         raise ValueError("train_grpo: " + "; ".join(problems))
 
@@ -505,7 +508,7 @@ def train_grpo(
     `summarize` summary and the monitor's stop reason if it stopped the run.
     """
     _check_args(len(prompts), steps, prompts_per_step, group_size, ppo_epochs, kl_coef,
-                zero_stage)
+                zero_stage, rollout.engine.backend)
     if checkpoint_every is not None and checkpoint_dir is None:
         raise ValueError("train_grpo: checkpoint_every needs a checkpoint_dir")
     ref = _reference(model) if kl_coef > 0 else None
