@@ -8,7 +8,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 from r1vflow.runtime.images import image_for
 
 
-@dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
+@dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
 def grpo(experiment_json: str, dataset: Input[Dataset],
          model: Output[Model], checkpoints: Output[Artifact], metrics: Output[Metrics],
          report: Output[Markdown], html_report: Output[HTML],

@@ -9,7 +9,7 @@ from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Ou
 from r1vflow.runtime.images import image_for
 
 
-@dsl.component(base_image=image_for("trainer"), install_kfp_package=False)
+@dsl.component(base_image=image_for("rollout"), install_kfp_package=False)
 def mpo(experiment_json: str, dataset: Input[Dataset], base_model: Input[Model],
         model: Output[Model], checkpoints: Output[Artifact], pairs: Output[Dataset],
         metrics: Output[Metrics], report: Output[Markdown], html_report: Output[HTML],

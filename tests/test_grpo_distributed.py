@@ -76,9 +76,9 @@ def _worker(out: Path, backend: str) -> None:
         sampling = Sampling(8, logprobs=True)
         got = rollout.engine.generate(ids, pixels, sampling)
         want = TransformersEngine(model, tokenizer).generate(ids, pixels, sampling)
-        served = {"same_greedy": [g[0].token_ids == w[0].token_ids for g, w in zip(got, want)],
-                  "gap": max(abs(a - b) for g, w in zip(got, want)
-                             for a, b in zip(g[0].logprobs, w[0].logprobs)),
+        served = {"same_greedy": [g[0].token_ids == w[0].token_ids for g, w in zip(got, want, strict=True)],
+                  "gap": max(abs(a - b) for g, w in zip(got, want, strict=True)
+                             for a, b in zip(g[0].logprobs, w[0].logprobs, strict=False)),
                   "syncs": result.summary["weight_syncs"]}
         rollout.engine.close()
     final = torch.cat([p.detach().flatten() for p in model.parameters()])

@@ -6,7 +6,7 @@ Three images run r1vflow's components (built by `images/build.sh` from `images/<
 |-----------|--------------------------------------------|--------------------------------------------|
 | `base`    | the project on CPU torch                   | CPU stages, every stage of the tiny presets |
 | `trainer` | CUDA torch + DeepSpeed + the project       | GPU training stages, multi-node TrainJobs  |
-| `rollout` | the trainer image + vLLM (extra `gpu`)     | GRPO and evaluation with vLLM              |
+| `rollout` | the trainer image + vLLM (extra `gpu`)     | the stages that generate: distill, mpo, grpo, evaluate |
 
 The references below repeat `images/versions.env`, which is the source of truth for every pinned
 version; `tests/test_images.py` fails when the two disagree. `images/` is not installed with the
