@@ -191,3 +191,23 @@ def test_rollout_check_names_a_weight_it_cannot_map(served, monkeypatch):
     assert result.exit_code == 2, result.output
     assert "rollout check: weight sync (qwen2_5_vl): no rule places the policy parameter " \
            "'model.visual." in result.output
+
+
+def test_same_seed_same_samples_and_the_callers_rng_untouched(served):
+    model, tokenizer = load_model(served["llava"]).eval(), load_tokenizer(served["llava"])
+    images = stack_images(list(encode_pixels(model, [random_image(32, 32, 3)] * 2, 32)))
+    ids = prompt_ids(tokenizer, QUESTIONS, images, model.config)
+    engine = build_engine(VLLM, model, tokenizer, say=None)
+    try:
+        def tokens(seed):
+            groups = engine.generate(ids, images, Sampling(12, temperature=1.0, n=4, seed=seed))
+            return [[c.token_ids for c in g] for g in groups]
+
+        state = torch.random.get_rng_state()
+        first = tokens(7)
+        assert first == tokens(7)
+        assert first != tokens(8)
+        assert len({tuple(t) for t in first[0]}) > 1  # the n samples of a prompt differ
+        assert torch.equal(torch.random.get_rng_state(), state)
+    finally:
+        engine.close()
