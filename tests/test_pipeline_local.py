@@ -47,7 +47,15 @@ def smoke_run(tmp_path_factory):
     second = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out))
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "summary.json").read_text())
+    # the cached rerun's logs and summary page, as it left them (later runs rewrite both)
+    shutil.copytree(out / "logs", _second(out) / "logs")
+    shutil.copy(out / "reports" / "summary.html", _second(out) / "summary.html")
+    (_second(out) / "console.txt").write_text(second.stdout + second.stderr)
     return out, summary, again
+
+
+def _second(out: Path) -> Path:
+    return out.parent / f"{out.name}-cached-rerun"
 
 
 def _first_reports(out: Path) -> Path:
@@ -181,17 +189,21 @@ def test_a_cached_rerun_keeps_the_logs_of_the_run_that_trained(smoke_run):
     """Each logs/<stage>.log after the cached rerun is the first run's log under a header that
     names where it is kept; the rerun's console line for the stage names that log."""
     out, summary, again = smoke_run
+    logs, console = _second(out) / "logs", (_second(out) / "console.txt").read_text()
     for stage in summary["stages"]:
-        text = (out / "logs" / f"{stage}.log").read_text()
+        text = (logs / f"{stage}.log").read_text()
         first_line = text.splitlines()[0]
         assert first_line.startswith(f"{stage}: served from the KFP cache (no task ran). Below: "
                                      "the log of the run that produced its output"), first_line
         kept = Path(first_line.rsplit("kept at ", 1)[1])
         assert kept.is_file() and kept.is_relative_to(out / "pipeline_root")
         assert text.endswith(kept.read_text()) and "Executing task" in text
-    assert "[progress] sft " in (out / "logs" / "sft.log").read_text()
-    assert "RuntimeWarning: You may be attemping" not in (out / "logs" / "sft.log").read_text()
-    assert "RuntimeWarning: You may be attemping" in (out / "logs" / "debug.log").read_text()
+        (line,) = [x for x in console.splitlines()
+                   if x[11:].startswith(f"{stage} ") and "succeeded" in x]
+        assert "succeeded (cached)" in line and f"its log: {out / 'logs' / stage}.log" in line
+    assert "[progress] sft " in (logs / "sft.log").read_text()
+    assert "RuntimeWarning: You may be attemping" not in (logs / "sft.log").read_text()
+    assert "RuntimeWarning: You may be attemping" in (logs / "debug.log").read_text()
 
 
 def test_promoted_in_the_summary_and_the_gate_log_agree(smoke_run):
@@ -199,10 +211,10 @@ def test_promoted_in_the_summary_and_the_gate_log_agree(smoke_run):
     assert summary["promotion"]["promoted"] and not summary["promotion"]["already_champion"]
     promotion = again["promotion"]
     assert (promotion["promoted"], promotion["already_champion"]) == (False, True)
-    log = (out / "logs" / "decide_promotion.log").read_text()
+    log = (_second(out) / "logs" / "decide_promotion.log").read_text()
     assert f"promotion not needed: {promotion['decision']}" in log
     assert "is already the champion" in promotion["decision"] and "blocked" not in log
-    page = (out / "reports" / "summary.html").read_text()
+    page = (_second(out) / "summary.html").read_text()
     assert f"{promotion['candidate']} is already the champion" in page
     assert again["mlflow"]["parent_run_id"] in page
 
