@@ -149,6 +149,19 @@ def test_summary_has_every_stage_succeeded(smoke_run):
         metrics)
 
 
+def test_smoke_grpo_rolls_out_on_vllm_with_a_sync_per_step(smoke_run):
+    """The smoke preset generates on vLLM (generation: auto, vLLM installed): GRPO synced the
+    policy into the engine once before training and after each of its 4 optimizer steps, and
+    vLLM's log-probabilities match the trainer's (float32 on the CPU)."""
+    out, summary, _ = smoke_run
+    grpo = summary["stages"]["grpo"]["metrics"]
+    assert grpo["steps"] == 4.0 and grpo["weight_syncs"] == 5.0
+    assert grpo["rollout_tokens_per_s"] > 0
+    assert grpo["logprob_gap_mean"] < 1e-4 and grpo["logprob_gap_max"] < 1e-3
+    assert "generation: vllm (auto: vLLM is installed and serves this model)" in (
+        out / "logs" / "grpo.log").read_text()
+
+
 def test_mlflow_holds_parent_nested_runs_and_versions(smoke_run):
     out, summary, _ = smoke_run
     mlflow.set_tracking_uri(summary["mlflow"]["tracking_uri"])
