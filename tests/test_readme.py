@@ -26,7 +26,8 @@ from conftest import clean_env
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
-PLACEHOLDER = re.compile(r"^(URL|PORT|RUN_ID|MODEL_URI|OUT|DIR|D|CONFIG|FAMILY|BUCKET)$|\.\.\.|"
+PLACEHOLDER = re.compile(r"^(URL|PORT|RUN_ID|MODEL_URI|MODEL_DIR|OUT|DIR|D|CONFIG|FAMILY|BUCKET)$|"
+                         r"\.\.\.|"
                          r"PORT|^/data/|^\[|^<")
 REAL = {("validate",), ("compile",), ("schema",), ("submit",), ("gitops", "plan")}
 RUN_ONLY = {"--output-dir": 1, "--stack": 1, "--runner": 1, "--verbose": 0, "-v": 0}
@@ -45,6 +46,14 @@ def readme_commands() -> list[str]:
         if command and not command.startswith(("#", "r=")):
             out.append(command.replace("$r ", ".venv/bin/r1vflow "))
     return out
+
+
+def readme_inline_commands() -> list[str]:
+    """The commands the README names in its prose (`make lock`, `r1vflow models import`, ...):
+    those of this project, without `a|b` alternatives (`pip install` is pip's, not ours)."""
+    text = (ROOT / "README.md").read_text()
+    found = re.findall(r"`((?:r1vflow|make) [^`\n|]*)`", text)
+    return list(dict.fromkeys(c.strip() for c in found))
 
 
 def _joined(lines: list[str], i: int) -> str:
@@ -127,6 +136,8 @@ def checkout(tmp_path_factory):
 
 def _commands() -> list[tuple[str, str]]:
     found = [("README.md", c) for c in readme_commands()]
+    found += [("README.md prose", c) for c in readme_inline_commands()
+              if c not in readme_commands()]
     for doc in sorted((ROOT / "docs").glob("*.md")):
         command = first_doc_command(doc)
         if command:
@@ -138,7 +149,7 @@ def _commands() -> list[tuple[str, str]]:
 def test_the_command_works_as_written(checkout, where, command):
     argv = as_run(command)
     env = clean_env()
-    if where != "README.md":  # docs write `r1vflow`: the venv entered, as the README says
+    if where != "README.md":  # prose and docs write `r1vflow`: the venv entered, as the README says
         env["PATH"] = f"{checkout / '.venv' / 'bin'}{os.pathsep}{env.get('PATH', '')}"
     if "my.jsonl" in command or "my_data" in command:
         _own_data(checkout)
