@@ -211,3 +211,4 @@ def test_same_seed_same_samples_and_the_callers_rng_untouched(served):
         assert torch.equal(torch.random.get_rng_state(), state)
     finally:
         engine.close()
+

@@ -8,6 +8,7 @@ logic is tested once, without KFP.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import time
@@ -32,6 +33,16 @@ def _stage_params(config: dict[str, Any], exp: Experiment) -> dict[str, Any]:
     """MLflow params of a stage run: exactly the config slice the task received."""
     sections = {k: v for k, v in config.items() if k != "name" and v is not None}
     return {**flatten(sections), "experiment": exp.name, "config_fingerprint": exp.fingerprint()}
+
+
+def finite_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics with a number: an undefined one (NaN, e.g. a rank correlation over fewer than
+    two points; or infinite) is left out, saying so, since KFP's metrics cannot hold it and
+    summary.json would carry a bare NaN."""
+    kept = {k: v for k, v in metrics.items() if math.isfinite(v)}
+    for key in metrics.keys() - kept.keys():
+        print(f"metric {key} is undefined ({metrics[key]}) and left out")
+    return kept
 
 
 def _write_kfp_outputs(result: StageResult, metrics_artifact: Any) -> None:
@@ -151,6 +162,7 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             _log_dataset_input(ctx)
             # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.runtime.launch).
             outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
+            outcome.metrics = finite_metrics(outcome.metrics)
             model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
             page = publish_report(ctx, outcome, report, html_report)
             seconds = time.time() - started
