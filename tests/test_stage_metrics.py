@@ -1,4 +1,6 @@
 """What a stage's metrics must be before KFP, MLflow and summary.json take them."""
+
+
 def test_undefined_stage_metrics_are_left_out_not_serialized_as_nan(capsys):
     """The tiny preset's distill accepted chains of one length: its rank correlation is NaN,
     which KFP's metrics refused (SerializeToJsonError) after the stage had succeeded."""
