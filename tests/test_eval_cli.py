@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from r1vflow.cli import app
 from r1vflow.eval.benchmarks import BenchmarkDataError, iter_items
+from r1vflow.eval.benchmarks.run import read_predictions
 
 RED, GREEN, BLUE = (200, 0, 0), (0, 200, 0), (0, 0, 200)
 T = "<think>I look at the figure.</think>"
@@ -210,7 +211,7 @@ def test_eval_run_generates_and_scores_with_a_tiny_model(tmp_path, micro_inputs)
         "mathvista", "--data", str(data), "--samples", "2", "--temperature", "1.0",
         "--limit", "2", "--max-new-tokens", "8", "--predictions", str(pred), "--json", str(out)])
     assert result.exit_code == 0, result.output
-    rows = [json.loads(line) for line in pred.read_text().splitlines()]
+    rows = read_predictions(pred)
     assert [(r["id"], r["sample"]) for r in rows] == [("7", 0), ("7", 1), ("8", 0), ("8", 1)]
     assert all(isinstance(r["response"], str) and r["tokens"] <= 8 for r in rows)
     report = json.loads(out.read_text())
@@ -248,3 +249,14 @@ def test_package_paths_find_the_shipped_sample():
     assert first.getpixel((0, 0)) == TINY_MATHVISTA[0]["color"]
     with pytest.raises(BenchmarkDataError, match="no installed package 'r1vflow_nope'"):
         list(iter_items("mathvista", "package:r1vflow_nope/x"))
+
+
+def test_a_response_with_line_separators_stays_one_prediction(tmp_path):
+    """JSON lines end at "\\n" only: a generated U+2028, U+0085 or form feed (written raw) is
+    part of its response (str.splitlines cut such a file into broken JSON)."""
+    from r1vflow.eval.benchmarks.run import write_jsonl
+
+    path = tmp_path / "p.jsonl"
+    rows = [{"id": "1", "response": "a\u2028b\x85c\x0cd"}, {"id": "2", "response": "e"}]
+    write_jsonl(path, rows)
+    assert read_predictions(path) == rows

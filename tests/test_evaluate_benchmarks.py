@@ -10,6 +10,7 @@ import pytest
 from bench_data import write_math500, write_mathvista
 
 from r1vflow.config import ConfigError, load_experiment
+from r1vflow.eval.benchmarks.run import read_predictions
 
 from conftest import MICRO, PRESETS, MicroChain
 
@@ -34,13 +35,12 @@ def test_evaluate_scores_each_model_on_each_benchmark(tmp_path, micro_inputs):
                         {"predictions": str(out)})
     m = outcome.metrics
     for name, n in (("mathvista", 2.0), ("math500", 1.0)):
-        rows = [json.loads(line) for line in
-                (out / name / "base.predictions.jsonl").read_text().splitlines()]
+        rows = read_predictions(out / name / "base.predictions.jsonl")
         assert m[f"bench/{name}/n/base"] == n
         assert m[f"bench/{name}/accuracy/base"] == pytest.approx(
             sum(r["correct"] for r in rows) / len(rows))  # the metric is the file's mean
         assert all("response" in r and "extracted" in r for r in rows)
-    assert len((out / "math500" / "base.predictions.jsonl").read_text().splitlines()) == 2
+    assert len(read_predictions(out / "math500" / "base.predictions.jsonl")) == 2
     assert "bench/math500/pass@2/base" in m and "bench/math500/math_verify/base" in m
     assert json.loads((out / "benchmarks.json").read_text()) == ["mathvista", "math500"]
     summary = json.loads((out / "mathvista" / "base.json").read_text())
@@ -49,8 +49,8 @@ def test_evaluate_scores_each_model_on_each_benchmark(tmp_path, micro_inputs):
     assert "| mathvista | testmini | 2 | 1 |" in report and "| 67.5 | 74.0 |" in report
     assert "| math500 | test | 1 | 2 |" in report and "| 94.0 | - |" in report
     assert "| bench |" not in report  # bench metrics stay out of the data-set table
-    task = {r["id"]: r["correct"] for r in (json.loads(line) for line in
-            (out / "mathvista" / "base.predictions.jsonl").read_text().splitlines())}
+    task = {r["id"]: r["correct"]
+            for r in read_predictions(out / "mathvista" / "base.predictions.jsonl")}
     assert (f"- mathvista by task (base): figure question answering {100 * task['1']:.1f} (n=1), "
             f"visual question answering {100 * task['2']:.1f} (n=1)") in report
     assert "- math500 by level (base): 1 " in report

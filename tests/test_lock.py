@@ -33,7 +33,10 @@ def test_lock_pins_every_direct_dependency():
 
 
 def test_installed_versions_equal_the_lock():
-    installed = {canonicalize_name(d.metadata["Name"]): d.version for d in metadata.distributions()}
+    installed: dict[str, str] = {}
+    for dist in metadata.distributions():  # the venv's own first: setuptools puts its vendored
+        installed.setdefault(canonicalize_name(dist.metadata["Name"]), dist.version)  # copies
+        # (setuptools/_vendor/*.dist-info) on sys.path once something imports it
     wrong = {name: (version, installed.get(name)) for name, version in locked().items()
              if name != "setuptools" and (name not in installed
                                           or Version(installed[name]) != Version(version))}

@@ -212,7 +212,9 @@ def read_predictions(path: Path) -> list[dict]:
     except UnicodeDecodeError as err:
         raise BenchmarkDataError(f"{path}: not UTF-8 text (byte {err.start})") from None
     rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # JSON lines end at "\n" only: str.splitlines would also cut a response at the U+2028,
+    # U+0085 or form feed a model may generate (written raw: ensure_ascii=False)
+    for number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 row = json.loads(line)
