@@ -235,11 +235,32 @@ def test_kl_to_the_reference_and_several_epochs(tokenizer):
         assert torch.isfinite(torch.tensor([h["loss"], h["kl"], h["clip_fraction"]])).all()
 
 
+def test_truncated_importance_sampling_and_the_logprob_gap(tokenizer):
+    """With the engine's log-probabilities (transformers here: the trainer's own numerics), the
+    gap is ~0, the importance weights ~1, and tis_cap turns them on; without it, no weights."""
+    def reward():
+        return hybrid_reward({"accuracy": Scripted(lambda c, n: [float(i % 2) for i in range(n)])},
+                             {"accuracy": 1.0})
+
+    model = tiny_vlm(tokenizer)
+    rollout = Rollout.transformers(model, tokenizer, 6, temperature=1.0)
+    rollout.logprobs = True
+    result = train_grpo(model, tokenizer, make_prompts(model, tokenizer), reward(), rollout,
+                        steps=2, prompts_per_step=2, group_size=4, lr=1e-3, seed=0,
+                        progress=False, tis_cap=2.0)
+    for step in result.history:
+        assert step["logprob_gap_max"] < 1e-4
+        assert step["tis_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+    assert result.summary["logprob_gap_mean"] < 1e-4
+    plain = run(tiny_vlm(tokenizer), tokenizer, reward(), steps=1).history[0]
+    assert "tis_weight_mean" not in plain and "logprob_gap_mean" not in plain
+
+
 def test_bad_arguments_are_named(tokenizer):
     reward = hybrid_reward({"format": format_reward}, {"format": 1.0})
     with pytest.raises(ValueError, match="group_size must be >= 2"):
         run(tiny_vlm(tokenizer), tokenizer, reward, group_size=1)
-    with pytest.raises(ValueError, match="zero_stage 3 is not supported"):
+    with pytest.raises(ValueError, match="zero_stage 3 needs rollouts on vLLM"):
         run(tiny_vlm(tokenizer), tokenizer, reward, zero_stage=3)
     with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint_dir"):
         run(tiny_vlm(tokenizer), tokenizer, reward, checkpoint_every=1)

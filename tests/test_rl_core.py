@@ -141,3 +141,25 @@ def test_token_logprobs():
     torch.testing.assert_close(out, torch.tensor([[LOG(0.75), LOG(0.5)]]))
     with pytest.raises(ValueError, match=r"must be \[N, T, V\]"):
         token_logprobs(logits[0], tokens)
+
+
+def test_tis_weights_and_weighted_loss_by_hand():
+    """Truncated importance sampling: w = min(exp(trainer - rollout), cap) per token, and the
+    clipped loss weights each token's term by it (A = 1, ratio 1: the term is -w)."""
+    import math
+
+    from r1vflow.rl.core import policy_loss, tis_weights
+
+    trainer = torch.tensor([[math.log(0.5), math.log(0.2)]])
+    rollout = torch.tensor([[math.log(0.25), math.log(0.4)]])
+    weights = tis_weights(trainer, rollout, cap=1.5)
+    assert torch.allclose(weights, torch.tensor([[1.5, 0.5]]))  # exp: 2 -> capped 1.5, 0.5
+    mask = torch.ones(1, 2)
+    loss = policy_loss(trainer, trainer, torch.tensor([1.0]), mask, aggregation="token-mean",
+                       weights=weights)
+    assert loss.item() == pytest.approx(-(1.5 + 0.5) / 2)
+    unweighted = policy_loss(trainer, trainer, torch.tensor([1.0]), mask,
+                             aggregation="token-mean")
+    assert unweighted.item() == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="cap must be > 0"):
+        tis_weights(trainer, rollout, cap=0.0)
