@@ -102,7 +102,13 @@ def redistill(ctx: StageContext, model, tokenizer, train: list[Sample],
     reward_model = ctx.inputs.get("reward_model")
     cfg = ctx.exp.distill
     limit = cfg.limit or len(train)
-    result = distill_samples(ctx, model, tokenizer, train[:limit], pixels[:limit], reward_model)
+    engine = build_engine(ctx.exp.generation_for("distill").model_copy(
+        update={"batch_size": cfg.batch_size}), model, tokenizer)
+    try:  # the chains come from the engine, built over the model as it is now
+        result = distill_samples(ctx, model, tokenizer, train[:limit], pixels[:limit],
+                                 reward_model, engine)
+    finally:
+        engine.close()
     by_id = {s.id: s for s in result.samples}
     return [by_id.get(s.id, s).response() for s in train], result.metrics
 
