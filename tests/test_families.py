@@ -188,7 +188,8 @@ def test_internvl_chat_shape_mismatch_is_named(checkpoints, tmp_path):
     def shrink(tensors):
         tensors["mlp1.1.weight"] = tensors["mlp1.1.weight"][:, :64].contiguous()
     broken = _broken_copy(checkpoints, tmp_path, shrink)
-    with pytest.raises(ValueError, match=r"linear_1\.weight: \(32, 64\) != \(32, 128\)"):
+    width = TEXT["hidden_size"]  # the projector's output: the LLM's width
+    with pytest.raises(ValueError, match=rf"linear_1\.weight: \({width}, 64\) != \({width}, 128\)"):
         import_checkpoint(broken, tmp_path / "out")
 
 
@@ -267,7 +268,7 @@ def test_composition_refuses_a_substitute_of_another_hidden_size(checkpoints, tm
     shutil.copy(checkpoints["parts/llm"] / "tokenizer.json", other)
     shutil.copy(checkpoints["parts/llm"] / "tokenizer_config.json", other)
     with pytest.raises(ValueError, match="substitute LLM has hidden_size=48 but the reasoning "
-                                         "LLM 32"):
+                                         f"LLM {TEXT['hidden_size']}"):
         import_composition(checkpoints["parts/vision"], checkpoints["parts/llm"],
                            tmp_path / "out", substitute=other,
                            substitute_output=tmp_path / "sub")

@@ -194,5 +194,6 @@ def test_r1v_preset_composes_r1v_s_own_parts():
     assert (pretrained.vision_model, pretrained.llm_model, pretrained.substitute_llm_model) == (
         "OpenGVLab/InternViT-6B-448px-V2_5", "deepseek-ai/DeepSeek-R1-Distill-Qwen-32B",
         "Qwen/Qwen2.5-32B-Instruct")
-    assert exp.grpo.rollout == "transformers"  # vLLM's Llava cannot build an InternViT tower
+    # vLLM's Llava cannot build an InternViT tower
+    assert exp.generation_for("grpo").backend == "transformers"
     assert "siglip-so400m" not in (PRESETS / "r1v-38b.yaml").read_text().lower()

@@ -34,13 +34,20 @@ R1VFLOW = [sys.executable, "-m", "r1vflow.cli"]
 # --------------------------------------------------------------------------- at start
 
 
+def _after_header(lines: list[str]) -> list[str]:
+    """The lines after `r1vflow run`'s header ("r1vflow running NAME (stages) into DIR"), which
+    it prints in its first second, before anything can fail."""
+    assert lines and lines[0].startswith("r1vflow running smoke ("), lines
+    return lines[1:]
+
+
 def test_run_against_an_unreachable_mlflow_prints_one_line_and_exits_2(tmp_path):
     uri = f"http://127.0.0.1:{procs.free_port()}"
     out = tmp_path / "run"
     proc = subprocess.run([*R1VFLOW, "run", str(ROOT / "pipelines/configs/smoke.yaml"),
                            "--output-dir", str(out), "--set", f"tracking.tracking_uri={uri}"],
                           env=clean_env(), capture_output=True, text=True, timeout=300)
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    lines = _after_header((proc.stdout + proc.stderr).strip().splitlines())
     assert proc.returncode == 2
     assert len(lines) == 1 and uri in lines[0] and "unreachable" in lines[0], lines
     summary = json.loads((out / "summary.json").read_text())
@@ -62,7 +69,7 @@ def test_a_second_run_into_a_busy_output_dir_fails_at_once(tmp_path):
                                "--output-dir", str(out)], env=clean_env(),
                               capture_output=True, text=True, timeout=300)
         took = time.monotonic() - started
-    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    lines = _after_header((proc.stdout + proc.stderr).strip().splitlines())
     assert proc.returncode == 2 and len(lines) == 1, lines
     assert "is in use by r1vflow run pid" in lines[0] and str(os.getpid()) in lines[0]
     assert not (out / "summary.json").exists()  # the holder's files are not touched

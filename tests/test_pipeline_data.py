@@ -47,16 +47,21 @@ def write_user_data(folder: Path, n: int) -> Path:
     return path
 
 
-def test_validate_names_the_missing_solution_column_and_exits_2(tmp_path):
+def test_validate_fits_the_stages_to_a_file_without_solutions_or_captions(tmp_path):
+    """An ordinary question/answer file (no solution, no caption column): validate switches sft
+    to answer-only targets and the captions step to the chain-of-thought data, one note line
+    each (issue 24; it was refused before), and names no chosen column (the reward model is
+    off)."""
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"image": "a.png", "question": "q", "answer": 1}) + "\n")
     result = _run("validate", str(PRESETS / "smoke.yaml"), "--set", "data.source.kind=files",
                   "--set", f"data.source.path={data}", "--set", "train_reward_model=null",
                   "--set", "sft.iterative=null")
-    assert result.returncode == 2
-    assert "no solution column 'solution': sft trains on reasoning chains" in result.stderr
-    assert "no caption column 'caption'" in result.stderr  # the smoke preset's captions step
-    assert "chosen" not in result.stderr  # the reward model is off
+    assert result.returncode == 0, result.stderr
+    assert "note: data.source: no solution column, so answer_only_sft=true" in result.stderr
+    assert "note: align_projector: no caption column, so its captions step(s) (captions) " \
+           "train on data: cot" in result.stderr
+    assert "chosen" not in result.stderr
 
 
 def test_run_with_a_missing_data_path_is_one_error_line_and_runs_nothing(tmp_path):
