@@ -25,24 +25,8 @@ from r1vflow.generation.hf import TransformersEngine
 from r1vflow.models.families.images import ImageBatch, image_texts, llava_image_tokens
 from r1vflow.models.processing import build_prompt
 
-__all__ = ["Completion", "decode_completion", "generate_completions", "generate_responses",
-           "prompt_ids", "sampling_options", "trim_completion"]
-
-
-def decode_completion(tokenizer: PreTrainedTokenizerBase, row: Sequence[int]) -> Completion:
-    """A generated row (prompt removed) as a Completion: trimmed ids, text with the reasoning
-    tags kept (control tokens dropped)."""
-    ids, finished = trim_completion(row, tokenizer.eos_token_id, tokenizer.pad_token_id)
-    return Completion(text=tokenizer.decode(ids, skip_special_tokens=True), token_ids=ids,
-                      finished=finished)
-
-
-def sampling_options(temperature: float) -> dict:
-    """`generate` options: greedy at temperature 0, else plain temperature sampling (no top-k,
-    no top-p), as evaluation and the GRPO rollouts both use."""
-    if temperature > 0:
-        return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
-    return {"do_sample": False}
+__all__ = ["Completion", "generate_completions", "generate_responses", "prompt_ids",
+           "trim_completion"]
 
 
 def prompt_ids(tokenizer: PreTrainedTokenizerBase, questions: Sequence[str], images: PromptImages,
