@@ -12,7 +12,8 @@
 # --local builds the same Dockerfiles with podman on this machine, tagged with the same
 # references, never pushed: on LOCAL_BASE_IMAGE (images/local-base.sh, made once) instead of the
 # python and CUDA bases, with the CPU torch wheel pip finds locally (copied to images/wheels/),
-# and without vLLM in the rollout image (CUDA only). It needs root, podman, runc and
+# and without vLLM in the rollout image (its CPU build needs the standard torch, not the CPU
+# wheel; images/rollout/Dockerfile). It needs root, podman, runc and
 # debootstrap; build logs with per-step times go to $LOG_DIR (default runs/images/).
 set -euo pipefail
 
@@ -35,7 +36,7 @@ for arg in "$@"; do
     --no-push) push=0 ;;
     --local) local_build=1; push=0 ;;
     base|trainer|rollout|mlflow) targets+=("${arg}") ;;
-    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "build.sh: unknown argument '${arg}' (expected base, trainer, rollout, mlflow," \
             "--local, --dry-run or --no-push)" >&2; exit 2 ;;
   esac
