@@ -27,11 +27,11 @@ from r1vflow.runtime.cluster import (
     FIELD_PATH_ENV,
     MLFLOW_SECRET_KEYS,
     S3_SECRET_KEYS,
-    SCRATCH_MOUNT,
     SETTINGS_KEYS,
 )
 from r1vflow.runtime.images import IMAGE_ROLES, image_for
 from r1vflow.runtime.podspec import accelerator_resource, container_resources, pod_labels
+from r1vflow.storage.scratch import SCRATCH_MOUNT
 
 
 def apply_task_settings(task: dsl.PipelineTask, stage: str, exp: Experiment) -> None:
@@ -96,7 +96,7 @@ def apply_execution_policy(task: dsl.PipelineTask, spec: ResourceSpec) -> None:
 
 
 def apply_scratch(task: dsl.PipelineTask, size: str | None, storage_class: str | None) -> None:
-    """A generic ephemeral volume of `size` at /scratch (r1vflow.runtime.cluster.scratch_dir finds it).
+    """A generic ephemeral volume of `size` at /scratch (r1vflow.storage.scratch.scratch_dir finds it).
 
     Not announced through an env var: kfp.local would pass that to local runs too."""
     if not size:

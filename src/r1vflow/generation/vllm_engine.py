@@ -40,9 +40,9 @@ from r1vflow.generation.base import (
 )
 from r1vflow.generation.hf import suppressed_ids
 from r1vflow.generation.weights import name_map
+from r1vflow.models.distributed import rank_world
 from r1vflow.models.families import PROCESSOR_ATTR
 from r1vflow.models.families.images import ImageInput
-from r1vflow.train.distributed import rank_world
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class VLLMEngine:
         import vllm
 
         if rank_world(os.environ)[1] > 1:  # the trainer's process group first: vLLM joins it
-            from r1vflow.train.engine import init_deepspeed_distributed
+            from r1vflow.models.distributed import init_deepspeed_distributed
 
             init_deepspeed_distributed()
         self._vllm = vllm

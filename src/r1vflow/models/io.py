@@ -171,7 +171,7 @@ def load_model(model_dir: str | Path, kind: ModelKind = "vlm",
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
     _check_weights(directory)
-    from r1vflow.train.engine import zero3_init
+    from r1vflow.models.distributed import zero3_init
 
     try:
         with zero3_init(zero3):

@@ -32,6 +32,7 @@ import torch
 import torch.distributed as dist
 from transformers import PreTrainedTokenizerBase
 
+from r1vflow.models.distributed import rank_world
 from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.models.generate import Completion
 from r1vflow.models.io import save_model
@@ -43,7 +44,6 @@ from r1vflow.rl.rewards import HybridReward
 from r1vflow.rl.rollout import Rollout
 from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
 from r1vflow.train.checkpoint import PhaseCheckpoint
-from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 if TYPE_CHECKING:  # the config section is only read (duck-typed): no pydantic import at run time

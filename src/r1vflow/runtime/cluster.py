@@ -19,19 +19,15 @@ from __future__ import annotations
 import logging
 import os
 import re
-import tempfile
 from collections.abc import MutableMapping
-from pathlib import Path
 
+from r1vflow.storage.scratch import POD_NAMESPACE_ENV, on_cluster
 from r1vflow.tracking.runs import PARENT_ENV
 
 log = logging.getLogger(__name__)
 
-POD_NAMESPACE_ENV = "R1VFLOW_POD_NAMESPACE"  # set in every cluster task: the marker of one
 KFP_RUN_ID_ENV = "R1VFLOW_KFP_RUN_ID"
 KFP_WORKFLOW_ENV = "R1VFLOW_KFP_WORKFLOW"
-SCRATCH_ENV = "R1VFLOW_SCRATCH"
-SCRATCH_MOUNT = "/scratch"
 KFP_RUN_TAG = "r1vflow.kfp_run_id"
 LABEL_PREFIX = "r1vflow.io/"
 
@@ -59,30 +55,6 @@ def label_value(text: str) -> str:
     starting and ending alphanumeric (empty when nothing is left)."""
     value = _LABEL_VALUE_BAD.sub("-", text)[:63]
     return value.strip("._-")
-
-
-def on_cluster(environ: MutableMapping[str, str] | None = None) -> bool:
-    """True inside a task pod of a compiled pipeline (the downward-API namespace is set)."""
-    env = os.environ if environ is None else environ
-    return bool(env.get(POD_NAMESPACE_ENV))
-
-
-def scratch_root(environ: MutableMapping[str, str] | None = None) -> Path:
-    """Fast local disk for outputs, checkpoints and downloads: $R1VFLOW_SCRATCH (TrainJob nodes,
-    tests), else /scratch in a cluster task that mounts it (`resources.<stage>.scratch_size`),
-    else the system temp dir. Every scratch path r1vflow uses comes from here."""
-    env = os.environ if environ is None else environ
-    if env.get(SCRATCH_ENV):
-        return Path(env[SCRATCH_ENV])
-    mount = Path(SCRATCH_MOUNT)
-    return mount if on_cluster(env) and mount.is_dir() else Path(tempfile.gettempdir())
-
-
-def scratch_dir(stage: str, name: str, environ: MutableMapping[str, str] | None = None) -> Path:
-    """A new directory for output `name` of `stage` before it is published, under scratch_root."""
-    root = scratch_root(environ)
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f"r1vflow-{stage}-{name}-", dir=root))
 
 
 def kfp_run_key(environ: MutableMapping[str, str] | None = None) -> str | None:

@@ -19,12 +19,13 @@ from typing import Any
 from r1vflow.config import STAGES, Experiment, flatten
 from r1vflow.config.slicing import experiment_from_slice
 from r1vflow.config.stage_table import stage as stage_spec
-from r1vflow.runtime.cluster import attach_parent_run, report_to_parent, scratch_dir
+from r1vflow.runtime.cluster import attach_parent_run, report_to_parent
 from r1vflow.runtime.launch import run_stage
 from r1vflow.runtime.reporting import RUN_DIR_ENV, publish_report, summarize_parent
 from r1vflow.stages import StageContext, StageResult
 from r1vflow.storage.atomic import write_text
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
+from r1vflow.storage.scratch import scratch_dir
 from r1vflow.storage.settings import tracking_uri_from_env
 from r1vflow.tracking.runs import experiment_name, stage_run, unreachable
 

@@ -33,12 +33,12 @@ from typing import Literal
 
 from r1vflow.config import ResourceSpec
 from r1vflow.config.slicing import experiment_from_slice
-from r1vflow.runtime.cluster import on_cluster, scratch_root
+from r1vflow.models.distributed import rank_world
 from r1vflow.runtime.worker import RESULT_FILE, WorkerResult, WorkerSpec
 from r1vflow.stages import StageContext, StageOutcome, stage_function
 from r1vflow.stages.common import locate_output
+from r1vflow.storage.scratch import on_cluster, scratch_root
 from r1vflow.tracking.runs import StageTracker
-from r1vflow.train.distributed import rank_world
 
 LaunchMode = Literal["inline", "torchrun", "trainjob"]
 

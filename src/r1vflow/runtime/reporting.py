@@ -167,7 +167,7 @@ def summarize_parent(tracking_uri: str | None, stage: str, experiment: str,
     import logging
 
     from r1vflow.config import STAGES
-    from r1vflow.runtime.cluster import on_cluster
+    from r1vflow.storage.scratch import on_cluster
     from r1vflow.tracking.runs import PARENT_ENV
 
     env = os.environ if environ is None else environ

@@ -41,9 +41,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from r1vflow.models.distributed import rank_world
 from r1vflow.storage.atomic import TMP_PREFIX, atomic_dir, write_text
 from r1vflow.storage.manifest import MANIFEST_NAME, build_manifest, manifest_bytes, manifest_digest
-from r1vflow.train.distributed import rank_world
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +141,7 @@ def checkpoint_key(stage: str, section: Mapping[str, Any], inputs: Mapping[str, 
 def local_root(exp_name: str, stage: str, key: str) -> Path:
     """Where a stage's checkpoints live on this machine: $R1VFLOW_CHECKPOINT_DIR, else the
     run's output dir (`r1vflow run`), else the scratch root; then <experiment>/<stage>/<key>."""
-    from r1vflow.runtime.cluster import scratch_root
+    from r1vflow.storage.scratch import scratch_root
 
     base = os.environ.get(CHECKPOINT_ENV)
     if not base:

@@ -18,9 +18,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +25,12 @@ import torch
 from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from r1vflow.train.distributed import rank_world
+from r1vflow.models.devices import model_device
+from r1vflow.models.distributed import (
+    init_deepspeed_distributed,
+    rank_device_backend,
+    rank_world,
+)
 from r1vflow.train.safe_load import check_files, weights_only_engine
 
 Backend = Literal["torch", "deepspeed"]
@@ -64,26 +66,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
     return [g for g in groups if g["params"]]
 
 
-def _ensure_single_process_env() -> None:
-    """Give a lone process the torch.distributed env vars torchrun would have set."""
-    if "MASTER_PORT" not in os.environ:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            os.environ["MASTER_PORT"] = str(sock.getsockname()[1])
-    defaults = {"MASTER_ADDR": "127.0.0.1", "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"}
-    for key, value in defaults.items():
-        os.environ.setdefault(key, value)
-
-
-def _rank_device_backend() -> str:
-    """The process-group backend of this rank, for both engines: NCCL with this rank's GPU
-    (torchrun's LOCAL_RANK) made current, else gloo."""
-    if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        return "nccl"
-    return "gloo"
-
-
 def _ddp(model: torch.nn.Module) -> torch.nn.Module:
     """`model` wrapped in DistributedDataParallel when this process is one of several ranks.
 
@@ -95,11 +77,11 @@ def _ddp(model: torch.nn.Module) -> torch.nn.Module:
     One process: the model itself."""
     dist = torch.distributed
     if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        dist.init_process_group(backend=_rank_device_backend())
+        dist.init_process_group(backend=rank_device_backend())
     if rank_world()[1] == 1:
         return model
-    param = next(model.parameters())
-    device_ids = [param.device] if param.device.type == "cuda" else None
+    device, _ = model_device(model)
+    device_ids = [device] if device.type == "cuda" else None
     return DDP(model, device_ids=device_ids, find_unused_parameters=True)
 
 
@@ -122,17 +104,6 @@ def deepspeed_config(
     }
 
 
-def init_deepspeed_distributed() -> None:
-    """Open the process group DeepSpeed works in, when nobody did: NCCL on this rank's GPU, else
-    gloo; a lone process gets torchrun's env vars first."""
-    import deepspeed
-
-    if torch.distributed.is_initialized():
-        return
-    _ensure_single_process_env()
-    deepspeed.init_distributed(dist_backend=_rank_device_backend())
-
-
 def zero3_load_config(backend: Backend, zero_stage: int, lr: float, weight_decay: float,
                       grad_clip: float = 1.0, bf16: bool = False) -> dict[str, Any] | None:
     """The DeepSpeed config a TrainEngine with these settings will use, when it is ZeRO-3 (the
@@ -141,34 +112,6 @@ def zero3_load_config(backend: Backend, zero_stage: int, lr: float, weight_decay
         return None
     return deepspeed_config(lr, weight_decay, grad_clip, zero_stage, torch.cuda.is_available(),
                             bf16)
-
-
-@contextmanager
-def zero3_init(config: dict[str, Any] | None) -> Iterator[None]:
-    """Inside, transformers' `from_pretrained` builds models under `deepspeed.zero.Init` and
-    loads the checkpoint into the partitions: each rank holds 1/world of every parameter, never
-    the full model (transformers' DeepSpeed integration). `config` is the ZeRO-3 DeepSpeed config
-    the engine will train with (`zero3_load_config`); None: a plain load.
-
-    transformers keeps only a weak reference to the `HfDeepSpeedConfig`; it is held here until
-    the block ends and then dropped, so that models loaded later in the stage (a reward scorer,
-    an evaluation copy) load whole, and `generate` after training does not switch to
-    `synced_gpus`. The process group is opened first (zero.Init partitions across it)."""
-    if config is None:
-        yield
-        return
-    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
-
-    init_deepspeed_distributed()
-    hf_config = HfDeepSpeedConfig(config)
-    if not hf_config.is_zero3():
-        raise ValueError(f"zero3_init needs a ZeRO-3 config, got stage "
-                         f"{config.get('zero_optimization', {}).get('stage')}")
-    try:
-        yield
-    finally:
-        unset_hf_deepspeed_config()
-        del hf_config
 
 
 class TrainEngine:

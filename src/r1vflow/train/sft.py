@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from r1vflow.models.distributed import rank_world
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import (
     image_kwargs,
@@ -33,7 +34,6 @@ from r1vflow.train.checkpoint import (
     restore_epoch_position,
     save_epoch_position,
 )
-from r1vflow.train.distributed import rank_world
 from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 SftItem = tuple[str, str, Any]  # question, response, pixel_values [3,H,W] or an ImageInput
