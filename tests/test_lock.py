@@ -28,7 +28,7 @@ def test_lock_pins_every_direct_dependency():
     # The packages the code imports directly, as pyproject.toml names them.
     for name in ("torch", "transformers", "deepspeed", "kfp", "kfp-kubernetes", "mlflow",
                  "minio", "pydantic", "kubernetes", "math-verify", "trl", "pytest", "matplotlib",
-                 "selenium", "openai", "torchvision"):
+                 "selenium", "openai", "torchvision", "peft"):
         assert canonicalize_name(name) in pins, f"{name} is not pinned in requirements.lock"
 
 

@@ -3,7 +3,7 @@ changes what is trained (and the experiment's fingerprint)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -205,14 +205,62 @@ class TrainSettings(Strict):
         return self
 
 
+# The attention and MLP projections of the LLMs r1vflow serves (Qwen2/2.5/3, Llama, Mistral,
+# InternVL's and R1V's Qwen2 LLMs all name them so).
+LLM_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ModuleName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+
+
+class LoRAConfig(Strict):
+    """LoRA (the peft library) on the LLM: its base weights stay frozen and each targeted linear
+    layer W learns W + B@A * alpha/rank (r1vflow.models.lora; docs/models.md, LoRA)."""
+
+    rank: int = Field(gt=0, le=4096, description="r: the rank of A [r, in] and B [out, r].")
+    alpha: float | None = Field(
+        None, gt=0, description="Scale numerator: the update is B@A * alpha/rank; null: 2 x rank.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter's input.")
+    target_modules: list[ModuleName] = Field(
+        default_factory=lambda: list(LLM_PROJECTIONS), min_length=1,
+        description="The LLM's linear layers that get adapters, by the last part of their "
+                    "module name (default: its attention and MLP projections); a name the "
+                    "LLM lacks is refused, named, when the model loads.")
+
+    @property
+    def scale_alpha(self) -> float:
+        """alpha, with its default (2 x rank) filled in."""
+        return self.alpha if self.alpha is not None else 2.0 * self.rank
+
+    @model_validator(mode="after")
+    def _unique_targets(self) -> LoRAConfig:
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"lora.target_modules names each module once, got "
+                             f"{self.target_modules}")
+        return self
+
+
 class TrainConfig(TrainSettings):
-    """Settings shared by the training stages that train whole parts (sft, reward model, grpo)."""
+    """Settings shared by the training stages that train whole parts (sft, reward model, mpo,
+    grpo)."""
 
     epochs: int = Field(1, ge=1, description="Passes over the stage's data.")
     lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
     trainable: list[Part] = Field(
         default_factory=lambda: ["projector", "llm"], min_length=1,
         description="Which parts receive gradients: any of vision, projector, llm.")
+    lora: LoRAConfig | None = Field(
+        None, description="Train the LLM through LoRA adapters instead of its full weights "
+                          "(whether or not `trainable` names llm; the other parts listed "
+                          "there train in full); the stage saves the merged model and the "
+                          "adapter beside it, in <model>/adapter. null: no adapters.")
+
+    @model_validator(mode="after")
+    def _lora_not_under_zero3(self) -> TrainConfig:
+        if self.lora is not None and self.zero_stage == 3:
+            raise ValueError("lora with zero_stage 3 is not supported: the adapters are added "
+                             "after the model loads, which ZeRO-3 has partitioned by then; use "
+                             "zero_stage 2 (the adapters' optimizer state is small) or lora: "
+                             "null")
+        return self
 
 
 AlignData = Literal["captions", "cot", "all"]

@@ -43,6 +43,7 @@ from r1vflow.generation.weights import name_map
 from r1vflow.models.distributed import rank_world
 from r1vflow.models.families import PROCESSOR_ATTR
 from r1vflow.models.families.images import ImageInput
+from r1vflow.models.lora import has_lora, merged_parameters
 
 log = logging.getLogger(__name__)
 
@@ -243,8 +244,10 @@ class VLLMEngine:
         start = time.perf_counter()
         wanted = None if names is None else set(names)
         module = getattr(model, "module", model)  # a DDP / DeepSpeed wrapper
-        weights = [(self.names(name), param.detach().to(self.dtype))
-                   for name, param in _gathered(module, wanted)]
+        # LoRA: each adapted layer as its merged weight under the base name (models.lora)
+        source = merged_parameters(module, wanted) if has_lora(module) else _gathered(
+            module, wanted)
+        weights = [(self.names(name), param.detach().to(self.dtype)) for name, param in source]
         self._wake()
         try:
             unset = self.llm.collective_rpc(_reload, args=(weights, wanted is None))[0]

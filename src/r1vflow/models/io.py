@@ -78,6 +78,8 @@ def save_model(
     metadata: dict[str, Any],
 ) -> Path:
     """Write `model` (safetensors), `tokenizer` (if given) and validated metadata to `out_dir`.
+    A model with LoRA adapters (r1vflow.models.lora) is written merged, with the adapter in
+    `out_dir/adapter` (peft's format): whoever loads the directory needs no peft.
 
     `metadata` needs keys stage, parent, config_fingerprint; optional data_digests, created_at,
     extra. Raises ValueError naming the bad field.
@@ -87,8 +89,10 @@ def save_model(
     except ValidationError as err:
         raise ValueError(f"invalid model metadata for {out_dir}: {err}") from err
     out = Path(out_dir)
+    from r1vflow.models.lora import save_pretrained
+
     with atomic_dir(out) as tmp:  # a killed save leaves the old directory, never half a model
-        model.save_pretrained(tmp)
+        save_pretrained(model, tmp, meta.parent)  # LoRA: merged weights, adapter in adapter/
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         from r1vflow.models.families import PROCESSOR_ATTR

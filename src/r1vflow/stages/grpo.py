@@ -33,6 +33,7 @@ from r1vflow.models.devices import place
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import ImageBatch, image_texts, stack_images
 from r1vflow.models.io import load_model, save_model
+from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
@@ -127,6 +128,7 @@ def run(ctx: StageContext) -> StageOutcome:
     info = read_info(dataset)
     model, tokenizer = place(load_model(sft_dir, "vlm")), load_tokenizer(sft_dir)
     trainable = set_trainable(model, set(cfg.trainable))
+    trainable = apply_lora(model, cfg.lora) or trainable  # lora: adapters on the LLM
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     prompts = build_prompts(model, tokenizer, train, dataset, exp.data.image_size,
                             cfg.max_length - cfg.max_new_tokens)

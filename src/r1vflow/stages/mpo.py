@@ -34,6 +34,7 @@ from r1vflow.generation import build_engine
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.generate import generate_completions
 from r1vflow.models.io import load_model, save_model
+from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
@@ -122,6 +123,7 @@ def run(ctx: StageContext) -> StageOutcome:
     info = read_info(dataset)
     model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
+    trainable = apply_lora(model, cfg.lora) or trainable  # lora: adapters on the LLM
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
     rm = None
     if "reward_model" in ctx.inputs:

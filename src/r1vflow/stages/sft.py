@@ -41,6 +41,7 @@ from r1vflow.models.devices import place
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model, save_model
+from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
@@ -72,6 +73,7 @@ def run(ctx: StageContext) -> StageOutcome:
         cfg.backend, cfg.zero_stage, cfg.lr, cfg.weight_decay)
     model, tokenizer = place(load_model(start, "vlm", zero3=zero3)), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
+    trainable = apply_lora(model, cfg.lora) or trainable  # lora: adapters on the LLM
     train = load_split(dataset, "train")
     val = load_split(dataset, "val")[:cfg.val_limit]
     pool = build_pool(train, load_preferences(dataset) if it else [],

@@ -34,6 +34,7 @@ from r1vflow.models.devices import place
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
 from r1vflow.models.io import load_model
+from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import (
     RewardModel,
     ScoreCalibration,
@@ -65,6 +66,7 @@ def run(ctx: StageContext) -> StageOutcome:
     model = RewardModel(place(load_model(base_dir, "vlm", zero3=zero3)), cfg.likelihood_term)
     tokenizer = load_tokenizer(base_dir)
     trainable = set_trainable(model.vlm, set(cfg.trainable))
+    trainable = apply_lora(model.vlm, cfg.lora) or trainable  # lora: adapters on the LLM
     pixels = _pixels(model.vlm, dataset, pairs, exp.data.image_size)
 
     def on_step(step: int, values: dict) -> None:
