@@ -1,4 +1,6 @@
-"""Docs that the code and the docs point at exist, and docs/architecture.md lists every stage."""
+"""Docs that the code and the docs point at exist, and docs/architecture.md lists every stage and
+every package (in its layer drawing, in the order tests/test_layout.py's LAYERS checks, and in its
+one-line-per-package table)."""
 
 from __future__ import annotations
 
@@ -83,3 +85,53 @@ def test_architecture_lists_every_stage_of_the_table():
             re.finditer(r"^\| `([a-z_]+)`(?: \(always\))? \| `([a-z0-9_.]+)` \|", text, re.M)}
     assert rows == stages, ("docs/architecture.md's stage table differs from "
                             "src/r1vflow/config/stage_table.py: regenerate it")
+
+
+def packages_on_disk(root: Path) -> set[str]:
+    """The packages of r1vflow: every folder of src/r1vflow/ with an __init__.py, plus the
+    flat packages components/ and pipelines/ (r1vflow.components, r1vflow.pipelines)."""
+    found = {p.parent.name for p in (root / "src/r1vflow").glob("*/__init__.py")}
+    return found | {name for name in ("components", "pipelines") if (root / name).is_dir()}
+
+
+def drawn_layers(text: str) -> tuple[tuple[str, ...], ...]:
+    """The rows of the first drawing (```) of docs/architecture.md, bottom first: each row the
+    `name/` entries it names (a path such as src/r1vflow/x.py in a description is not one)."""
+    block = text.split("```", 2)[1]
+    rows = [tuple(re.findall(r"(?<![\w/])([a-z]+)/(?=\s|$)", line)) for line in block.splitlines()]
+    return tuple(reversed([row for row in rows if row]))
+
+
+def table_packages(text: str) -> set[str]:
+    """Packages with a line in the one-line-per-package table (`| \`r1vflow.<name>\` ...`)."""
+    return set(re.findall(r"^\| `r1vflow\.([a-z_]+)`", text, re.M))
+
+
+def test_architecture_names_every_package():
+    from test_layout import LAYERS
+
+    packages = packages_on_disk(ROOT)
+    assert {"pref", "generation", "stages", "components"} <= packages
+    text = (ROOT / "docs/architecture.md").read_text()
+    drawn = drawn_layers(text)
+    assert drawn == LAYERS, ("docs/architecture.md's layer drawing (bottom up) differs from "
+                             f"LAYERS in tests/test_layout.py: {drawn} != {LAYERS}")
+    assert {p for row in drawn for p in row} == packages, (
+        "packages missing from (or gone but still in) the layer drawing of docs/architecture.md: "
+        f"{packages ^ {p for row in drawn for p in row}}")
+    missing = packages - table_packages(text)
+    assert not missing, f"packages without a line in docs/architecture.md's table: {missing}"
+
+
+def test_package_checkers_on_a_small_tree(tmp_path):
+    for name in ("config", "storage", "pref"):
+        (tmp_path / "src/r1vflow" / name).mkdir(parents=True)
+        (tmp_path / "src/r1vflow" / name / "__init__.py").write_text("")
+    (tmp_path / "src/r1vflow/notapackage").mkdir()  # no __init__.py
+    (tmp_path / "pipelines").mkdir()
+    assert packages_on_disk(tmp_path) == {"config", "storage", "pref", "pipelines"}
+    text = ("intro naming src/r1vflow/ and `components/`\n```\n top  cli/  bench/   commands\n"
+            "      data/ models/   the machinery (src/r1vflow/x.py)\n bottom config/  models\n```\n"
+            "| `r1vflow.config` | x |\n| `r1vflow.pref` (`pref/`) | y |\n| r1vflow.data | z |\n")
+    assert drawn_layers(text) == (("config",), ("data", "models"), ("cli", "bench"))
+    assert table_packages(text) == {"config", "pref"}

@@ -3,6 +3,9 @@
 - no import cycle among r1vflow modules (src/r1vflow/**, components/*.py as
   r1vflow.components.X, pipelines/*.py as r1vflow.pipelines.X), counting every import statement,
   in functions too;
+- no import from a higher layer: `LAYERS` below orders the packages (docs/architecture.md draws
+  the same rows, tests/test_docs.py checks that it does); a module imports its own layer and the
+  ones beneath, and every package must have a layer;
 - no module over 600 lines;
 - at most six modules loose at the top of src/r1vflow/ (the rest live in the subpackages);
 - components/*.py import nothing of r1vflow at module level but r1vflow.runtime.images: they are
@@ -17,12 +20,33 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 from servers import write_tree
 
 ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 600
 MAX_LOOSE_MODULES = 6
 COMPONENT_MODULE_LEVEL_ALLOWED = {"r1vflow.runtime.images"}
+
+# The layers, bottom first: a module of r1vflow.<package> may import its own layer and the
+# layers below it, never one above. Packages that import each other share a row (data reads the
+# benchmarks for its contamination check, eval grades data's records; models.generate drives the
+# generation engines, which run models).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("config",),
+    ("storage",),
+    ("data", "models", "generation", "eval"),
+    ("train",),
+    ("rl",),
+    ("pref",),
+    ("reports",),
+    ("tracking",),
+    ("stages",),
+    ("runtime",),
+    ("components", "pipelines"),
+    ("gitops", "cli", "bench"),
+)
 
 # directory (relative to the root) -> the package name its files have (pyproject's package-dir)
 TREES = {"src/r1vflow": "r1vflow", "components": "r1vflow.components",
@@ -110,6 +134,33 @@ def import_graph(root: Path) -> dict[str, set[str]]:
     found = modules(root)
     known = set(found)
     return {name: imports_of(path, name, known) for name, path in found.items()}
+
+
+def layer_of(module: str, layers=LAYERS) -> int | None:
+    """The row of `layers` that r1vflow.<package>[.rest] belongs to (None: the bare `r1vflow`
+    package, which sits above everything); KeyError names a package without a row."""
+    parts = module.split(".")
+    if len(parts) == 1:
+        return None
+    for index, row in enumerate(layers):
+        if parts[1] in row:
+            return index
+    raise KeyError(f"r1vflow.{parts[1]} has no layer: add it to LAYERS in tests/test_layout.py "
+                   "and to the drawing in docs/architecture.md")
+
+
+def upward_imports(graph: dict[str, set[str]], layers=LAYERS) -> list[str]:
+    """'importer -> imported (layer a < layer b)' for every import of a higher layer."""
+    found = []
+    for module in sorted(graph):
+        below = layer_of(module, layers)
+        if below is None:
+            continue
+        for target in sorted(graph[module]):
+            above = layer_of(target, layers)
+            if above is not None and above > below:
+                found.append(f"{module} -> {target} (layer {below} imports layer {above})")
+    return found
 
 
 def find_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -221,6 +272,16 @@ def test_no_import_cycle():
     assert not cycles, f"import cycles among r1vflow modules:\n{_show_cycles(cycles)}"
 
 
+def test_no_import_from_a_higher_layer():
+    graph = import_graph(ROOT)
+    packages = {m.split(".")[1] for m in graph if m.count(".") >= 1}
+    assert packages == {p for row in LAYERS for p in row}, (
+        "LAYERS names packages that are not there, or misses some")
+    upward = upward_imports(graph)
+    assert not upward, ("imports that point up the layers (move the function down a layer or "
+                        "pass it in; docs/architecture.md):\n" + "\n".join(upward))
+
+
 def test_no_module_over_600_lines():
     long = long_modules(ROOT)
     assert not long, f"modules over {MAX_LINES} lines (split them): {long}"
@@ -268,6 +329,30 @@ def test_checker_finds_a_cycle_through_a_function_and_relative_imports(tmp_path)
     cycles = find_cycles(import_graph(root))
     assert ["r1vflow.components.sft", "r1vflow.pipelines.dag",
             "r1vflow.components.sft"] in cycles
+
+
+def test_checker_finds_imports_from_a_higher_layer(tmp_path):
+    # the two upward imports of issue 21, were they back: one at module level, one in a function
+    root = _tree(tmp_path, {
+        "src/r1vflow/__init__.py": "",
+        "src/r1vflow/runtime/__init__.py": "",
+        "src/r1vflow/runtime/cluster.py": "",
+        "src/r1vflow/train/__init__.py": "",
+        "src/r1vflow/train/engine.py": "from r1vflow.models.distributed import rank_world\n",
+        "src/r1vflow/train/checkpoint.py": "from r1vflow.runtime.cluster import scratch_root\n",
+        "src/r1vflow/models/__init__.py": "",
+        "src/r1vflow/models/distributed.py": "",
+        "src/r1vflow/models/io.py": ("from r1vflow.models import distributed\n"
+                                     "def load():\n    from ..train.engine import zero3_init\n"),
+        "src/r1vflow/generation/__init__.py": "from r1vflow.models import io\n",
+        "src/r1vflow/models/generate.py": "import r1vflow.generation\n",  # same layer: allowed
+    })
+    assert upward_imports(import_graph(root)) == [
+        "r1vflow.models.io -> r1vflow.train.engine (layer 2 imports layer 3)",
+        "r1vflow.train.checkpoint -> r1vflow.runtime.cluster (layer 3 imports layer 9)"]
+    assert layer_of("r1vflow") is None and layer_of("r1vflow.pipelines.dag") == 10
+    with pytest.raises(KeyError, match="r1vflow.newpkg has no layer"):
+        upward_imports({"r1vflow.newpkg.x": {"r1vflow.config"}})
 
 
 def test_checker_finds_a_longer_cycle(tmp_path):
