@@ -22,12 +22,12 @@ from r1vflow.config.stage_table import stage as stage_spec
 from r1vflow.runtime.cluster import attach_parent_run, report_to_parent
 from r1vflow.runtime.launch import run_stage
 from r1vflow.runtime.reporting import RUN_DIR_ENV, publish_report, summarize_parent
-from r1vflow.stages import StageContext, StageResult
+from r1vflow.stages import StageContext, StageOutcome, StageResult
 from r1vflow.storage.atomic import write_text
 from r1vflow.storage.pointers import experiment_store, resolve_input, write_pointer
 from r1vflow.storage.scratch import scratch_dir
 from r1vflow.storage.settings import tracking_uri_from_env
-from r1vflow.tracking.runs import experiment_name, stage_run, unreachable
+from r1vflow.tracking.runs import StageTracker, experiment_name, stage_run, unreachable
 
 
 def _stage_params(config: dict[str, Any], exp: Experiment) -> dict[str, Any]:
@@ -116,6 +116,98 @@ def _finish_outputs(ctx: StageContext, artifacts: dict[str, Path],
     return pointer["uri"] if pointer else str(Path(model_dir).resolve())
 
 
+def _parse(stage: str, experiment_json: str) -> Experiment:
+    """The task's experiment; a config it refuses is mirrored as the stage's failure (the
+    driver reads why: a config error is not worth a retry) and raised."""
+    try:
+        return experiment_from_slice(experiment_json)
+    except Exception as err:
+        _mirror(StageResult(stage=stage, status="failed", seconds=0.0,
+                            error=f"{type(err).__name__}: {err}"))
+        raise
+
+
+def _reachable_tracking(exp: Experiment) -> str | None:
+    """The tracking URI (config, else the environment), refused at once when MLflow does not
+    answer (instead of MLflow's minutes of retries and a long traceback); on a cluster the KFP
+    run's MLflow parent run is found or created (a no-op locally)."""
+    tracking_uri = exp.tracking.tracking_uri or tracking_uri_from_env()
+    problem = unreachable(tracking_uri) if tracking_uri else None
+    if problem:
+        raise RuntimeError(problem)
+    attach_parent_run(tracking_uri, _mlflow_experiment(exp), exp.name, exp.fingerprint())
+    return tracking_uri
+
+
+def _mlflow_experiment(exp: Experiment) -> str:
+    return experiment_name(exp.name, exp.tracking.experiment_name)
+
+
+def _open_stage_run(stage: str, exp: Experiment, tracking_uri: str | None):
+    """The stage's nested MLflow run (system metrics for the stages that make a model)."""
+    return stage_run(tracking_uri, _mlflow_experiment(exp), stage, exp.name,
+                     register=exp.tracking.register_models,
+                     system_metrics=stage_spec(stage).model_output is not None)
+
+
+def _context(stage: str, exp: Experiment, tracker: StageTracker, inputs: dict[str, str | None],
+             artifacts: dict[str, Path]) -> StageContext:
+    """The stage's context: inputs resolved (pointers fetched into the cache), outputs made.
+    With an object store, outputs are written to scratch and published; the KFP artifacts then
+    hold pointers (see r1vflow.storage.pointers)."""
+    store = experiment_store(exp)
+    work = {k: scratch_dir(stage, k) for k in artifacts} if store else artifacts
+    ctx = StageContext(
+        exp=exp, stage=stage,
+        inputs={k: resolve_input(Path(v)) for k, v in inputs.items() if v is not None},
+        outputs=work, store=store,
+        tracker=tracker,
+        extra_tags={"r1vflow.kfp_run": os.environ.get("R1VFLOW_KFP_RUN", ""),
+                    "r1vflow.git_commit": os.environ.get("R1VFLOW_GIT_COMMIT", "")},
+    )
+    for path in ctx.outputs.values():
+        path.mkdir(parents=True, exist_ok=True)
+    return ctx
+
+
+def _run(ctx: StageContext, tracking_uri: str | None) -> StageOutcome:
+    """The stage itself: nodes x procs_per_node > 1 runs under torchrun here or as a TrainJob
+    (r1vflow.runtime.launch); undefined metrics are left out."""
+    outcome = run_stage(ctx, ctx.exp.resources.get(ctx.stage), tracking_uri)
+    outcome.metrics = finite_metrics(outcome.metrics)
+    return outcome
+
+
+def _close_run(tracker: StageTracker, outcome: StageOutcome, started: float) -> tuple[float, int]:
+    """Log the final metrics and the stage's seconds, then send what an MLflow outage buffered;
+    (seconds, metric values MLflow never received)."""
+    seconds = time.time() - started
+    tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
+    return seconds, tracker.reconcile()
+
+
+def _failed(stage: str, exp: Experiment, started: float, tracker: StageTracker | None,
+            err: Exception) -> None:
+    """Mirror the failure, tell the parent run, print the traceback."""
+    _mirror(StageResult(stage=stage, status="failed", seconds=round(time.time() - started, 3),
+                        mlflow_run_id=tracker.run_id if tracker is not None else None,
+                        error=f"{type(err).__name__}: {err}"))
+    report_to_parent(exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+                     stage, "failed", {}, last_stage=False)
+    traceback.print_exc()
+
+
+def _succeeded(result: StageResult, exp: Experiment, tracking_uri: str | None,
+               metrics_artifact: Any) -> None:
+    """Tell the parent run (and, on a cluster after the last stage, summarize it), then write
+    the KFP Metrics and mirror the result."""
+    report_to_parent(tracking_uri, result.stage, "succeeded", result.metrics,
+                     last_stage=result.stage == STAGES[-1])
+    summarize_parent(tracking_uri, result.stage, exp.name)  # on a cluster, after the last stage
+    _write_kfp_outputs(result, metrics_artifact)
+    _mirror(result)
+
+
 def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
             outputs: dict[str, str], metrics: Any = None, report: Any = None,
             html_report: Any = None) -> str:
@@ -124,70 +216,29 @@ def execute(stage: str, experiment_json: str, inputs: dict[str, str | None],
     `experiment_json` is the stage's config slice (r1vflow.config.slicing), or a whole
     experiment. `report` (Markdown) and `html_report` (HTML) are the KFP report artifacts
     (r1vflow.runtime.reporting)."""
+    exp = _parse(stage, experiment_json)
+    started, tracker = time.time(), None
     try:
-        exp = experiment_from_slice(experiment_json)
-    except Exception as err:  # the driver reads why (a config error is not worth a retry)
-        _mirror(StageResult(stage=stage, status="failed", seconds=0.0,
-                            error=f"{type(err).__name__}: {err}"))
-        raise
-    started = time.time()
-    run_id = None
-    try:
-        tracking_uri = exp.tracking.tracking_uri or tracking_uri_from_env()
-        problem = unreachable(tracking_uri) if tracking_uri else None
-        if problem:  # at once, instead of MLflow's minutes of retries and a long traceback
-            raise RuntimeError(problem)
-        mlflow_experiment = experiment_name(exp.name, exp.tracking.experiment_name)
-        # On a cluster: find/create the KFP run's MLflow parent run (no-op locally).
-        attach_parent_run(tracking_uri, mlflow_experiment, exp.name, exp.fingerprint())
-        with stage_run(tracking_uri, mlflow_experiment, stage, exp.name,
-                       register=exp.tracking.register_models,
-                       system_metrics=stage_spec(stage).model_output is not None) as tracker:
-            run_id = tracker.run_id
+        tracking_uri = _reachable_tracking(exp)
+        with _open_stage_run(stage, exp, tracking_uri) as tracker:
             tracker.log_params(_stage_params(json.loads(experiment_json), exp))
-            store = experiment_store(exp)
             artifacts = {k: Path(v) for k, v in outputs.items()}
-            # With an object store, outputs are written to scratch and published; the KFP
-            # artifacts then hold pointers (see r1vflow.storage.pointers).
-            work = {k: scratch_dir(stage, k) for k in artifacts} if store else artifacts
-            ctx = StageContext(
-                exp=exp, stage=stage,
-                inputs={k: resolve_input(Path(v)) for k, v in inputs.items() if v is not None},
-                outputs=work, store=store,
-                tracker=tracker,
-                extra_tags={"r1vflow.kfp_run": os.environ.get("R1VFLOW_KFP_RUN", ""),
-                            "r1vflow.git_commit": os.environ.get("R1VFLOW_GIT_COMMIT", "")},
-            )
-            for path in ctx.outputs.values():
-                path.mkdir(parents=True, exist_ok=True)
+            ctx = _context(stage, exp, tracker, inputs, artifacts)
             _log_dataset_input(ctx)
-            # nodes x procs_per_node > 1: torchrun here or a TrainJob (r1vflow.runtime.launch).
-            outcome = run_stage(ctx, exp.resources.get(stage), tracking_uri)
-            outcome.metrics = finite_metrics(outcome.metrics)
+            outcome = _run(ctx, tracking_uri)
             model_uri = _finish_outputs(ctx, artifacts, outcome.model_dir)
             page = publish_report(ctx, outcome, report, html_report)
-            seconds = time.time() - started
-            tracker.log_metrics({**outcome.metrics, "stage_seconds": seconds})
-            unlogged = tracker.reconcile()  # buffered during an MLflow outage
+            seconds, unlogged = _close_run(tracker, outcome, started)
         result = StageResult(
             stage=stage, status="succeeded", seconds=round(seconds, 3), metrics=outcome.metrics,
             model_uri=model_uri, unlogged_metrics=unlogged or None,
-            model_version=outcome.model_version, mlflow_run_id=run_id,
+            model_version=outcome.model_version, mlflow_run_id=tracker.run_id,
             outputs={k: str(v) for k, v in outputs.items()},
             task_dir=str(Path(metrics.path).parent) if metrics is not None else None,
             report_html=str(page) if page else None,
         )
     except Exception as err:
-        failed = StageResult(stage=stage, status="failed", seconds=round(time.time() - started, 3),
-                             mlflow_run_id=run_id, error=f"{type(err).__name__}: {err}")
-        _mirror(failed)
-        report_to_parent(exp.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
-                         stage, "failed", {}, last_stage=False)
-        traceback.print_exc()
+        _failed(stage, exp, started, tracker, err)
         raise
-    report_to_parent(tracking_uri, stage, "succeeded", result.metrics,
-                     last_stage=stage == STAGES[-1])
-    summarize_parent(tracking_uri, stage, exp.name)  # on a cluster, after the last stage
-    _write_kfp_outputs(result, metrics)
-    _mirror(result)
+    _succeeded(result, exp, tracking_uri, metrics)
     return result.model_dump_json()
