@@ -29,7 +29,7 @@ CANDIDATE, CHAMPION = "candidate", "champion"
 FLAG_METRIC = "monitor_flag/{flag}"  # evaluate's metric for each monitor flag of the candidate
 SCORE_TAG = "r1vflow.eval.{metric}"
 DECISION_TAG = "r1vflow.promotion.decision"
-STATUS_TAG = "r1vflow.status"  # set by stages.common.StageContext.register
+STATUS_TAG = "r1vflow.status"  # set by stages.registration (StageContext.register)
 
 
 class ChampionUnreadable(RuntimeError):
