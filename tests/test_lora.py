@@ -121,7 +121,7 @@ def test_lora_under_zero3_is_refused_with_a_way_out():
 def test_adapters_sit_on_the_llm_only_and_start_as_the_base_model(base):
     reference = load_model(base).eval()
     tokenizer = load_tokenizer(base)
-    model, counts = adapted(base)
+    model, counts = adapted(base, parts=("projector", "llm"))  # llm: through its adapters
     layers = lora_layers(model)
     assert layers and all(n.startswith("model.language_model.") for n, _ in layers)
     assert {n.rsplit(".", 1)[-1] for n, _ in layers} == PROJECTIONS

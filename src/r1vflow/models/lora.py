@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from r1vflow.models.families import part_parameters
+from r1vflow.models.families import family_of, part_parameters
 
 if TYPE_CHECKING:
     from r1vflow.config import LoRAConfig
@@ -91,10 +91,11 @@ def apply_lora(model: torch.nn.Module, settings: LoRAConfig | None) -> dict[str,
                         lora_dropout=settings.dropout, bias="none",
                         target_modules=target_regex(settings.target_modules))
     inject_adapter_in_model(config, vlm, adapter_name=ADAPTER)
+    part_of = family_of(vlm).part_of
     for name, param in vlm.named_parameters():
         if ".lora_" in name:
             param.requires_grad_(True)
-        elif name.startswith(LLM_PREFIX):
+        elif part_of(name) == "llm":  # its embeddings and lm_head too
             param.requires_grad_(False)
         else:  # peft froze everything it did not add: the other parts' flags come back
             param.requires_grad_(flags[id(param)])

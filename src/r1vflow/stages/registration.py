@@ -13,6 +13,7 @@ an earlier attempt completed (r1vflow.stages.adoption) instead of registering it
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,13 @@ class Registrar:
             return version
         store = self.publisher.store
         storage_uri = store.uri_for(prefix) if store is not None else str(model_dir)
-        version = self.tracker.register_model(
-            self.stage, storage_uri, self._tags(parent, dataset_digest, resume_key), suffix)
+        tags = {**self._tags(parent, dataset_digest, resume_key),
+                **adapter_tags(model_dir, storage_uri)}
+        version = self.tracker.register_model(self.stage, storage_uri, tags, suffix)
+        if "r1vflow.lora" in tags:  # the adapter (small) on the stage run too, before
+            # publishing moves the directory into the store's cache
+            self.tracker.log_artifacts(model_dir / "adapter",
+                                       f"{prefix.rsplit('/', 1)[-1]}/adapter")
         meta.update({"model_version": version, "parent": parent})
         write_metadata(model_dir, meta)  # before hashing: the metadata is part of the artifact
         try:
@@ -80,3 +86,15 @@ class Registrar:
             **({RESUME_TAG: resume_key} if resume_key else {}),
             **self.extra_tags,
         }
+
+
+def adapter_tags(model_dir: Path, storage_uri: str) -> dict[str, str]:
+    """A LoRA stage's model (r1vflow.models.lora): its adapter's settings and where it is
+    stored, beside the merged weights the version registers; {} for full-weight training."""
+    from r1vflow.models.lora import ADAPTER_DIR, adapter_settings
+
+    settings = adapter_settings(model_dir)
+    if settings is None:
+        return {}
+    return {"r1vflow.lora": json.dumps(settings, sort_keys=True),
+            "r1vflow.adapter_uri": f"{storage_uri.rstrip('/')}/{ADAPTER_DIR}"}

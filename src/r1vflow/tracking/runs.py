@@ -325,6 +325,13 @@ class StageTracker:
 
             mlflow_client().log_figure(self.run_id, figure, artifact_file)
 
+    def log_artifacts(self, local_dir: Path, artifact_path: str) -> None:
+        """The files of `local_dir` as artifacts of the stage run, under `artifact_path`."""
+        if self.enabled:
+            from r1vflow.tracking.client import mlflow_client
+
+            mlflow_client().log_artifacts(self.run_id, str(local_dir), artifact_path)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.enabled:
             from r1vflow.tracking.client import mlflow_client
