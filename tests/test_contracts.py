@@ -15,7 +15,7 @@ from r1vflow.config import (
     SSBConfig,
     experiment_from_dict,
 )
-from r1vflow.rl.grpo import GRPO_SETTINGS, grpo_settings, train_grpo
+from r1vflow.rl.grpo import train_grpo
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.runtime.podspec import accelerator_resource, container_resources, pod_labels
@@ -89,26 +89,12 @@ def test_monitor_from_config_takes_every_setting():
             mon.patience) == (4, 0.1, 0.2, 0.05, True, 2)
 
 
-def test_grpo_settings_are_train_grpo_keywords_taken_from_the_config():
+def test_train_grpo_takes_its_settings_from_the_config_section_only():
+    """No GRPO setting travels as a keyword of its own (a copy that can drift from the
+    config's default): train_grpo takes the `grpo` section whole."""
     params = inspect.signature(train_grpo).parameters
-    keyword = {n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    assert set(GRPO_SETTINGS) <= keyword
-    # every other train_grpo keyword that GRPOConfig also has is an object built separately
-    assert (keyword - set(GRPO_SETTINGS)) & set(GRPOConfig.model_fields) == {"ssb", "monitor"}
-    cfg = GRPOConfig(steps=3, lr=2e-4, kl_coef=0.1, aggregation="token-mean")
-    settings = grpo_settings(cfg)
-    assert settings == {name: getattr(cfg, name) for name in GRPO_SETTINGS}
-    assert settings["aggregation"] == "token-mean" and settings["kl_coef"] == 0.1
-
-
-def test_train_grpo_defaults_are_the_config_defaults():
-    """The bench calls train_grpo through grpo_settings(GRPOConfig(...)): the numbers stay the
-    ones a direct call with train_grpo's own defaults gives."""
-    params = inspect.signature(train_grpo).parameters
-    defaults = GRPOConfig()
-    for name in GRPO_SETTINGS:
-        if params[name].default is not inspect.Parameter.empty:
-            assert params[name].default == getattr(defaults, name), name
+    assert params["cfg"].annotation in ("GRPOConfig", GRPOConfig)
+    assert not set(params) & set(GRPOConfig.model_fields)
 
 
 def test_rl_cores_do_not_import_the_config_at_run_time():

@@ -1,5 +1,6 @@
 """The GRPO loop: batching, loss rescaling, log-prob alignment, SSB replay, monitor stop,
-KL / multi-epoch paths, checkpoints, the offline prefilter and the grpo stage."""
+KL / multi-epoch paths, the loss variants, checkpoints and resume, the offline prefilter and
+the grpo stage."""
 
 import json
 from pathlib import Path
@@ -7,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from r1vflow.config import load_experiment
+from r1vflow.config import GRPOConfig, MonitorConfig, SSBConfig, load_experiment
 from r1vflow.data.synth import synthesize
-from r1vflow.models.io import load_model, read_model_metadata, save_model
+from r1vflow.models.io import save_model
 from r1vflow.models.reward import RewardModel, ScoreCalibration, save_reward_model
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import (
@@ -21,13 +22,12 @@ from r1vflow.models.vlm import (
 )
 from r1vflow.rl.batch import completion_logprobs, encode_vlm_prompts, loss_scale, sequence_batch
 from r1vflow.rl.core import policy_loss
-from r1vflow.rl.grpo import GRPOPrompt, prefilter_pool, train_grpo
-from r1vflow.rl.monitor import RewardMonitor
+from r1vflow.rl.grpo import GRPOPrompt, GRPOState, prefilter_pool, train_grpo
 from r1vflow.rl.rewards import format_reward, hybrid_reward, make_reward_model_reward
 from r1vflow.rl.rollout import Rollout, left_pad
-from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext
 from r1vflow.tracking.runs import StageTracker
+from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
 
 CORPUS = [
     "How many red circles are there? <think>red circle, red circle. 2 red circles.</think>"
@@ -78,11 +78,20 @@ def alternating_then_zero(call, n):
     return [float(i % 2) for i in range(n)] if call == 0 else [0.0] * n
 
 
-def run(model, tokenizer, reward, **kw):
-    args = {"steps": 3, "prompts_per_step": 2, "group_size": 4, "lr": 1e-3, "seed": 0,
-            "progress": False}
+SSB = SSBConfig(capacity=64, max_age_steps=4, target_effective_ratio=0.75,
+                max_replay_fraction=0.5)
+
+
+def settings(**kw) -> GRPOConfig:
+    """A small `grpo` section: 3 steps of 2 prompts x 4, lr 1e-3, SSB off unless given."""
+    return GRPOConfig(**{"steps": 3, "prompts_per_step": 2, "group_size": 4, "lr": 1e-3,
+                         "seed": 0, "ssb": SSBConfig(enabled=False), **kw})
+
+
+def run(model, tokenizer, reward, checkpoint=None, on_step=None, **kw):
     return train_grpo(model, tokenizer, make_prompts(model, tokenizer), reward,
-                      make_rollout(model, tokenizer), **{**args, **kw})
+                      make_rollout(model, tokenizer), settings(**kw), checkpoint=checkpoint,
+                      on_step=on_step, progress=False)
 
 
 # --------------------------------------------------------------------------- pure helpers
@@ -145,11 +154,11 @@ def test_loop_trains_and_reports_every_metric(tokenizer, tmp_path):
                                                                range(n)]),
                             "format": format_reward}, {"accuracy": 1.0, "format": 1.0})
     seen = []
-    ssb = SelectiveSampleBuffer(64, 4, 0.75, 0.5, seed=0)
-    result = run(model, tokenizer, reward, ssb=ssb, on_step=lambda s, m: seen.append(s),
-                 monitor=RewardMonitor(2, 0.2, 0.3), checkpoint_every=2,
-                 checkpoint_dir=tmp_path, checkpoint_metadata={
-                     "stage": "grpo", "parent": None, "config_fingerprint": "f"})
+    ck = Checkpointer("grpo", tmp_path, CheckpointPolicy(every=2, minutes=None, keep=5))
+    monitor = MonitorConfig(window=2, thresholds={"rm_rise": 0.2, "format_drop": 0.3},
+                            patience=1)
+    result = run(model, tokenizer, reward, ssb=SSB, on_step=lambda s, m: seen.append(s),
+                 monitor=monitor, checkpoint=ck.phase("train"))
     assert seen == [1, 2, 3] and len(result.history) == 3
     for h in result.history:
         assert torch.isfinite(torch.tensor(h["loss"]))
@@ -163,14 +172,17 @@ def test_loop_trains_and_reports_every_metric(tokenizer, tmp_path):
     s = result.summary
     assert s["effective_ratio_mean"] >= s["effective_ratio_before_mean"]
     assert s["stopped_early"] == 0.0 and s["steps"] == 3.0
-    assert [p.name for p in result.checkpoints] == ["step-000002"]
-    assert read_model_metadata(result.checkpoints[0]).extra == {"step": 2}
-    assert load_model(result.checkpoints[0]) is not None
+    # one checkpoint path: every 2 steps and the last, engine + the loop's GRPOState
+    assert [p.name for p in sorted(tmp_path.glob("step-*"))] == ["step-000002", "step-000003"]
+    saved = torch.load(tmp_path / "step-000003" / "loop-rank0.pt", weights_only=True)
+    state = GRPOState(**saved["loop"])
+    assert state.history == result.history and state.stop_reason is None
+    assert len(state.ssb["entries"]) == result.history[-1]["buffer_size"]
 
 
 def test_ssb_replays_when_every_advantage_vanishes(tokenizer):
     results = {}
-    for name, ssb in (("on", SelectiveSampleBuffer(64, 4, 0.75, 0.5, seed=0)), ("off", None)):
+    for name, ssb in (("on", SSB), ("off", SSBConfig(enabled=False))):
         reward = hybrid_reward({"accuracy": Scripted(alternating_then_zero)}, {"accuracy": 1.0})
         results[name] = run(tiny_vlm(tokenizer), tokenizer, reward, ssb=ssb).history
     on, off = results["on"], results["off"]
@@ -194,8 +206,8 @@ def test_monitor_stops_when_the_reward_model_score_rises_alone(tokenizer):
                             "format": format_reward,
                             "reward_model": make_reward_model_reward(rising_rm)},
                            {"accuracy": 1.0, "format": 1.0, "reward_model": 1.0})
-    monitor = RewardMonitor(window=2, rm_rise=0.2, format_drop=0.5, stop_on_flag=True,
-                            patience=1)
+    monitor = MonitorConfig(window=2, thresholds={"rm_rise": 0.2, "format_drop": 0.5},
+                            stop_on_flag=True, patience=1)
     result = run(tiny_vlm(tokenizer), tokenizer, reward, steps=5, monitor=monitor)
     assert len(result.history) == 2
     assert result.summary["stopped_early"] == 1.0
@@ -211,7 +223,8 @@ def test_rm_accuracy_gap_is_recorded_without_stopping(tokenizer):
                             "reward_model": make_reward_model_reward(
                                 lambda prompts, completions: [0.9] * len(completions))},
                            {"accuracy": 1.0, "format": 1.0, "reward_model": 0.0})
-    monitor = RewardMonitor(window=2, rm_rise=10.0, format_drop=1.0, rm_accuracy_gap=0.5)
+    monitor = MonitorConfig(window=2, patience=1, thresholds={
+        "rm_rise": 10.0, "format_drop": 1.0, "rm_accuracy_gap": 0.5})
     result = run(tiny_vlm(tokenizer), tokenizer, reward, steps=3, monitor=monitor)
     assert len(result.history) == 3 and result.stop_reason is None
     assert list(result.flags) == ["rm_accuracy_gap"]
@@ -246,8 +259,7 @@ def test_truncated_importance_sampling_and_the_logprob_gap(tokenizer):
     rollout = Rollout.transformers(model, tokenizer, 6, temperature=1.0)
     rollout.logprobs = True
     result = train_grpo(model, tokenizer, make_prompts(model, tokenizer), reward(), rollout,
-                        steps=2, prompts_per_step=2, group_size=4, lr=1e-3, seed=0,
-                        progress=False, tis_cap=2.0)
+                        settings(steps=2, tis_cap=2.0), progress=False)
     for step in result.history:
         assert step["logprob_gap_max"] < 1e-4
         assert step["tis_weight_mean"] == pytest.approx(1.0, abs=1e-4)
@@ -258,12 +270,69 @@ def test_truncated_importance_sampling_and_the_logprob_gap(tokenizer):
 
 def test_bad_arguments_are_named(tokenizer):
     reward = hybrid_reward({"format": format_reward}, {"format": 1.0})
-    with pytest.raises(ValueError, match="group_size must be >= 2"):
+    with pytest.raises(ValueError, match="group_size"):  # the config section refuses it
         run(tiny_vlm(tokenizer), tokenizer, reward, group_size=1)
     with pytest.raises(ValueError, match="zero_stage 3 needs rollouts on vLLM"):
-        run(tiny_vlm(tokenizer), tokenizer, reward, zero_stage=3)
-    with pytest.raises(ValueError, match="checkpoint_every needs a checkpoint_dir"):
-        run(tiny_vlm(tokenizer), tokenizer, reward, checkpoint_every=1)
+        run(tiny_vlm(tokenizer), tokenizer, reward, backend="deepspeed", zero_stage=3)
+    model = tiny_vlm(tokenizer)
+    unknown = settings().model_copy(update={"loss": "ppo"})  # past the config's own check
+    with pytest.raises(ValueError, match="unknown grpo.loss 'ppo'; known policy losses: "
+                                         "dr_grpo, grpo, gspo"):
+        train_grpo(model, tokenizer, make_prompts(model, tokenizer), reward,
+                   make_rollout(model, tokenizer), unknown, progress=False)
+
+
+def test_dr_grpo_in_the_config_sets_its_advantages_and_normaliser():
+    cfg = GRPOConfig(loss="dr_grpo")
+    assert (cfg.scale_by_std, cfg.aggregation) == (False, "seq-mean-token-sum-norm")
+    with pytest.raises(ValueError, match="grpo.loss dr_grpo divides no advantage"):
+        GRPOConfig(loss="dr_grpo", scale_by_std=True)
+    with pytest.raises(ValueError, match="grpo.loss dr_grpo divides no advantage"):
+        GRPOConfig(loss="dr_grpo", aggregation="token-mean")
+
+
+@pytest.mark.parametrize("loss", ["gspo", "dr_grpo"])
+def test_the_loop_trains_with_each_loss_variant(tokenizer, loss):
+    """Two epochs per batch: the second sees ratios != 1, where the variants differ."""
+    reward = hybrid_reward({"accuracy": Scripted(lambda c, n: [float(i % 2) for i in range(n)])},
+                           {"accuracy": 1.0})
+    model = tiny_vlm(tokenizer)
+    before = [p.detach().clone() for p in model.parameters()]
+    history = run(model, tokenizer, reward, steps=2, loss=loss, ppo_epochs=2).history
+    for h in history:
+        assert torch.isfinite(torch.tensor([h["loss"], h["clip_fraction"]])).all()
+        assert h["loss"] != 0.0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+def test_resume_from_a_checkpoint_continues_exactly(tokenizer, tmp_path):
+    """A run resumed from its step-2 checkpoint (fresh model object, RNGs elsewhere) ends with
+    the weights and history of the uninterrupted 4-step run: engine, RNGs, sampler, SSB and
+    monitor all come back through the one checkpoint path."""
+    import shutil
+
+    def reward():
+        return hybrid_reward({"accuracy": Scripted(lambda c, n: [float(i % 3 == 0)
+                                                                for i in range(n)]),
+                              "format": format_reward}, {"accuracy": 1.0, "format": 1.0})
+
+    policy = CheckpointPolicy(every=2, minutes=None, keep=5)
+    whole = tiny_vlm(tokenizer)
+    full = run(whole, tokenizer, reward(), steps=4, ssb=SSB,
+               checkpoint=Checkpointer("grpo", tmp_path / "a", policy).phase("train"))
+    shutil.copytree(tmp_path / "a" / "step-000002", tmp_path / "b" / "step-000002")
+    ck = Checkpointer("grpo", tmp_path / "b", policy)
+    assert ck.resumed_from_step == 2
+    resumed_model = tiny_vlm(tokenizer)
+    torch.manual_seed(123)  # the checkpoint's RNG states must win over whatever is current
+    resumed = run(resumed_model, tokenizer, reward(), steps=4, ssb=SSB,
+                  checkpoint=ck.phase("train"))
+    assert len(resumed.history) == 4
+    for a, b in zip(full.history, resumed.history, strict=True):
+        assert {k: v for k, v in a.items() if not k.endswith("_s") and "per_s" not in k} == \
+            {k: v for k, v in b.items() if not k.endswith("_s") and "per_s" not in k}
+    for a, b in zip(whole.parameters(), resumed_model.parameters(), strict=True):
+        assert torch.equal(a, b)
 
 
 def test_prefilter_keeps_prompts_with_reward_spread(tokenizer):
@@ -313,7 +382,10 @@ def test_grpo_stage_trains_saves_and_reports(tokenizer, tmp_path):
     assert outcome.metrics["trainable_params_llm"] == 0.0  # default: projector only
     assert list((tmp_path / "out").glob("*.safetensors"))
     index = json.loads((tmp_path / "ckpt" / "index.json").read_text())
-    assert index == {"checkpoints": ["step-000001", "step-000002"]}
+    root = Path(index.pop("root"))  # the checkpoints output: the resumable ones, as mpo's
+    assert index == {"checkpoints": ["step-000001", "step-000002"], "store_prefix": None,
+                     "resumed_from_step": 0}
+    assert (root / "step-000002" / "loop-rank0.pt").is_file()
     assert "| step | reward |" in outcome.report
 
 

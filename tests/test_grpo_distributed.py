@@ -23,6 +23,7 @@ def _worker(out: Path, backend: str) -> None:
     import torch
     import torch.distributed as dist
 
+    from r1vflow.config import GRPOConfig, SSBConfig
     from r1vflow.models.tokenizer import train_tokenizer
     from r1vflow.models.vlm import (
         assemble_vlm,
@@ -35,7 +36,6 @@ def _worker(out: Path, backend: str) -> None:
     from r1vflow.rl.grpo import GRPOPrompt, train_grpo
     from r1vflow.rl.rewards import hybrid_reward
     from r1vflow.rl.rollout import Rollout
-    from r1vflow.rl.ssb import SelectiveSampleBuffer
 
     if backend == "zero3-vllm":
         from r1vflow.config.generation import GenerationConfig
@@ -66,11 +66,12 @@ def _worker(out: Path, backend: str) -> None:
         rollout = Rollout(engine, max_new_tokens=6, temperature=1.0)
     else:
         rollout = Rollout.transformers(model, tokenizer, max_new_tokens=6, temperature=1.0)
-    result = train_grpo(model, tokenizer, prompts, reward, rollout, steps=STEPS,
-                        prompts_per_step=2, group_size=4, lr=1e-2,
-                        backend="torch" if backend == "torch" else "deepspeed",
-                        zero_stage={"torch": 0, "deepspeed": 2}.get(backend, 3), seed=0,
-                        progress=False, ssb=SelectiveSampleBuffer(32, 4, 0.75, 0.5))
+    cfg = GRPOConfig(steps=STEPS, prompts_per_step=2, group_size=4, lr=1e-2,
+                     backend="torch" if backend == "torch" else "deepspeed",
+                     zero_stage={"torch": 0, "deepspeed": 2}.get(backend, 3), seed=0,
+                     ssb=SSBConfig(capacity=32, max_age_steps=4, target_effective_ratio=0.75,
+                                   max_replay_fraction=0.5))
+    result = train_grpo(model, tokenizer, prompts, reward, rollout, cfg, progress=False)
     served = None
     if zero3:  # the engine serves the weights of the last step (the model holds them again)
         sampling = Sampling(8, logprobs=True)

@@ -21,6 +21,7 @@ def _worker(root: Path, out: Path) -> None:
     import torch
     import torch.distributed as dist
 
+    from r1vflow.config import GRPOConfig, SSBConfig
     from r1vflow.models.tokenizer import train_tokenizer
     from r1vflow.models.vlm import (
         assemble_vlm,
@@ -33,7 +34,6 @@ def _worker(root: Path, out: Path) -> None:
     from r1vflow.rl.grpo import GRPOPrompt, train_grpo
     from r1vflow.rl.rewards import hybrid_reward
     from r1vflow.rl.rollout import Rollout
-    from r1vflow.rl.ssb import SelectiveSampleBuffer
     from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
 
     torch.set_num_threads(1)
@@ -55,9 +55,11 @@ def _worker(root: Path, out: Path) -> None:
     reward = hybrid_reward({"accuracy": even_length}, {"accuracy": 1.0})
     rollout = Rollout.transformers(model, tokenizer, max_new_tokens=6, temperature=1.0)
     ck = Checkpointer("grpo", root, CheckpointPolicy(every=2, keep=2))
-    train_grpo(model, tokenizer, prompts, reward, rollout, steps=STEPS, prompts_per_step=2,
-               group_size=4, lr=1e-2, backend="deepspeed", zero_stage=2, seed=0,
-               progress=False, ssb=SelectiveSampleBuffer(32, 4, 0.75, 0.5),
+    cfg = GRPOConfig(steps=STEPS, prompts_per_step=2, group_size=4, lr=1e-2,
+                     backend="deepspeed", zero_stage=2, seed=0,
+                     ssb=SSBConfig(capacity=32, max_age_steps=4, target_effective_ratio=0.75,
+                                   max_replay_fraction=0.5))
+    train_grpo(model, tokenizer, prompts, reward, rollout, cfg, progress=False,
                checkpoint=ck.phase("train"))
     final = torch.cat([p.detach().flatten() for p in model.parameters()])
     if dist.get_rank() == 0:

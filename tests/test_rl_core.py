@@ -163,3 +163,99 @@ def test_tis_weights_and_weighted_loss_by_hand():
     assert unweighted.item() == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="cap must be > 0"):
         tis_weights(trainer, rollout, cap=0.0)
+
+
+# --------------------------------------------------------------------------- registered losses
+# The `batch` fixture again: ratios seq 0 (1.5, 1.1, 0.5) with A = +1, seq 1 (0.5, 1.5) with
+# A = -1 (third slot padding); per-token clipped terms (clip 0.2) -1.2, -1.1, -0.5 | 0.8, 1.5.
+
+
+def test_registry_names_and_unknown_name():
+    from r1vflow.rl.core import POLICY_LOSSES, get_policy_loss, register_policy_loss
+
+    assert set(POLICY_LOSSES) == {"grpo", "gspo", "dr_grpo"}
+    with pytest.raises(ValueError, match="unknown grpo.loss 'ppo'; known policy losses: "
+                                         "dr_grpo, grpo, gspo"):
+        get_policy_loss("ppo")
+    with pytest.raises(ValueError, match="'grpo' is already registered"):
+        register_policy_loss("grpo")(lambda *a: None)
+    assert set(POLICY_LOSSES) == {"grpo", "gspo", "dr_grpo"}
+
+
+def test_config_offers_exactly_the_registered_losses():
+    from typing import get_args
+
+    from r1vflow.config import GRPOConfig
+    from r1vflow.rl.core import POLICY_LOSSES
+
+    assert set(get_args(GRPOConfig.model_fields["loss"].annotation)) == set(POLICY_LOSSES)
+    assert GRPOConfig().loss == "grpo"
+
+
+def test_grpo_loss_clip_higher_by_hand(batch):
+    from r1vflow.rl.core import LossSettings, get_policy_loss
+
+    # clip_high 0.6: ratio 1.5 with A > 0 is inside 1.6 now; ratio 0.5 with A < 0 still
+    # clipped at 0.8: seq 0 -(1.5 + 1.1 + 0.5) / 3, seq 1 (0.8 + 1.5) / 2
+    out = get_policy_loss("grpo")(**batch, settings=LossSettings(0.2, 0.6))
+    assert out.loss.item() == pytest.approx((-3.1 / 3 + 2.3 / 2) / 2, abs=1e-6)
+    assert out.clip_fraction == pytest.approx(1 / 5)  # seq 1 token 0 only
+    token = get_policy_loss("grpo")(**batch, settings=LossSettings(0.2, 0.2, "token-mean"))
+    assert token.loss.item() == pytest.approx((-2.8 + 2.3) / 5, abs=1e-6)
+    assert token.clip_fraction == pytest.approx(2 / 5)
+
+
+def test_dr_grpo_loss_divides_the_token_sum_by_sequences_times_budget(batch):
+    from r1vflow.rl.core import LossSettings, get_policy_loss
+
+    # sum of the valid terms -2.8 + 2.3 = -0.5 over N x L = 2 x 4 tokens
+    settings = LossSettings(0.2, 0.2, "seq-mean-token-sum-norm", max_new_tokens=4)
+    out = get_policy_loss("dr_grpo")(**batch, settings=settings)
+    assert out.loss.item() == pytest.approx(-0.5 / 8, abs=1e-7)
+    out.loss.backward()
+    # d/dlp of -r * A is -r * A for unclipped tokens; clipped ones (1.5 high, 0.5 low) get 0
+    expected = torch.tensor([[0.0, -1.1 / 8, -0.5 / 8], [0.0, 1.5 / 8, 0.0]])
+    torch.testing.assert_close(batch["logprobs"].grad, expected)
+    assert out.clip_fraction == pytest.approx(2 / 5)
+    with pytest.raises(ValueError, match="dr_grpo divides the token sum"):
+        get_policy_loss("dr_grpo")(**batch, settings=LossSettings())
+
+
+def test_gspo_loss_uses_one_clipped_ratio_per_sequence(batch):
+    from r1vflow.rl.core import LossSettings, get_policy_loss
+
+    # s_0 = (1.5 * 1.1 * 0.5) ** (1/3) = 0.825 ** (1/3) ~ 0.9379 (A = +1, inside [0.9, 1.1]);
+    # s_1 = (0.5 * 1.5) ** (1/2) = 0.75 ** 0.5 ~ 0.8660 (A = -1, below 0.9: clipped to 0.9)
+    s0, s1 = 0.825 ** (1 / 3), 0.75 ** 0.5
+    assert s1 < 0.9
+    out = get_policy_loss("gspo")(**batch, settings=LossSettings(0.1, 0.1))
+    # every token of a sequence carries its sequence's term: -s_0 and max(s_1, 0.9) = 0.9
+    assert out.loss.item() == pytest.approx((-s0 + 0.9) / 2, abs=1e-6)
+    assert out.clip_fraction == pytest.approx(2 / 5)  # the 2 valid tokens of seq 1
+    out.loss.backward()
+    # token form: d s_i,t / d lp_t = s_i, so each valid token of seq 0 gets -A * s_0 / 3 / 2
+    # (token mean in the sequence, mean over 2 sequences); seq 1 is clipped: no gradient
+    expected = torch.tensor([[-s0 / 6] * 3, [0.0, 0.0, 0.0]])
+    torch.testing.assert_close(batch["logprobs"].grad, expected)
+
+
+def test_gspo_loss_token_mean_and_no_clip(batch):
+    from r1vflow.rl.core import LossSettings, get_policy_loss
+
+    s0, s1 = 0.825 ** (1 / 3), 0.75 ** 0.5  # both inside the clip range 0.2
+    out = get_policy_loss("gspo")(**batch, settings=LossSettings(0.2, 0.2, "token-mean"))
+    assert out.loss.item() == pytest.approx((3 * -s0 + 2 * s1) / 5, abs=1e-6)
+    assert out.clip_fraction == 0.0
+
+
+def test_masked_aggregate_and_kl_with_the_constant_normaliser():
+    values = torch.tensor([[1.0, 3.0], [5.0, 7.0], [9.0, 9.0]])
+    mask = torch.tensor([[1, 1], [1, 0], [0, 0]])
+    # valid sum 1 + 3 + 5 = 9 over N x L = 3 x 4
+    got = masked_aggregate(values, mask, "seq-mean-token-sum-norm", norm=4)
+    assert got.item() == pytest.approx(9 / 12)
+    with pytest.raises(ValueError, match="give norm >= 1"):
+        masked_aggregate(values, mask, "seq-mean-token-sum-norm")
+    ref = torch.tensor([[LOG(2.0), 5.0]])  # one valid token: 2 - log 2 - 1, over 1 x 3
+    val = kl_k3(torch.zeros(1, 2), ref, torch.tensor([[1, 0]]), "seq-mean-token-sum-norm", 3)
+    assert val.item() == pytest.approx((1 - LOG(2.0)) / 3, abs=1e-6)

@@ -48,10 +48,9 @@ from r1vflow.data.synth import text_corpus, tokenizer_corpus
 from r1vflow.generation import Sampling, TransformersEngine, build_engine
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import build_tiny_llm
-from r1vflow.rl.grpo import GRPOPrompt, grpo_settings, train_grpo
+from r1vflow.rl.grpo import GRPOPrompt, train_grpo
 from r1vflow.rl.rewards import accuracy_reward, format_reward, hybrid_reward
 from r1vflow.rl.rollout import Rollout
-from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.train.bootstrap import pretrain_llm
 
 FAMILIES = ("counting", "digit_arithmetic", "comparison")
@@ -98,11 +97,11 @@ def greedy_accuracy(model, tokenizer, tasks: list[TextTask], max_new_tokens: int
     return sum(accuracy_reward(texts, [a for _, a in tasks])) / len(tasks)
 
 
-def run_ours(model, tokenizer, tasks, grpo: GRPOConfig,
-             ssb: SelectiveSampleBuffer | None = None, backend: str = "transformers") -> dict:
-    """Our trainer with the settings of a `grpo` config section (as the grpo stage runs it),
-    generating on `backend` (transformers or a colocated vLLM engine; its build is timed
-    apart as `engine_build_s`: it happens once per run, not per step)."""
+def run_ours(model, tokenizer, tasks, grpo: GRPOConfig, backend: str = "transformers") -> dict:
+    """Our trainer with the settings of a `grpo` config section (as the grpo stage runs it:
+    its SSB when `grpo.ssb.enabled`, its monitor), generating on `backend` (transformers or a
+    colocated vLLM engine; its build is timed apart as `engine_build_s`: it happens once per
+    run, not per step)."""
     steps, prompts_per_step = grpo.steps, grpo.prompts_per_step
     built = time.perf_counter()
     engine = build_engine(GenerationConfig(backend=backend, batch_size=prompts_per_step,
@@ -110,8 +109,8 @@ def run_ours(model, tokenizer, tasks, grpo: GRPOConfig,
     build_s = time.perf_counter() - built
     rollout = Rollout(engine, grpo.max_new_tokens, grpo.temperature)
     start = time.perf_counter()
-    result = train_grpo(model, tokenizer, _prompts(tokenizer, tasks), _reward(), rollout,
-                        **grpo_settings(grpo), ssb=ssb, progress=False)
+    result = train_grpo(model, tokenizer, _prompts(tokenizer, tasks), _reward(), rollout, grpo,
+                        progress=False)
     seconds = time.perf_counter() - start
     engine.close()
     tokens = sum(h["completion_tokens"] for h in result.history)
@@ -234,10 +233,12 @@ class BenchSettings:
     seed: int = 0
 
     def grpo(self) -> GRPOConfig:
-        """The `grpo` section both trainers run (config defaults for the rest)."""
+        """The `grpo` section both trainers run (config defaults for the rest), without the
+        SSB (TRL has none; the SSB arm turns it on)."""
         return GRPOConfig(steps=self.steps, prompts_per_step=self.prompts_per_step,
                           group_size=self.group_size, max_new_tokens=self.max_new_tokens,
-                          temperature=self.temperature, lr=self.lr, seed=self.seed)
+                          temperature=self.temperature, lr=self.lr, seed=self.seed,
+                          ssb=SSBConfig(enabled=False))
 
 
 FULL = BenchSettings()
@@ -281,9 +282,8 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
             trl_runs.append(run_trl(copy.deepcopy(base), tokenizer, tasks, grpo,
                                     workdir=Path(tmp)))
     ssb_cfg = SSBConfig()
-    ssb = SelectiveSampleBuffer.from_config(ssb_cfg, seed=grpo.seed)
     on_model = copy.deepcopy(base)
-    on = run_ours(on_model, tokenizer, tasks, grpo, ssb=ssb)
+    on = run_ours(on_model, tokenizer, tasks, grpo.model_copy(update={"ssb": ssb_cfg}))
     ours, theirs = _median_run(ours_runs), _median_run(trl_runs)
     ours_vllm = _median_run(vllm_runs)
     arms = {"off": (ours_runs[0], off_model), "on": (on, on_model)}

@@ -520,11 +520,18 @@ class GRPOConfig(TrainConfig):
     kl_coef: float = Field(0.0, ge=0, description="k3 KL to the frozen SFT model; 0 = off "
                                                   "(no reference model is built).")
     reward_weights: RewardWeights = Field(default_factory=RewardWeights)
+    loss: Literal["grpo", "gspo", "dr_grpo"] = Field(
+        "grpo", description="Policy loss (r1vflow.rl.core; docs/grpo.md): grpo (clipped "
+                            "per-token ratios), gspo (one clipped ratio per sequence; give it a "
+                            "clip range of a few 1e-4) or dr_grpo (Dr. GRPO: sets scale_by_std "
+                            "false and aggregation seq-mean-token-sum-norm).")
     scale_by_std: bool = Field(True, description="Divide advantages by the group std "
                                                  "(False: Dr. GRPO, mean-centred only).")
-    aggregation: Literal["seq-mean-token-mean", "token-mean"] = Field(
+    aggregation: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum-norm"] = Field(
         "seq-mean-token-mean", description="Loss over tokens: per-sequence mean then mean "
-                                           "(GRPO), or mean over all tokens (DAPO).")
+                                           "(GRPO), mean over all tokens (DAPO), or the sum "
+                                           "over tokens / (responses x max_new_tokens) "
+                                           "(Dr. GRPO).")
     ssb: SSBConfig = Field(default_factory=SSBConfig)
     monitor: MonitorConfig = Field(default_factory=MonitorConfig)
     tis_cap: float | None = Field(
@@ -533,11 +540,24 @@ class GRPOConfig(TrainConfig):
                                 "the generation engine's numerics (verl, TRL); null: off.")
     generation: GenerationOverride | None = Field(None, description=_GEN)
     checkpoint_every: int | None = Field(
-        None, ge=1, description="Every N steps: save a resumable checkpoint and the policy as a "
-                                "model in the checkpoints/ output; None: by time only.")
+        None, ge=1, description="Every N steps: save a resumable checkpoint (policy, optimizer, "
+                                "prompt sampler, SSB, monitor, RNG); None: by time only.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _dr_grpo_defaults(cls, data: object) -> object:
+        """loss dr_grpo: Dr. GRPO's advantages and normaliser, unless the section sets them."""
+        if isinstance(data, dict) and data.get("loss") == "dr_grpo":
+            return {"scale_by_std": False, "aggregation": "seq-mean-token-sum-norm", **data}
+        return data
 
     @model_validator(mode="after")
     def _grpo_consistent(self) -> GRPOConfig:
+        if self.loss == "dr_grpo" and (self.scale_by_std
+                                       or self.aggregation != "seq-mean-token-sum-norm"):
+            raise ValueError("grpo.loss dr_grpo divides no advantage by the group std and "
+                             "sums the loss over tokens / (responses x max_new_tokens): drop "
+                             "grpo.scale_by_std and grpo.aggregation (they follow the loss)")
         if self.epochs != 1:
             raise ValueError("grpo.epochs is unused: set grpo.steps instead (epochs must stay 1)")
         if self.max_new_tokens >= self.max_length:

@@ -8,14 +8,20 @@ One step:
   5. SSB (when given): if the share of non-zero advantages is below the target, swap
      zero-advantage samples for buffered ones drawn by |A| (stored old log-probs and A);
   6. old log-probs of the fresh samples, once per rollout batch; then `ppo_epochs` optimizer
-     steps on the clipped surrogate (+ k3 KL to a frozen reference when kl_coef > 0);
+     steps on the policy loss `grpo.loss` names (r1vflow.rl.core: grpo, gspo, dr_grpo; + k3 KL
+     to a frozen reference when kl_coef > 0); after each, the trainable weights go to the
+     rollout engine (`sync_policy`);
   7. offer the fresh non-zero-advantage samples to the SSB; monitor; log; checkpoint.
+
+The run's settings are its `grpo` config section (`GRPOConfig`, read as is: no keyword copy);
+the SSB and the monitor are built from its `ssb` and `monitor` parts. Checkpoints go through
+`PhaseCheckpoint` only (r1vflow.train.checkpoint): engine, RNGs and the loop's `GRPOState`.
 
 Zero-advantage rows give exactly zero policy loss, so when kl_coef == 0 they are not run
 through the model: the loss is computed on the other rows and rescaled by their share (rows
-for "seq-mean-token-mean", tokens for "token-mean"), which equals the loss over the whole
-batch. With ppo_epochs == 1 the old log-probs are the detached log-probs of that single
-forward (same weights), so no extra pass is needed.
+for "seq-mean-token-mean" and "seq-mean-token-sum-norm", tokens for "token-mean"), which
+equals the loss over the whole batch. With ppo_epochs == 1 the old log-probs are the detached
+log-probs of that single forward (same weights), so no extra pass is needed.
 """
 
 from __future__ import annotations
@@ -23,8 +29,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,22 +40,21 @@ from transformers import PreTrainedTokenizerBase
 from r1vflow.models.distributed import rank_world
 from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.models.generate import Completion
-from r1vflow.models.io import save_model
 from r1vflow.rl.batch import completion_logprobs, loss_scale, sequence_batch
-from r1vflow.rl.core import Aggregation, clip_fraction, kl_k3, policy_loss, tis_weights
+from r1vflow.rl.core import LossSettings, PolicyLoss, get_policy_loss, kl_k3, tis_weights
 from r1vflow.rl.core import group_advantages as compute_advantages
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.rl.rewards import HybridReward
 from r1vflow.rl.rollout import Rollout
 from r1vflow.rl.ssb import Candidate, SelectiveSampleBuffer, prefilter_prompts
 from r1vflow.train.checkpoint import PhaseCheckpoint
-from r1vflow.train.engine import Backend, TrainEngine, training_progress
+from r1vflow.train.engine import TrainEngine, training_progress
 
 if TYPE_CHECKING:  # the config section is only read (duck-typed): no pydantic import at run time
     from r1vflow.config import GRPOConfig
 
-__all__ = ["GRPO_SETTINGS", "GRPOPrompt", "GRPOResult", "grpo_settings", "prefilter_pool",
-           "summarize", "train_grpo"]
+__all__ = ["GRPOPrompt", "GRPOResult", "GRPOState", "prefilter_pool", "summarize",
+           "sync_policy", "train_grpo"]
 
 StepCallback = Callable[[int, dict[str, float]], None]
 _EPS = 1e-6
@@ -78,8 +82,25 @@ class GRPOResult:
     history: list[dict[str, float]]
     summary: dict[str, float]
     stop_reason: str | None = None
-    checkpoints: list[Path] = field(default_factory=list)
     flags: dict[str, str] = field(default_factory=dict)  # monitor flag -> its first message
+
+
+@dataclass
+class GRPOState:
+    """The loop's own resume state, saved with every checkpoint (as `asdict`: plain values and
+    tensors) beside the engine's weights, optimizer and schedule and the RNG states.
+
+    history: the metrics of the steps done; stop_reason / flags: the monitor's (as in
+    GRPOResult); sampler: the prompt sampler's generator and queue; ssb: the buffer's entries
+    and generator (None without SSB); monitor: its window, best format mean and streaks.
+    """
+
+    history: list[dict[str, float]]
+    stop_reason: str | None
+    flags: dict[str, str]
+    sampler: dict[str, Any]
+    ssb: dict[str, Any] | None
+    monitor: dict[str, Any]
 
 
 @dataclass
@@ -215,56 +236,59 @@ def _forward(model, rows: list[_Row], pad_id: int) -> tuple[torch.Tensor, torch.
 
 
 @dataclass
-class _Opt:
-    """The optimisation settings of one run (internal; `train_grpo` takes them flat)."""
+class _Run:
+    """The fixed parts of one run that every step uses."""
 
-    ppo_epochs: int
-    clip_low: float
-    clip_high: float
-    kl_coef: float
-    aggregation: Aggregation
+    cfg: GRPOConfig
+    engine: TrainEngine
+    ref: torch.nn.Module | None  # frozen start model for the KL term (kl_coef > 0)
+    rollout: Rollout
+    reward: HybridReward
+    ssb: SelectiveSampleBuffer | None
+    loss: PolicyLoss  # the registered policy loss `cfg.loss` names
+    settings: LossSettings
     pad_id: int
-    tis_cap: float | None = None
+    trainable: list[str]  # the names `sync_policy` pushes after each optimizer step
 
 
-def _optimize(engine: TrainEngine, ref: torch.nn.Module | None, rows: list[_Row], opt: _Opt):
-    """ppo_epochs clipped updates on `rows`; returns (metrics, old log-probs of fresh rows)."""
+def _optimize(run: _Run, rows: list[_Row]):
+    """ppo_epochs policy-loss updates on `rows`; returns (metrics, old log-probs of fresh
+    rows)."""
+    cfg, model = run.cfg, run.engine.model
     effective = [i for i, r in enumerate(rows) if abs(r.advantage) > _EPS]
-    train = list(range(len(rows))) if ref is not None else effective
+    train = list(range(len(rows))) if run.ref is not None else effective
     lengths = [len(r.completion) for r in rows]
-    scale = loss_scale(lengths, train, opt.aggregation) if train else 0.0
+    scale = loss_scale(lengths, train, run.settings.aggregation) if train else 0.0
     train = train or [0]  # keep a graph: every rank must take part in the step
     sub = [rows[i] for i in train]
     advantages = torch.tensor([r.advantage for r in sub])
-    old = ref_lp = None
-    if opt.ppo_epochs > 1:
+    old = ref_lp = weights = None
+    if cfg.ppo_epochs > 1:
         with torch.no_grad():
-            old, _ = _forward(engine.model, sub, opt.pad_id)
-    if ref is not None:
+            old, _ = _forward(model, sub, run.pad_id)
+    if run.ref is not None:
         with torch.no_grad():
-            ref_lp, _ = _forward(ref, sub, opt.pad_id)
+            ref_lp, _ = _forward(run.ref, sub, run.pad_id)
     metrics: dict[str, float] = {}
     clipped: list[float] = []
     kls: list[float] = []
-    weights = None
-    for _ in range(opt.ppo_epochs):
-        logprobs, mask = _forward(engine.model, sub, opt.pad_id)
+    for _ in range(cfg.ppo_epochs):
+        logprobs, mask = _forward(model, sub, run.pad_id)
         if old is None:
             old = logprobs.detach()
         if weights is None:
-            weights = _tis(sub, old, opt.tis_cap)
+            weights = _tis(sub, old, cfg.tis_cap)
         replayed = torch.tensor([r.replayed for r in sub]).unsqueeze(1)
         behaviour = torch.where(replayed, _pad_old(sub, mask.shape[1]), old)
-        loss = scale * policy_loss(logprobs, behaviour, advantages, mask, opt.clip_low,
-                                   opt.clip_high, opt.aggregation, weights)
+        out = run.loss(logprobs, behaviour, advantages, mask, run.settings, weights)
+        loss = scale * out.loss
         if ref_lp is not None:
-            kl = kl_k3(logprobs, ref_lp, mask, opt.aggregation)
-            loss = loss + opt.kl_coef * kl
+            kl = kl_k3(logprobs, ref_lp, mask, run.settings.aggregation,
+                       run.settings.max_new_tokens)
+            loss = loss + cfg.kl_coef * kl
             kls.append(float(kl.detach()))
-        stats = engine.step(loss)
-        clipped.append(clip_fraction(logprobs.detach(), behaviour, advantages, mask,
-                                     opt.clip_low, opt.clip_high))
-        metrics.update(loss=float(loss.detach()), **stats)
+        metrics.update(loss=float(loss.detach()), **run.engine.step(loss))
+        clipped.append(out.clip_fraction)
     metrics["clip_fraction"] = sum(clipped) / len(clipped)
     if weights is not None:
         metrics["tis_weight_mean"] = float((weights * mask).sum() / mask.sum().clamp(min=1))
@@ -306,32 +330,40 @@ def logprob_gap(completions: Sequence[Completion],
     return {"logprob_gap_mean": float(flat.mean()), "logprob_gap_max": float(flat.max())}
 
 
-def _grpo_step(engine, ref, rollout: Rollout, reward, batch: list[GRPOPrompt], opt: _Opt,
-               ssb: SelectiveSampleBuffer | None, group_size: int, scale_by_std: bool,
-               step: int, seed: int) -> dict[str, float]:
+def sync_policy(rollout: Rollout, policy: torch.nn.Module,
+                names: Sequence[str] | None = None) -> float:
+    """Push the policy's weights into the rollout engine, so that it samples the policy being
+    trained: all of them (`names` None: at the start, after a restore) or the trainable ones
+    after an optimizer step. Returns the seconds it took. The one place where the trainer's
+    weights reach the engine."""
+    return rollout.sync(policy, names)
+
+
+def _grpo_step(run: _Run, batch: list[GRPOPrompt], step: int, seed: int) -> dict[str, float]:
+    group_size = run.cfg.group_size
     start = time.perf_counter()
-    completions = _rollout(rollout, batch, group_size, seed)
+    completions = _rollout(run.rollout, batch, group_size, seed)
     rolled = time.perf_counter()
-    scores = _score(reward, batch, completions, group_size)
-    adv = compute_advantages(torch.tensor(scores.total), group_size, scale_by_std)
+    scores = _score(run.reward, batch, completions, group_size)
+    adv = compute_advantages(torch.tensor(scores.total), group_size, run.cfg.scale_by_std)
     scored = time.perf_counter()
     rows = [_Row(batch[i // group_size], list(c.token_ids), float(a), rollout_logprobs=c.logprobs)
             for i, (c, a) in enumerate(zip(completions, adv.tolist(), strict=True))]
-    rows, ssb_stats = _apply_ssb(rows, ssb, step)
-    train_metrics, fresh_old = _optimize(engine, ref, rows, opt)
-    if ssb is not None:
-        ssb.add([Candidate(rows[i].prompt.id, rows[i].prompt, rows[i].completion, lp,
-                           rows[i].advantage) for i, lp in fresh_old.items()], step)
-        ssb_stats["buffer_size"] = float(len(ssb))
+    rows, ssb_stats = _apply_ssb(rows, run.ssb, step)
+    train_metrics, fresh_old = _optimize(run, rows)
+    if run.ssb is not None:
+        run.ssb.add([Candidate(rows[i].prompt.id, rows[i].prompt, rows[i].completion, lp,
+                               rows[i].advantage) for i, lp in fresh_old.items()], step)
+        ssb_stats["buffer_size"] = float(len(run.ssb))
     synced = time.perf_counter()
-    sync_s = rollout.sync(engine.module, rollout.names)
+    sync_s = sync_policy(run.rollout, run.engine.module, run.trainable)
     end = time.perf_counter()
     tokens = sum(len(c.token_ids) for c in completions)
     return {
         **_step_metrics(scores, completions, adv), **ssb_stats, **train_metrics,
         **logprob_gap(completions, fresh_old),
         "rollout_s": rolled - start, "reward_s": scored - rolled, "train_s": synced - scored,
-        "sync_s": sync_s if rollout.engine.backend != "transformers" else 0.0,
+        "sync_s": sync_s if run.rollout.engine.backend != "transformers" else 0.0,
         "step_s": end - start, "completion_tokens": float(tokens),
         "rollout_tokens_per_s": tokens / max(rolled - start, 1e-9),
         "tokens_per_s": tokens / (end - start), "prompts_per_s": len(batch) / (end - start),
@@ -385,80 +417,86 @@ def _reference(model: torch.nn.Module) -> torch.nn.Module:
     return ref.eval()
 
 
-def _check_args(n_prompts: int, steps: int, prompts_per_step: int, group_size: int,
-                ppo_epochs: int, kl_coef: float, zero_stage: int, engine: str) -> None:
+def _check_args(n_prompts: int, cfg: GRPOConfig, engine: str) -> None:
+    """What the config section cannot check alone (its own fields are validated there)."""
     problems = []
     if n_prompts < 1:
         problems.append("no training prompts")
-    if steps < 1 or prompts_per_step < 1 or ppo_epochs < 1:
-        problems.append(f"steps ({steps}), prompts_per_step ({prompts_per_step}) and ppo_epochs "
-                        f"({ppo_epochs}) must be >= 1")
-    if group_size < 2:
-        problems.append(f"group_size must be >= 2 (advantages are relative), got {group_size}")
-    if kl_coef < 0:
-        problems.append(f"kl_coef must be >= 0, got {kl_coef}")
-    if zero_stage == 3:
-        if engine != "vllm":
-            problems.append("zero_stage 3 needs rollouts on vLLM (generation.backend vllm): "
-                            "transformers' generate on partitioned weights would need every "
-                            "rank at every decoding step")
+    if cfg.zero_stage == 3 and engine != "vllm":
+        problems.append("zero_stage 3 needs rollouts on vLLM (generation.backend vllm): "
+                        "transformers' generate on partitioned weights would need every "
+                        "rank at every decoding step")
     if problems:
         raise ValueError("train_grpo: " + "; ".join(problems))
 
 
-# The `train_grpo` keywords that a `grpo` config section (GRPOConfig) sets, under the same names.
-GRPO_SETTINGS = ("steps", "prompts_per_step", "group_size", "lr", "ppo_epochs", "weight_decay",
-                 "warmup_ratio", "clip_low", "clip_high", "kl_coef", "scale_by_std",
-                 "aggregation", "backend", "zero_stage", "seed", "checkpoint_every", "tis_cap")
+class _Loop:
+    """The loop's mutable state: prompt sampler, SSB, monitor and the result so far."""
+
+    def __init__(self, prompts: Sequence[GRPOPrompt], cfg: GRPOConfig, rank: int) -> None:
+        self.prompts = prompts
+        self.sampler = _PromptSampler(len(prompts), cfg.prompts_per_step, cfg.seed + 7919 * rank)
+        self.ssb = (SelectiveSampleBuffer.from_config(cfg.ssb, seed=cfg.seed)
+                    if cfg.ssb.enabled else None)
+        self.monitor = RewardMonitor.from_config(cfg.monitor)
+        self.result = GRPOResult(history=[], summary={})
+
+    def batch(self) -> list[GRPOPrompt]:
+        return [self.prompts[i] for i in self.sampler.next()]
+
+    def state(self) -> GRPOState:
+        r = self.result
+        return GRPOState(r.history, r.stop_reason, r.flags, self.sampler.state_dict(),
+                         self.ssb.state_dict() if self.ssb is not None else None,
+                         self.monitor.state_dict())
+
+    def restore(self, saved: dict[str, Any] | None, steps: int) -> int:
+        """Put a checkpoint's `GRPOState` (as saved: `asdict`) back; returns the first step
+        still to run (1 without a checkpoint)."""
+        if saved is None:
+            return 1
+        state = GRPOState(**saved)
+        self.result = GRPOResult(state.history, {}, state.stop_reason, state.flags)
+        self.sampler.load_state_dict(state.sampler)
+        if self.ssb is not None and state.ssb is not None:
+            by_id = {p.id: p for p in self.prompts}
+            self.ssb.load_state_dict(state.ssb, by_id.__getitem__)
+        self.monitor.load_state_dict(state.monitor)
+        return steps + 1 if state.stop_reason else len(state.history) + 1
+
+    def record(self, step: int, metrics: dict[str, float]) -> bool:
+        """Feed one step's rewards (averaged over ranks) to the monitor (its metrics go into
+        `metrics`, its flags and stop reason into the result) and append the step to the
+        history; returns whether to stop."""
+        acc, fmt, rm = _global_mean([metrics.get(k, 0.0) for k in (
+            "reward/accuracy", "reward/format", "reward/reward_model")])
+        status = self.monitor.update(step, acc, fmt,
+                                     rm if "reward/reward_model" in metrics else None)
+        metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
+        self.result.stop_reason = status.reason
+        for message in status.messages:
+            self.result.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
+        self.result.history.append(metrics)
+        return status.stop
 
 
-def grpo_settings(cfg: GRPOConfig) -> dict[str, Any]:
-    """`train_grpo`'s run settings from a `grpo` config section: `train_grpo(..., **grpo_settings(
-    cfg), ssb=..., monitor=...)`. The objects (SSB, monitor, rollout, reward) and the
-    checkpoint directory come separately: `SelectiveSampleBuffer.from_config(cfg.ssb)`,
-    `RewardMonitor.from_config(cfg.monitor)`."""
-    return {name: getattr(cfg, name) for name in GRPO_SETTINGS}
-
-
-def _loop_state(result: GRPOResult, sampler: _PromptSampler,
-                ssb: SelectiveSampleBuffer | None, monitor: RewardMonitor | None) -> dict:
-    """Everything the loop needs to go on after a restart (plain values and tensors)."""
-    return {"history": result.history, "stop_reason": result.stop_reason,
-            "saved": [str(p) for p in result.checkpoints], "sampler": sampler.state_dict(),
-            "ssb": ssb.state_dict() if ssb is not None else None,
-            "monitor": monitor.state_dict() if monitor is not None else None}
-
-
-def _restore_loop(state: dict | None, result: GRPOResult, sampler: _PromptSampler,
-                  ssb: SelectiveSampleBuffer | None, monitor: RewardMonitor | None,
-                  prompts: Sequence[GRPOPrompt], steps: int) -> int:
-    """Put a checkpoint's loop state back; returns the first step still to run."""
-    if state is None:
-        return 1
-    result.history[:] = state["history"]
-    result.stop_reason = state["stop_reason"]
-    result.checkpoints[:] = [Path(p) for p in state["saved"]]
-    sampler.load_state_dict(state["sampler"])
-    if ssb is not None and state["ssb"] is not None:
-        by_id = {p.id: p for p in prompts}
-        ssb.load_state_dict(state["ssb"], by_id.__getitem__)
-    if monitor is not None and state["monitor"] is not None:
-        monitor.load_state_dict(state["monitor"])
-    return steps + 1 if result.stop_reason else len(result.history) + 1
-
-
-def _watch(monitor: RewardMonitor, step: int, metrics: dict[str, float],
-           result: GRPOResult) -> bool:
-    """Feed one step's rewards (averaged over ranks) to the monitor: its metrics go into
-    `metrics`, its flags and stop reason into `result`; returns whether to stop."""
-    acc, fmt, rm = _global_mean([metrics.get(k, 0.0) for k in (
-        "reward/accuracy", "reward/format", "reward/reward_model")])
-    status = monitor.update(step, acc, fmt, rm if "reward/reward_model" in metrics else None)
-    metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
-    result.stop_reason = status.reason
-    for message in status.messages:
-        result.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
-    return status.stop
+def _start(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
+           prompts: Sequence[GRPOPrompt], reward: HybridReward, rollout: Rollout,
+           cfg: GRPOConfig) -> tuple[_Run, _Loop, int]:
+    """Reference model, training engine, policy loss, the loop's state and this rank; the
+    rollout engine is not synced yet."""
+    loss = get_policy_loss(cfg.loss)
+    ref = _reference(model) if cfg.kl_coef > 0 else None
+    engine = TrainEngine(model, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                         warmup_ratio=cfg.warmup_ratio, total_steps=cfg.steps * cfg.ppo_epochs,
+                         backend=cfg.backend, zero_stage=cfg.zero_stage)
+    rank, _ = rank_world()  # after the engine: DeepSpeed sets up torch.distributed
+    loop = _Loop(prompts, cfg, rank)
+    settings = LossSettings(cfg.clip_low, cfg.clip_high, cfg.aggregation, rollout.max_new_tokens)
+    trainable = [n for n, p in engine.module.named_parameters() if p.requires_grad]
+    run = _Run(cfg, engine, ref, rollout, reward, loop.ssb, loss, settings,
+               tokenizer.pad_token_id, trainable)
+    return run, loop, rank
 
 
 def train_grpo(
@@ -467,87 +505,48 @@ def train_grpo(
     prompts: Sequence[GRPOPrompt],
     reward: HybridReward,
     rollout: Rollout,
+    cfg: GRPOConfig,
     *,
-    steps: int,
-    prompts_per_step: int,
-    group_size: int,
-    lr: float,
-    ppo_epochs: int = 1,
-    weight_decay: float = 0.0,
-    warmup_ratio: float = 0.0,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    kl_coef: float = 0.0,
-    scale_by_std: bool = True,
-    aggregation: Aggregation = "seq-mean-token-mean",
-    ssb: SelectiveSampleBuffer | None = None,
-    monitor: RewardMonitor | None = None,
-    backend: Backend = "torch",
-    zero_stage: int = 0,
-    seed: int = 0,
-    checkpoint_every: int | None = None,
-    tis_cap: float | None = None,
-    checkpoint_dir: Path | None = None,
-    checkpoint_metadata: dict | None = None,
     checkpoint: PhaseCheckpoint | None = None,
     on_step: StepCallback | None = None,
     progress: bool = True,
 ) -> GRPOResult:
-    """Train `model` in place with GRPO for `steps` steps (see the module docstring).
+    """Train `model` in place with GRPO for `cfg.steps` steps (see the module docstring).
 
-    `model`'s trainable parameters (set beforehand, e.g. with `set_trainable`) are updated
-    through `TrainEngine` (torch/DDP, or DeepSpeed ZeRO 0-2; under torchrun every rank draws its
-    own prompts and gradients are averaged). `rollout` must sample from `model` (it is synced
-    after every step). `reward.breakdown` components named "accuracy", "format" and
-    "reward_model" feed the metrics and the monitor. `ssb=None` disables the buffer.
-    Checkpoints (safetensors, `save_model`) go to checkpoint_dir/step-NNNNNN every
-    `checkpoint_every` steps with `checkpoint_metadata` (stage, parent, config_fingerprint).
-    `checkpoint` (r1vflow.train.checkpoint) saves and restores the whole loop state (engine,
-    RNG, prompt sampler, SSB contents, monitor window, history) so that a killed run resumes.
-    `on_step(step, metrics)` is called on rank 0 after every step. Returns the history, a
-    `summarize` summary and the monitor's stop reason if it stopped the run.
+    `cfg` is the run's `grpo` config section (GRPOConfig): steps, batch, optimizer, loss,
+    clip, KL, TIS, engine, seed, and the SSB (`cfg.ssb`, off unless enabled) and monitor
+    (`cfg.monitor`) this function builds. `model`'s trainable parameters (set beforehand, e.g.
+    with `set_trainable`) are updated through `TrainEngine` (torch/DDP, or DeepSpeed ZeRO
+    0-3; under torchrun every rank draws its own prompts and gradients are averaged).
+    `rollout` must sample from `model` (`sync_policy` after every optimizer step; the loss's
+    token budget is its max_new_tokens). `reward.breakdown` components named "accuracy",
+    "format" and "reward_model" feed the metrics and the monitor. `checkpoint`
+    (r1vflow.train.checkpoint) saves and restores the whole run (engine, RNGs, `GRPOState`)
+    so that a killed run resumes. `on_step(step, metrics)` is called on rank 0 after every
+    step. Returns the history, a `summarize` summary and the monitor's stop reason and flags.
     """
-    _check_args(len(prompts), steps, prompts_per_step, group_size, ppo_epochs, kl_coef,
-                zero_stage, rollout.engine.backend)
-    if checkpoint_every is not None and checkpoint_dir is None:
-        raise ValueError("train_grpo: checkpoint_every needs a checkpoint_dir")
-    ref = _reference(model) if kl_coef > 0 else None
-    engine = TrainEngine(model, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         total_steps=steps * ppo_epochs, backend=backend, zero_stage=zero_stage)
-    rank, _ = rank_world()  # after the engine: DeepSpeed sets up torch.distributed
-    rollout.sync(engine.module)
-    rollout.names = [n for n, p in engine.module.named_parameters() if p.requires_grad]
-    opt = _Opt(ppo_epochs, clip_low, clip_high, kl_coef, aggregation, tokenizer.pad_token_id,
-               tis_cap)
-    sampler = _PromptSampler(len(prompts), prompts_per_step, seed + 7919 * rank)
-    history: list[dict[str, float]] = []
-    result = GRPOResult(history=history, summary={})
-    restored = checkpoint.restore(engine) if checkpoint is not None else None
-    first = _restore_loop(restored, result, sampler, ssb, monitor, prompts, steps)
-    if restored is not None:
-        rollout.sync(engine.module)
+    _check_args(len(prompts), cfg, rollout.engine.backend)
+    run, loop, rank = _start(model, tokenizer, prompts, reward, rollout, cfg)
+    first = loop.restore(checkpoint.restore(run.engine) if checkpoint is not None else None,
+                         cfg.steps)
+    sync_policy(rollout, run.engine.module)
     with training_progress(progress and rank == 0) as bar:
-        task = bar.add_task("grpo", total=steps, completed=first - 1, loss=float("nan"),
+        task = bar.add_task("grpo", total=cfg.steps, completed=first - 1, loss=float("nan"),
                             tok_s=0.0)
-        for step in range(first, steps + 1):
-            batch = [prompts[i] for i in sampler.next()]
-            metrics = _grpo_step(engine, ref, rollout, reward, batch, opt, ssb, group_size,
-                                 scale_by_std, step, seed * 1_000_003 + step * 7_919 + rank)
-            stop = monitor is not None and _watch(monitor, step, metrics, result)
-            history.append(metrics)
+        for step in range(first, cfg.steps + 1):
+            metrics = _grpo_step(run, loop.batch(), step,
+                                 cfg.seed * 1_000_003 + step * 7_919 + rank)
+            stop = loop.record(step, metrics)
             bar.update(task, advance=1, loss=metrics["loss"], tok_s=metrics["tokens_per_s"])
             if rank == 0 and on_step is not None:
                 on_step(step, metrics)
-            if rank == 0 and checkpoint_every and (step % checkpoint_every == 0 or stop):
-                path = checkpoint_dir / f"step-{step:06d}"
-                meta = {**(checkpoint_metadata or {}), "extra": {"step": step}}
-                result.checkpoints.append(save_model(engine.module, tokenizer, path, meta))
             if checkpoint is not None:
-                checkpoint.step(step, engine, lambda: _loop_state(result, sampler, ssb, monitor),
-                                last=step == steps or stop)
+                checkpoint.step(step, run.engine, lambda: asdict(loop.state()),
+                                last=step == cfg.steps or stop)
             if stop:
                 break
-    engine.release()
-    result.summary = {**summarize(history), "weight_syncs": float(rollout.syncs),
+    run.engine.release()
+    result = loop.result
+    result.summary = {**summarize(result.history), "weight_syncs": float(rollout.syncs),
                       "stopped_early": float(result.stop_reason is not None)}
     return result

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -43,7 +43,6 @@ class Rollout:
     sync_seconds: float = 0.0
     generated_tokens: int = 0
     generate_seconds: float = 0.0
-    names: list[str] | None = field(default=None, repr=False)
 
     @classmethod
     def transformers(cls, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,

@@ -14,17 +14,18 @@ metadata for the promotion gate. After training: greedy validation accuracy, sav
 (safetensors), register with `r1vflow.parent` = the start model's version.
 
 Departures from the paper: group size, clip range, buffer sizes and the monitor's thresholds
-are not given by the reports and are config values here; the reward-model term defaults to
+are not given by the reports and are config values here (so is the policy loss, `grpo.loss`:
+R1V2's clipped GRPO by default, GSPO or Dr. GRPO by name); the reward-model term defaults to
 weight 0 (its score is still logged and watched when a reward model is trained); rollouts
 come from the generation engine (`generation:`; vLLM colocated where it serves the model, the
-same code on a CPU and on GPUs), synced after every optimizer step.
+same code on a CPU and on GPUs), synced after every optimizer step. Resumable checkpoints
+(`checkpoint_every`, `checkpoint_minutes`) go to the stage's checkpoint root; the
+`checkpoints` output is their index.json, as mpo's.
 
     r1vflow run pipelines/configs/tiny.yaml --set grpo.steps=40 --set grpo.ssb.enabled=false
 """
 
 from __future__ import annotations
-
-import json
 
 from r1vflow.data.io import load_split, read_info
 from r1vflow.eval.scoring import sample_pixels, score_model
@@ -38,8 +39,7 @@ from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.rl.batch import encode_vlm_prompts
-from r1vflow.rl.grpo import GRPOPrompt, GRPOResult, grpo_settings, prefilter_pool, train_grpo
-from r1vflow.rl.monitor import RewardMonitor
+from r1vflow.rl.grpo import GRPOPrompt, GRPOResult, prefilter_pool, train_grpo
 from r1vflow.rl.rewards import (
     HybridReward,
     accuracy_reward,
@@ -48,9 +48,7 @@ from r1vflow.rl.rewards import (
     make_reward_model_reward,
 )
 from r1vflow.rl.rollout import Rollout
-from r1vflow.rl.ssb import SelectiveSampleBuffer
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
-from r1vflow.storage.atomic import write_text
 
 
 def reward_model_score_fn(scorer: RewardScorer):
@@ -144,28 +142,21 @@ def run(ctx: StageContext) -> StageOutcome:
                                         cfg.batch_size, cfg.seed)
         if not prompts:
             raise ValueError("grpo.ssb.prefilter kept no prompt: every group had equal rewards")
-    ssb = SelectiveSampleBuffer.from_config(cfg.ssb, seed=cfg.seed) if cfg.ssb.enabled else None
-    monitor = RewardMonitor.from_config(cfg.monitor)
 
     def on_step(step: int, values: dict) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
 
     meta = {"stage": "grpo", "parent": str(sft_dir), "config_fingerprint": exp.fingerprint(),
             "data_digests": {"dataset": info.digest}}
-    result = train_grpo(
-        model, tokenizer, prompts, reward, rollout, **grpo_settings(cfg), ssb=ssb,
-        monitor=monitor,
-        checkpoint_dir=ctx.outputs.get("checkpoints") if cfg.checkpoint_every else None,
-        checkpoint_metadata=meta, checkpoint=ctx.checkpointer().phase("train"),
-        on_step=on_step, progress=True)
+    ck = ctx.checkpointer()
+    result = train_grpo(model, tokenizer, prompts, reward, rollout, cfg,
+                        checkpoint=ck.phase("train"), on_step=on_step, progress=True)
     scored, _ = score_model(model, tokenizer, val[:cfg.val_limit], dataset,
                             exp.data.image_size, max_new_tokens=cfg.val_max_new_tokens,
                             batch_size=cfg.val_batch_size, engine=rollout.engine)
     rollout.engine.close()
-    _write_checkpoint_index(ctx, result)
-    for path in result.checkpoints:  # with an object store: pointers in the KFP artifact
-        if path.is_dir():
-            ctx.publish(path)
+    if "checkpoints" in ctx.outputs:  # the resumable checkpoints (as mpo's)
+        ck.write_index(ctx.outputs["checkpoints"])
     flags = {**monitor_flags(sft_dir), **{f"grpo/{k}": v for k, v in result.flags.items()}}
     out = save_model(model, tokenizer, ctx.outputs["model"],
                      {**meta, "extra": {"monitor_flags": flags}})
@@ -174,20 +165,11 @@ def run(ctx: StageContext) -> StageOutcome:
         **result.summary, **extra,
         "val_accuracy": scored["accuracy"], "val_format_rate": scored["format_rate"],
         "train_size": float(len(prompts)),
-        "resumed_from_step": float(ctx.checkpointer().resumed_from_step),
+        "resumed_from_step": float(ck.resumed_from_step),
         **{f"trainable_params_{k}": float(v) for k, v in trainable.items()},
     }
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
                         report=_report(exp.name, metrics, result))
-
-
-def _write_checkpoint_index(ctx: StageContext, result: GRPOResult) -> None:
-    """checkpoints/index.json: the saved step directories (an empty list without checkpoints)."""
-    folder = ctx.outputs.get("checkpoints")
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        names = [p.name for p in result.checkpoints if p.is_dir()]  # since a resume: its own
-        write_text(folder / "index.json", json.dumps({"checkpoints": names}, indent=2) + "\n")
 
 
 def _report(name: str, metrics: dict[str, float], result: GRPOResult) -> str:

@@ -193,6 +193,16 @@ class Checkpointer:
     def resumed_from_step(self) -> int:
         return self.resumed.step if self.resumed else 0
 
+    def write_index(self, folder: Path) -> Path:
+        """`folder`/index.json, a stage's `checkpoints` output: the complete checkpoints under
+        `root` (step directories), that root, the object-store prefix they were uploaded to
+        (None without a store) and the step this run resumed from (0: none)."""
+        index = {"checkpoints": [p.name for p in self._complete()], "root": str(self.root),
+                 "store_prefix": self.prefix if self.store is not None else None,
+                 "resumed_from_step": self.resumed_from_step}
+        folder.mkdir(parents=True, exist_ok=True)
+        return write_text(folder / "index.json", json.dumps(index, indent=2) + "\n")
+
     # -- finding ---------------------------------------------------------------------------
     def _complete(self) -> list[Path]:
         if not self.root.is_dir():
