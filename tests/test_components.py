@@ -125,12 +125,44 @@ def test_stage_runs_are_nested_under_the_parent(chain):
     assert len(history) >= 3  # one point per optimizer step
 
 
+def _graded_by_hand(response: str, gold: str) -> tuple[bool, bool]:
+    """(correct, format) of one response, graded here without r1vflow.eval.grading: the text
+    of a closed <answer>, else the last number or yes/no/left/right word, equal to the gold
+    (numbers as numbers, words without case); the format: one <think>...</think> then one
+    non-empty <answer>...</answer>, nothing but whitespace around."""
+    import re
+
+    closed = re.findall(r"<answer>(.*?)</answer>", response, re.DOTALL)
+    found = [closed[-1].strip()] if closed else re.findall(
+        r"(?<![\w.])-?\d+(?:\.\d+)?|\b(?:yes|no|left|right)\b", response, re.IGNORECASE)
+    answer = found[-1] if found else None
+    try:
+        correct = answer is not None and float(answer) == float(gold)
+    except ValueError:
+        correct = answer is not None and answer.lower() == gold.lower()
+    tags = all(response.count(t) == 1 for t in ("<think>", "</think>", "<answer>", "</answer>"))
+    shape = re.fullmatch(r"\s*<think>.*</think>\s*<answer>(.*)</answer>\s*", response, re.DOTALL)
+    return correct, bool(tags and shape and shape.group(1).strip())
+
+
 def test_evaluate_scores_base_and_sft(chain):
+    """Each model's scores equal those recomputed here from its 16 logged responses (the
+    predictions table): accuracy and format rate graded by hand, characters counted; every
+    response is the micro evaluate.max_new_tokens = 16 tokens long (none of these barely
+    trained models ends one early)."""
+    mlflow.set_tracking_uri(chain["uri"])
+    table = mlflow.load_table("predictions.json", run_ids=[chain["evaluate"]["mlflow_run_id"]])
     metrics = chain["evaluate"]["metrics"]
-    for key in ("accuracy/base", "accuracy/sft", "format_rate/base", "format_rate/sft",
-                "mean_response_chars/sft", "mean_response_tokens/sft"):
-        assert 0.0 <= metrics[key] <= (1.0 if key.startswith(("accuracy", "format")) else 1e6)
     assert metrics["eval_size"] == 16
+    for label in ("base", "align_projector", "sft"):
+        rows = table[table["model"] == label]
+        responses, golds = list(rows["response"]), [str(g) for g in rows["gold"]]
+        assert len(responses) == 16
+        graded = [_graded_by_hand(r, g) for r, g in zip(responses, golds, strict=True)]
+        assert metrics[f"accuracy/{label}"] == sum(c for c, _ in graded) / 16, label
+        assert metrics[f"format_rate/{label}"] == sum(f for _, f in graded) / 16, label
+        assert metrics[f"mean_response_chars/{label}"] == sum(map(len, responses)) / 16, label
+        assert metrics[f"mean_response_tokens/{label}"] == 16.0, label
     assert "| accuracy |" in chain["report"] and "## Examples" in chain["report"]
 
 
