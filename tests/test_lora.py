@@ -33,7 +33,7 @@ from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.train.engine import TrainEngine
 
-from conftest import assert_sft_lowers_the_loss, random_image
+from conftest import random_image
 
 SMOKE = "pipelines/configs/smoke.yaml"
 QUESTIONS = ["How many circles are there?", "What is 3 plus 4?"]
@@ -151,16 +151,34 @@ def test_an_unknown_target_module_is_refused_naming_it(base):
 
 
 def test_sft_with_lora_lowers_the_loss_and_leaves_the_base_weights(base):
-    model, _ = adapted(base, parts=("llm",), rank=8)  # llm listed: it still trains as LoRA
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".base_layer." in n}
-    adapters = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" in n}
-    pixels = encode_pixels(model, [random_image(32, 32, i) for i in range(4)], 32)
-    assert_sft_lowers_the_loss(model, load_tokenizer(base), pixels)
+    """The SFT loss (the model's own, on the response tokens) of one fixed batch falls by more
+    than 1 nat in 30 AdamW steps on the adapters alone; no base weight moves."""
+    from r1vflow.models.families import fixed_image_tokens
+    from r1vflow.models.families.images import image_kwargs, image_texts
+    from r1vflow.models.processing import encode_sft_batch
+    from r1vflow.train.sft import eval_loss
+
+    tokenizer = load_tokenizer(base)
+    model, counts = adapted(base, parts=("llm",), rank=8)  # llm listed: it trains as LoRA
+    assert counts["projector"] == 0 and counts["llm"] > 0
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if ".lora_" not in n}
+    images = list(encode_pixels(model, [random_image(32, 32, i) for i in range(4)], 32))
+    items = [(f"How many circles? ({i})", f"<think>I count {i}.</think><answer>{i}</answer>",
+              images[i]) for i in range(4)]
+    pixels = stack_images(images)
+    batch = encode_sft_batch(tokenizer, [(q, r) for q, r, _ in items],
+                             image_texts(pixels, fixed_image_tokens(model)), 256)
+    batch.update(image_kwargs(pixels, torch.device("cpu"), torch.float32))
+    before = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
+    engine = TrainEngine(model, lr=1e-2, weight_decay=0.0, warmup_ratio=0.0, total_steps=30)
+    model.train()
+    for _ in range(30):
+        engine.step(model(**batch).loss)
+    after = eval_loss(model.eval(), tokenizer, items, batch_size=4, max_length=256)
+    assert after < before - 1.0, (before, after)
     for name, param in model.named_parameters():
-        if ".base_layer." in name:
+        if ".lora_" not in name:
             assert torch.equal(param, frozen[name]), name
-    assert any(not torch.equal(p, adapters[n]) for n, p in model.named_parameters()
-               if n in adapters)
 
 
 def test_the_merged_model_reloads_and_generates_as_the_adapter_model(base, tmp_path):
