@@ -139,14 +139,16 @@ _HISTORY_KEYS = ("accuracy", "format_rate", "effective_ratio_before", "effective
                  "replay_fraction", "buffer_size", "loss", "completion_tokens_mean", "step_s")
 
 
-_TRL_LOSS = {"seq-mean-token-mean": "grpo", "token-mean": "dapo"}
+_TRL_LOSS = {"seq-mean-token-mean": "grpo", "token-mean": "dapo",
+             "seq-mean-token-sum-norm": "dr_grpo"}
 
 
 def run_trl(model, tokenizer, tasks, grpo: GRPOConfig, workdir: Path) -> dict:
     """TRL GRPOTrainer on CPU with the settings matching `run_ours` (see module docstring)."""
-    if (grpo.ppo_epochs, grpo.warmup_ratio, grpo.clip_low) != (1, 0.0, grpo.clip_high):
-        raise ValueError("run_trl maps one optimizer step per rollout batch, no warmup and a "
-                         "symmetric clip range only")
+    if (grpo.ppo_epochs, grpo.warmup_ratio, grpo.clip_low) != (1, 0.0, grpo.clip_high) or \
+            grpo.loss == "gspo":
+        raise ValueError("run_trl maps one optimizer step per rollout batch, no warmup, a "
+                         "symmetric clip range and per-token ratios (loss grpo or dr_grpo) only")
     steps, prompts_per_step, group_size = grpo.steps, grpo.prompts_per_step, grpo.group_size
     seed = grpo.seed
     from datasets import Dataset
