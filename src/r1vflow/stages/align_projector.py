@@ -46,10 +46,7 @@ def run(ctx: StageContext) -> StageOutcome:
     base_dir, dataset = ctx.input("base_model"), ctx.input("dataset")
     substitute_dir = ctx.input("substitute_llm")
     info = read_info(dataset)
-    base, tokenizer = load_model(base_dir, "vlm"), load_tokenizer(base_dir)
-    check_same_tokenizer(tokenizer, load_tokenizer(substitute_dir),
-                         "the substitute LLM's tokenizer")
-    model = place(swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer))
+    base, tokenizer, model = _load_models(base_dir, substitute_dir)
     train, val = load_split(dataset, "train"), load_split(dataset, "val")[: cfg.val_limit]
     captions = load_captions(dataset)
     pixels = _PixelCache(base, dataset, exp.data.image_size)
@@ -99,13 +96,30 @@ def run(ctx: StageContext) -> StageOutcome:
     evaluate(model, "aligned")
     metrics["resumed_from_step"] = float(ck.resumed_from_step)
 
-    out = save_model(model, tokenizer, ctx.outputs["model"], {
-        "stage": "align_projector", "parent": str(base_dir),
-        "config_fingerprint": exp.fingerprint(), "data_digests": {"dataset": info.digest},
-        "extra": {"substitute_llm": parent_version(substitute_dir) or str(substitute_dir)}})
-    version = ctx.register(out, parent=parent_version(base_dir), dataset_digest=info.digest)
+    out, version = _save(ctx, model, tokenizer, base_dir, substitute_dir, info.digest)
     return StageOutcome(metrics=metrics, model_dir=out, model_version=version,
                         report=_report(exp.name, metrics))
+
+
+def _load_models(base_dir: Path, substitute_dir: Path):
+    """(the base VLM, its tokenizer, the base VLM's vision tower and projector with the
+    substitute LLM on this rank's device); the tokenizers must be the same."""
+    base, tokenizer = load_model(base_dir, "vlm"), load_tokenizer(base_dir)
+    check_same_tokenizer(tokenizer, load_tokenizer(substitute_dir),
+                         "the substitute LLM's tokenizer")
+    model = place(swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer))
+    return base, tokenizer, model
+
+
+def _save(ctx: StageContext, model, tokenizer, base_dir: Path, substitute_dir: Path,
+          digest: str) -> tuple[Path, str | None]:
+    """Save the aligned model with its lineage and register it (parent: the base model)."""
+    out = save_model(model, tokenizer, ctx.outputs["model"], {
+        "stage": "align_projector", "parent": str(base_dir),
+        "config_fingerprint": ctx.exp.fingerprint(), "data_digests": {"dataset": digest},
+        "extra": {"substitute_llm": parent_version(substitute_dir) or str(substitute_dir)}})
+    version = ctx.register(out, parent=parent_version(base_dir), dataset_digest=digest)
+    return out, version
 
 
 def _train_projector(ctx: StageContext, model, tokenizer, items, lr: float, epochs: int,
