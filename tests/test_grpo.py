@@ -175,7 +175,7 @@ def test_loop_trains_and_reports_every_metric(tokenizer, tmp_path):
     # one checkpoint path: every 2 steps and the last, engine + the loop's GRPOState
     assert [p.name for p in sorted(tmp_path.glob("step-*"))] == ["step-000002", "step-000003"]
     saved = torch.load(tmp_path / "step-000003" / "loop-rank0.pt", weights_only=True)
-    state = GRPOState(**saved["loop"])
+    state = GRPOState.from_dict(saved["loop"])
     assert state.history == result.history and state.stop_reason is None
     assert len(state.ssb["entries"]) == result.history[-1]["buffer_size"]
 

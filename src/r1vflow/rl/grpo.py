@@ -87,7 +87,7 @@ class GRPOResult:
 
 @dataclass
 class GRPOState:
-    """The loop's own resume state, saved with every checkpoint (as `asdict`: plain values and
+    """The loop's own resume state, saved with every checkpoint (`to_dict`: plain values and
     tensors) beside the engine's weights, optimizer and schedule and the RNG states.
 
     history: the metrics of the steps done; stop_reason / flags: the monitor's (as in
@@ -101,6 +101,14 @@ class GRPOState:
     sampler: dict[str, Any]
     ssb: dict[str, Any] | None
     monitor: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and tensors (a copy; a weights-only `torch.load` reads them back)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, saved: dict[str, Any]) -> GRPOState:
+        return cls(**saved)
 
 
 @dataclass
@@ -451,11 +459,11 @@ class _Loop:
                          self.monitor.state_dict())
 
     def restore(self, saved: dict[str, Any] | None, steps: int) -> int:
-        """Put a checkpoint's `GRPOState` (as saved: `asdict`) back; returns the first step
+        """Put a checkpoint's `GRPOState` (as saved: `to_dict`) back; returns the first step
         still to run (1 without a checkpoint)."""
         if saved is None:
             return 1
-        state = GRPOState(**saved)
+        state = GRPOState.from_dict(saved)
         self.result = GRPOResult(state.history, {}, state.stop_reason, state.flags)
         self.sampler.load_state_dict(state.sampler)
         if self.ssb is not None and state.ssb is not None:
@@ -541,7 +549,7 @@ def train_grpo(
             if rank == 0 and on_step is not None:
                 on_step(step, metrics)
             if checkpoint is not None:
-                checkpoint.step(step, run.engine, lambda: asdict(loop.state()),
+                checkpoint.step(step, run.engine, lambda: loop.state().to_dict(),
                                 last=step == cfg.steps or stop)
             if stop:
                 break
