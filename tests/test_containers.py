@@ -184,6 +184,11 @@ def test_smoke_runs_every_stage_in_its_image(docker_smoke):
         assert f"r1vflow: running in image '{STAGE_IMAGES[stage]}'" in log, stage
     for stage in ("bootstrap", "align_projector", "sft", "train_reward_model", "grpo"):
         assert Path(summary["stages"][stage]["model_uri"]).is_dir()
+    # the rollout image carries vLLM's CPU build: GRPO sampled on it in its container, synced
+    # once at the start and after every optimizer step
+    grpo = summary["stages"]["grpo"]["metrics"]
+    assert grpo["weight_syncs"] == grpo["steps"] + 1, grpo
+    assert "generation: vllm (" in (out / "logs" / "grpo.log").read_text()
     # the containers' user had the output dir for the run only; the invoking user has it back
     owners = {p.lstat().st_uid for p in [out, *out.rglob("*")]}
     assert owners == {os.getuid()}

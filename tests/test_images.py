@@ -269,10 +269,11 @@ def test_local_build_is_the_same_dockerfiles_on_the_local_base() -> None:
             argv[i + 1].split("=", 1) for i, a in enumerate(argv) if a == "--build-arg"
         )
         assert set(build_args) == set(arg_defaults(dockerfile)), (role, build_args)
-        # only the bases, torch's build and vLLM differ from a cluster build
+        # only the bases and torch's build differ from a cluster build (vLLM: its CPU build, chosen
+        # in the rollout Dockerfile from the +cpu torch)
         local = {"PYTHON_IMAGE": pinned["LOCAL_BASE_IMAGE"], "CUDA_IMAGE": pinned["LOCAL_BASE_IMAGE"],
                  "TORCH_VERSION": pinned["TORCH_VERSION"] + "+cpu",
-                 "TORCH_INDEX_URL": "https://pypi.org/simple", "VLLM_VERSION": "none"}
+                 "TORCH_INDEX_URL": "https://pypi.org/simple"}
         for name, value in build_args.items():
             assert value == local.get(name, pinned[name]), (role, name, value)
         if (Path(f"{dockerfile}.dockerignore")).exists():
