@@ -18,13 +18,15 @@ from r1vflow.config.recipe import (
     DataConfig,
     DistillConfig,
     EvaluateConfig,
-    GRPOConfig,
     ModelConfig,
-    MPOConfig,
     PretrainedModelConfig,
     RewardModelConfig,
     SFTConfig,
     SynthesizeDataConfig,
+)
+from r1vflow.config.rl import (
+    GRPOConfig,
+    MPOConfig,
 )
 from r1vflow.config.stage_table import STAGES, StageName
 
