@@ -1,0 +1,72 @@
+"""The smoke DAG with LoRA on sft and grpo, through kfp.local and the real CLI: each of the two
+models is saved merged with its peft adapter beside it (<model>/adapter), the next stage and
+vLLM load the merged model (GRPO syncs it after every step), and MLflow registers the merged
+model with its parent, the adapter's settings as tags and params, the adapter as run
+artifacts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from conftest import PRESETS, clean_env
+
+pytestmark = pytest.mark.slow
+LORA = ["--set", "sft.lora.rank=8", "--set", "grpo.lora.rank=8"]
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke-lora")
+    done = subprocess.run([sys.executable, "-m", "r1vflow.cli", "run",
+                           str(PRESETS / "smoke.yaml"), *LORA, "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=1200, env=clean_env())
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_sft_and_grpo_leave_a_peft_adapter_beside_a_merged_model(lora_run):
+    from safetensors import safe_open
+
+    _, summary = lora_run
+    assert all(e["status"] == "succeeded" for e in summary["stages"].values())
+    for stage in ("sft", "grpo"):
+        model = Path(summary["stages"][stage]["model_uri"])
+        config = json.loads((model / "adapter" / "adapter_config.json").read_text())
+        assert (config["peft_type"], config["r"], config["lora_alpha"]) == ("LORA", 8, 16.0)
+        with safe_open(str(model / "adapter" / "adapter_model.safetensors"), "pt") as f:
+            keys = list(f.keys())
+        assert keys and all(".lora_A." in k or ".lora_B." in k for k in keys)
+        assert all(k.startswith("base_model.model.model.language_model.") for k in keys)
+        with safe_open(str(model / "model.safetensors"), "pt") as f:  # merged: base names only
+            assert not [k for k in f.keys() if "lora_" in k or "base_layer" in k]
+    for stage in ("train_reward_model", "align_projector"):  # full weights, as configured
+        assert not (Path(summary["stages"][stage]["model_uri"]) / "adapter").exists()
+    grpo = summary["stages"]["grpo"]["metrics"]
+    assert grpo["weight_syncs"] == 5.0  # vLLM took the merged weights before and after 4 steps
+    assert grpo["logprob_gap_max"] < 1e-3  # and generates as the adapter model scores
+    assert grpo["trainable_params_llm"] > 0 and grpo["trainable_params_vision"] == 0
+
+
+def test_mlflow_registers_the_merged_model_with_its_adapter(lora_run):
+    _, summary = lora_run
+    client = mlflow.MlflowClient(summary["mlflow"]["tracking_uri"])
+    for stage in ("sft", "grpo"):
+        entry = summary["stages"][stage]
+        name, number = entry["model_version"].rsplit("/", 1)
+        version = client.get_model_version(name, number)
+        assert version.tags["r1vflow.parent"]  # its start model's version, as for any model
+        assert json.loads(version.tags["r1vflow.lora"])["rank"] == 8
+        assert version.tags["r1vflow.adapter_uri"].endswith("/adapter")
+        run = client.get_run(entry["mlflow_run_id"])
+        assert run.data.params[f"{stage}.lora.rank"] == "8"
+        assert run.data.params[f"{stage}.lora.target_modules"].count("_proj") == 7
+        files = {a.path for a in client.list_artifacts(run.info.run_id, "model/adapter")}
+        assert {"model/adapter/adapter_config.json",
+                "model/adapter/adapter_model.safetensors"} <= files
+    assert summary["stages"]["grpo"]["model_version"] != summary["stages"]["sft"]["model_version"]
