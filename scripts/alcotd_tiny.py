@@ -36,7 +36,7 @@ from r1vflow.train.distill import (  # noqa: E402
     fixed_penalty_comparison,
     score_samples,
 )
-from r1vflow.train.sft import train_sft  # noqa: E402
+from r1vflow.train.sft import SFTSettings, train_sft  # noqa: E402
 
 
 def main() -> None:
@@ -60,8 +60,9 @@ def main() -> None:
         set_trainable(base, {"projector", "llm"})
         train_sft(base, tokenizer, [(s.question, s.response(), pixels[i])
                                     for i, s in enumerate(train)],
-                  epochs=args.warmup_epochs, batch_size=16, lr=args.lr, weight_decay=0.01,
-                  warmup_ratio=0.05, max_length=128, seed=0, progress=False)
+                  SFTSettings(epochs=args.warmup_epochs, batch_size=16, lr=args.lr,
+                              weight_decay=0.01, warmup_ratio=0.05, max_length=128, seed=0,
+                              progress=False))
     settings = DistillSettings(alpha=args.alpha, beta=1.0, gamma=1.0, max_attempts=3,
                                temperature=0.7, max_new_tokens=64, batch_size=100,
                                on_failure="template", seed=0)
@@ -81,9 +82,9 @@ def main() -> None:
         model = copy.deepcopy(base)
         set_trainable(model, {"projector", "llm"})
         items = [(s.question, s.response(), pixels[i]) for i, s in enumerate(samples)]
-        stats = train_sft(model, tokenizer, items, epochs=1, batch_size=16, lr=args.lr,
-                          weight_decay=0.01, warmup_ratio=0.05, max_length=128, seed=0,
-                          progress=False)
+        stats = train_sft(model, tokenizer, items, SFTSettings(
+            epochs=1, batch_size=16, lr=args.lr, weight_decay=0.01, warmup_ratio=0.05,
+            max_length=128, seed=0, progress=False)).summary
         scored, _ = score_model(model, tokenizer, test, args.dataset, image_size, 64, 100)
         out[f"sft_{arm}"] = {"steps": stats["steps"], "test_accuracy": scored["accuracy"],
                              "test_tokens_mean": scored["mean_response_tokens"],

@@ -44,8 +44,8 @@ from r1vflow.models.vlm import (  # noqa: E402
     build_tiny_vision,
     set_trainable,
 )
-from r1vflow.train.bootstrap import pretrain_llm, pretrain_vision  # noqa: E402
-from r1vflow.train.sft import eval_loss, train_sft  # noqa: E402
+from r1vflow.train.bootstrap import PretrainSettings, pretrain_llm, pretrain_vision  # noqa: E402
+from r1vflow.train.sft import SFTSettings, eval_loss, train_sft  # noqa: E402
 
 FAMILIES = ["counting", "digit_arithmetic", "comparison"]
 ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -145,22 +145,15 @@ def bootstrap(args, tokenizer) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
         vision,
         images,
         targets,
-        args.vision_steps,
-        args.vision_lr,
-        args.vision_batch,
-        args.seed,
-        progress=False,
+        PretrainSettings(steps=args.vision_steps, lr=args.vision_lr,
+                         batch_size=args.vision_batch, seed=args.seed, progress=False),
     )
     lm = pretrain_llm(
         llm,
         tokenizer,
         texts,
-        args.llm_steps,
-        args.llm_lr,
-        args.llm_batch,
-        args.max_length,
-        args.seed,
-        progress=False,
+        PretrainSettings(steps=args.llm_steps, lr=args.llm_lr, batch_size=args.llm_batch,
+                         max_length=args.max_length, seed=args.seed, progress=False),
     )
     stats = {
         "vision": _round(v),
@@ -238,15 +231,10 @@ def main(argv: list[str]) -> dict:
         model,
         tokenizer,
         items,
-        args.sft_epochs,
-        args.sft_batch,
-        args.sft_lr,
-        weight_decay=0.01,
-        warmup_ratio=0.05,
-        max_length=args.max_length,
-        seed=args.seed,
-        progress=False,
-    )
+        SFTSettings(epochs=args.sft_epochs, batch_size=args.sft_batch, lr=args.sft_lr,
+                    weight_decay=0.01, warmup_ratio=0.05, max_length=args.max_length,
+                    seed=args.seed, progress=False),
+    ).summary
     report["sft"] = {**_round(sft), **clock.read()}
     report["sft"] |= accuracy(model, tokenizer, test, pix_test, args.max_new_tokens)
     report["sft"]["test_loss"] = round(eval_loss(model, tokenizer, test_items, 64, 128), 4)

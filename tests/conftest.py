@@ -105,12 +105,58 @@ def random_image(height: int, width: int, seed: int = 0):
 def assert_sft_lowers_the_loss(model, tokenizer, pixels) -> None:
     """Six epochs of SFT on four fixed (question, chain, image) items, `pixels[i]` the image of
     item i, lower the model's loss on them by more than 0.5 nats."""
-    from r1vflow.train.sft import eval_loss, train_sft
+    from r1vflow.train.sft import SFTSettings, eval_loss, train_sft
 
     items = [(f"How many circles? ({i})", f"<think>I count {i}.</think><answer>{i}</answer>",
               pixels[i]) for i in range(4)]
     before = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
-    train_sft(model, tokenizer, items, epochs=6, batch_size=4, lr=3e-3, weight_decay=0.0,
-              warmup_ratio=0.0, max_length=256, seed=0, progress=False)
+    train_sft(model, tokenizer, items, SFTSettings(epochs=6, batch_size=4, lr=3e-3,
+                                                   max_length=256, seed=0, progress=False))
     after = eval_loss(model, tokenizer, items, batch_size=4, max_length=256)
     assert after < before - 0.5, (before, after)
+
+
+# --------------------------------------------------------------------------- the smoke DAG
+
+
+class SmokeDag:
+    """The smoke preset's DAG as a user runs it, once per pytest session: `r1vflow run
+    pipelines/configs/smoke.yaml --output-dir OUT` through the real CLI, its output not a
+    terminal. `first` is a copy of OUT as that run left it (summary.json, logs/, reports/,
+    stages/, the KFP cache and the MLflow store; the task outputs stay in OUT's pipeline_root):
+    test_pipeline_local reruns into OUT, every other reader reads `first`."""
+
+    def __init__(self, out: Path, first: Path, stdout: str, stderr: str) -> None:
+        import json
+
+        self.out, self.first, self.stdout, self.stderr = out, first, stdout, stderr
+        self.summary = json.loads((first / "summary.json").read_text())
+
+    def cache_into(self, target: Path) -> Path:
+        """A new output dir holding this run's KFP cache and MLflow store, nothing else: a run
+        into it serves each stage whose config slice and inputs are unchanged from the cache
+        (for tests whose subject is not the cache)."""
+        import shutil
+
+        target.mkdir(parents=True)
+        shutil.copytree(self.first / "kfp_cache", target / "kfp_cache")
+        shutil.copy2(self.first / "mlflow.db", target / "mlflow.db")  # artifacts: in OUT
+        return target
+
+
+@pytest.fixture(scope="session")
+def smoke_dag(tmp_path_factory) -> SmokeDag:
+    import shutil
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("smoke-dag")
+    out = root / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "r1vflow.cli", "run", str(PRESETS / "smoke.yaml"),
+         "--output-dir", str(out)],
+        capture_output=True, text=True, timeout=900, env=clean_env())
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    first = root / "first"
+    shutil.copytree(out, first, ignore=shutil.ignore_patterns("pipeline_root", "checkpoints"))
+    return SmokeDag(out, first, result.stdout, result.stderr)

@@ -2,13 +2,16 @@
 the same model as one process on the same global batch.
 
 Why the numbers must agree (hand reasoning, as for the DeepSpeed-vs-torch test in
-test_train.py): `train_sft` gives rank r the items r::2 of each global batch of 4. Every item of
-`items()` has the same number n of response tokens (asserted below), so one process's loss is
-the mean over 4n tokens = the mean of the two ranks' losses over 2n tokens each, and its gradient
-is the mean of the ranks' gradients, which is what DDP's all-reduce averages. Same gradient, same
-clipping (the averaged norm), same AdamW update on both ranks: the 2-rank weights equal each
-other exactly and the 1-rank weights up to float summation order. This file is also the torchrun
-worker (`python -m torch.distributed.run ... tests/test_ddp.py OUT CKPT`).
+test_train.py): `train_sft` (r1vflow.train.loop) gives rank r the items r::2 of each global
+batch of 4. Every item of `items()` has the same number n of response tokens (asserted below),
+so one process's loss is the mean over 4n tokens = the mean of the two ranks' losses over 2n
+tokens each, and its gradient is the mean of the ranks' gradients, which is what DDP's
+all-reduce averages (with unequal token counts the loop weighs each rank's loss by its share of
+the batch's tokens first). Same gradient, same clipping (the averaged norm), same AdamW update
+on both ranks: the 2-rank weights equal each other exactly and the 1-rank weights up to float
+summation order. The loop reports each step's loss as the token-weighted mean over the ranks:
+one process's loss, on both ranks. This file is also the torchrun worker
+(`python -m torch.distributed.run ... tests/test_ddp.py OUT CKPT`).
 """
 
 import json
@@ -27,14 +30,15 @@ SFT = {"epochs": 2, "batch_size": 4, "lr": 3e-3, "weight_decay": 0.01, "warmup_r
 
 def _sft(tokenizer, backend="torch", checkpoint=None):
     from r1vflow.models.vlm import set_trainable
-    from r1vflow.train.sft import train_sft
+    from r1vflow.train.sft import SFTSettings, train_sft
 
     model = tiny_vlm(tokenizer)
     set_trainable(model, {"projector", "llm"})
     seen: list[dict] = []
-    train_sft(model, tokenizer, items(), on_step=lambda s, m: seen.append(m), backend=backend,
-              checkpoint=checkpoint, **SFT)
-    return model, seen
+    result = train_sft(model, tokenizer, items(), SFTSettings(backend=backend, **SFT),
+                       on_step=lambda s, m: seen.append(m), checkpoint=checkpoint)
+    assert seen == result.history
+    return model, seen, result.items
 
 
 def _worker(out: Path, ck_root: Path) -> None:
@@ -47,7 +51,7 @@ def _worker(out: Path, ck_root: Path) -> None:
     torch.set_num_threads(1)
     tokenizer = train_tokenizer(CORPUS, vocab_size=300)
     ck = Checkpointer("sft", ck_root, CheckpointPolicy(every=2, keep=1))
-    model, seen = _sft(tokenizer, checkpoint=ck.phase("train"))
+    model, seen, trained = _sft(tokenizer, checkpoint=ck.phase("train"))
     # the engine (DDP) was released: the model is the plain module again
     assert not isinstance(model, torch.nn.parallel.DistributedDataParallel)
     wrapped = TrainEngine(model, 1e-3, 0.0, 0.0, 1)
@@ -56,7 +60,8 @@ def _worker(out: Path, ck_root: Path) -> None:
     final = torch.cat([p.detach().flatten() for p in model.parameters()])
     gathered = [torch.zeros_like(final) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, final)
-    per_rank = torch.tensor([[m["loss"], m["grad_norm"]] for m in seen], dtype=torch.float64)
+    per_rank = torch.tensor([[m["loss"], m["grad_norm"], trained] for m in seen],
+                            dtype=torch.float64)
     everyone = [torch.zeros_like(per_rank) for _ in gathered]
     dist.all_gather(everyone, per_rank)
     if dist.get_rank() == 0:
@@ -95,12 +100,13 @@ def test_two_rank_torch_ddp_sft_equals_one_process(tmp_path):
     assert result["world"] == 2 and result["ddp"]
     assert result["max_param_diff"] == 0.0  # gradients were averaged: one model on both ranks
 
-    single, seen = _sft(tokenizer)  # one process, the same global batches of 4
+    single, seen, trained = _sft(tokenizer)  # one process, the same global batches of 4
     rank0, rank1 = (torch.tensor(r) for r in result["per_rank"])
-    assert rank0.shape == (len(seen), 2) == (4, 2)
-    assert not torch.equal(rank0[:, 0], rank1[:, 0])  # the ranks saw different items
+    assert rank0.shape == (len(seen), 3) == (4, 3)
+    assert trained == 16 and rank0[0, 2] == rank1[0, 2] == 8  # each rank: half of each batch
+    assert torch.equal(rank0[:, 0], rank1[:, 0])  # the loss: the mean over the ranks
     losses = [m["loss"] for m in seen]
-    assert ((rank0[:, 0] + rank1[:, 0]) / 2).tolist() == pytest.approx(losses, rel=1e-5)
+    assert rank0[:, 0].tolist() == pytest.approx(losses, rel=1e-5)
     norms = [m["grad_norm"] for m in seen]  # clipping saw the averaged gradient on each rank
     assert rank0[:, 1].tolist() == pytest.approx(norms, rel=1e-4)
     assert rank1[:, 1].tolist() == pytest.approx(norms, rel=1e-4)

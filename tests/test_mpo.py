@@ -16,8 +16,7 @@ from r1vflow.models.vlm import (
     set_trainable,
 )
 from r1vflow.pref.data import PairRow, encode_items
-from r1vflow.pref.loss import BCODelta
-from r1vflow.pref.train import pair_logprobs, reference_logprobs, train_mpo
+from r1vflow.pref.train import MPOSettings, pair_logprobs, reference_logprobs, train_mpo
 from r1vflow.rl.monitor import RewardMonitor
 
 from conftest import MicroChain
@@ -56,9 +55,9 @@ def test_training_raises_the_preference_margin(setup):
     refs = reference_logprobs(model, items, pad, batch_size=2)
     assert refs.shape == (4, 2)
     before = _margin(model, items, pad)
-    result = train_mpo(model, items, refs, pad_id=pad, epochs=4, batch_size=2, lr=3e-3,
-                       beta=0.1, w_dpo=0.8, w_bco=0.2, w_nll=1.0, delta=BCODelta(decay=0.9),
-                       progress=False)
+    result = train_mpo(model, items, refs, MPOSettings(
+        epochs=4, batch_size=2, lr=3e-3, beta=0.1, w_dpo=0.8, w_bco=0.2, w_nll=1.0,
+        bco_delta_decay=0.9, progress=False), pad_id=pad)
     assert len(result.history) == 8
     assert _margin(model, items, pad) > before + 1.0
     # the reference stayed the start model: step 1's rewards are 0 (policy == reference)
@@ -87,10 +86,10 @@ def test_probe_and_monitor_stop_training(setup):
 
     monitor = RewardMonitor(window=2, rm_rise=10.0, format_drop=1.0, stop_on_flag=True,
                             patience=1, rm_accuracy_gap=0.5)
-    result = train_mpo(model, items, refs, pad_id=tokenizer.pad_token_id, epochs=10,
-                       batch_size=2, lr=1e-3, beta=0.1, w_dpo=1, w_bco=0, w_nll=0,
-                       delta=BCODelta(window=4), probe=probe, probe_every=1, monitor=monitor,
-                       progress=False)
+    result = train_mpo(model, items, refs, MPOSettings(
+        epochs=10, batch_size=2, lr=1e-3, beta=0.1, w_dpo=1, w_bco=0, w_nll=0,
+        bco_delta_window=4, probe_every=1, progress=False),
+        pad_id=tokenizer.pad_token_id, probe=probe, monitor=monitor)
     # gap after step 2: mean(0.6, 0.7) - 0.1 = 0.55 > 0.5
     assert len(result.history) == 2 and result.summary["stopped_early"] == 1.0
     assert "rm_accuracy_gap" in result.stop_reason
@@ -100,9 +99,9 @@ def test_probe_and_monitor_stop_training(setup):
 def test_refs_must_match_the_items(setup):
     tokenizer, model, items = setup
     with pytest.raises(ValueError, match="refs has shape"):
-        train_mpo(model, items, torch.zeros(3, 2), pad_id=0, epochs=1, batch_size=2, lr=1e-3,
-                  beta=0.1, w_dpo=1, w_bco=0, w_nll=0, delta=BCODelta(window=1),
-                  progress=False)
+        train_mpo(model, items, torch.zeros(3, 2), MPOSettings(
+            epochs=1, batch_size=2, lr=1e-3, beta=0.1, w_dpo=1, w_bco=0, w_nll=0,
+            bco_delta_window=1, progress=False), pad_id=0)
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -162,7 +161,7 @@ class _Crash(Exception):
     pass
 
 
-def _resumable(setup, root, crash_at=None, **kwargs):
+def _resumable(setup, root, crash_at=None, probe=None, monitor=None, **kwargs):
     """train_mpo on a copy of the tiny model with checkpoints under `root` (every 3 steps);
     `crash_at`: on_step raises after that step (a killed run). Returns (model, result, ck)."""
     from r1vflow.train.checkpoint import Checkpointer, CheckpointPolicy
@@ -173,15 +172,16 @@ def _resumable(setup, root, crash_at=None, **kwargs):
     refs = reference_logprobs(model, items, tokenizer.pad_token_id, 4)
     ck = Checkpointer("mpo", root, CheckpointPolicy(every=3, minutes=None))
 
-    def on_step(step, metrics, engine):
+    def on_step(step, metrics):
         if step == crash_at:
             raise _Crash(step)
 
-    settings = {"epochs": 2, "batch_size": 1, "lr": 1e-3, "beta": 0.1, "w_dpo": 0.8,
-                "w_bco": 0.2, "w_nll": 1.0, **kwargs}
-    result = train_mpo(model, items, refs, pad_id=tokenizer.pad_token_id,
-                       delta=BCODelta(decay=0.9), on_step=on_step, progress=False,
-                       checkpoint=ck.phase("train"), **settings)
+    settings = MPOSettings(**{"epochs": 2, "batch_size": 1, "lr": 1e-3, "beta": 0.1,
+                              "w_dpo": 0.8, "w_bco": 0.2, "w_nll": 1.0,
+                              "bco_delta_decay": 0.9, "progress": False, **kwargs})
+    result = train_mpo(model, items, refs, settings, pad_id=tokenizer.pad_token_id,
+                       probe=probe, monitor=monitor, on_step=on_step,
+                       checkpoint=ck.phase("train"))
     return model, result, ck
 
 

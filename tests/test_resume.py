@@ -212,17 +212,17 @@ def _items(n: int = 8):
 
 
 def _sft(tokenizer, checkpoint=None, crash_at=None, backend="torch", zero_stage=0):
-    from r1vflow.train.sft import train_sft
+    from r1vflow.train.sft import SFTSettings, train_sft
 
     def on_step(step, _metrics):
         if step == crash_at:
             raise Crash(step)
 
     model = _tiny(tokenizer)
-    stats = train_sft(model, tokenizer, _items(), epochs=3, batch_size=3, lr=3e-3,
-                      weight_decay=0.01, warmup_ratio=0.1, max_length=64, seed=0,
-                      on_step=on_step, progress=False, backend=backend,
-                      zero_stage=zero_stage, checkpoint=checkpoint)
+    stats = train_sft(model, tokenizer, _items(), SFTSettings(
+        epochs=3, batch_size=3, lr=3e-3, weight_decay=0.01, warmup_ratio=0.1, max_length=64,
+        seed=0, progress=False, backend=backend, zero_stage=zero_stage),
+        on_step=on_step, checkpoint=checkpoint).summary
     return model, stats
 
 

@@ -22,7 +22,13 @@ from r1vflow.models.reward import (
 )
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import assemble_vlm, build_tiny_llm, build_tiny_vision, set_trainable
-from r1vflow.train.reward import fit_calibration, pairwise_loss, pairwise_metrics, train_reward
+from r1vflow.train.reward import (
+    RewardSettings,
+    fit_calibration,
+    pairwise_loss,
+    pairwise_metrics,
+    train_reward,
+)
 
 CORPUS = [
     "How many red circles are there? <think>red circle, red circle. 2 red circles.</think>"
@@ -170,9 +176,8 @@ def test_training_separates_an_easy_pair_set(tokenizer):
     torch.manual_seed(1)
     pairs = [("How many red circles are there?", "<think>red circle.</think><answer>1</answer>",
               "1 1 1", torch.randn(3, 16, 16)) for _ in range(8)]
-    stats = train_reward(model, tokenizer, pairs, epochs=10, batch_size=4, lr=3e-3,
-                         weight_decay=0.0, warmup_ratio=0.0, max_length=128, seed=0,
-                         progress=False)
+    stats = train_reward(model, tokenizer, pairs, RewardSettings(
+        epochs=10, batch_size=4, lr=3e-3, max_length=128, seed=0, progress=False)).summary
     assert stats["loss"] < 0.5 * stats["first_loss"]
     assert stats["accuracy"] == 1.0
     frozen = dict(model.vlm.model.vision_tower.named_parameters())

@@ -16,9 +16,15 @@ from r1vflow.models.vlm import (
     num_image_tokens,
     set_trainable,
 )
-from r1vflow.train.bootstrap import encode_texts, pretrain_llm, pretrain_vision, standardize
+from r1vflow.train.bootstrap import (
+    PretrainSettings,
+    encode_texts,
+    pretrain_llm,
+    pretrain_vision,
+    standardize,
+)
 from r1vflow.train.engine import TrainEngine, lr_factor, param_groups
-from r1vflow.train.sft import eval_loss, train_sft
+from r1vflow.train.sft import SFTSettings, eval_loss, train_sft
 
 CORPUS = [
     "How many red circles are there? <think>red circle, red circle. 2 red circles.</think>"
@@ -105,22 +111,18 @@ def test_train_sft_reduces_response_loss(tokenizer):
     data = items()
     before = eval_loss(model, tokenizer, data, batch_size=3, max_length=64)
     seen = []
-    stats = train_sft(
+    result = train_sft(
         model,
         tokenizer,
         data,
-        epochs=10,
-        batch_size=4,
-        lr=1e-2,
-        weight_decay=0.0,
-        warmup_ratio=0.1,
-        max_length=64,
-        seed=0,
+        SFTSettings(epochs=10, batch_size=4, lr=1e-2, warmup_ratio=0.1, max_length=64, seed=0,
+                    progress=False),
         on_step=lambda s, m: seen.append((s, m)),
-        progress=False,
     )
+    stats = result.summary
     after = eval_loss(model, tokenizer, data, batch_size=3, max_length=64)
     assert stats["steps"] == 20 and [s for s, _ in seen] == list(range(1, 21))
+    assert [m for _, m in seen] == result.history and result.items == 10 * len(data)
     assert {"loss", "lr", "grad_norm", "epoch"} <= set(seen[0][1])
     assert stats["tokens_per_s"] > 0 and stats["loss"] < stats["first_loss"]
     assert after < 0.3 * before
@@ -154,7 +156,8 @@ def test_pretrain_vision_learns_brightness():
     level = torch.rand(64)
     images = level[:, None, None, None].expand(64, 3, 16, 16) * 2 - 1
     stats = pretrain_vision(
-        vision, images, level[:, None], steps=60, lr=3e-3, batch_size=16, seed=0, progress=False
+        vision, images, level[:, None],
+        PretrainSettings(steps=60, lr=3e-3, batch_size=16, seed=0, progress=False),
     )
     assert stats["steps"] == 60 and stats["loss"] < 0.3 * stats["first_loss"]
     assert not vision.training
@@ -177,12 +180,7 @@ def test_pretrain_llm_reduces_loss(tokenizer):
         llm,
         tokenizer,
         CORPUS,
-        steps=40,
-        lr=5e-3,
-        batch_size=8,
-        max_length=64,
-        seed=0,
-        progress=False,
+        PretrainSettings(steps=40, lr=5e-3, batch_size=8, max_length=64, seed=0, progress=False),
     )
     assert stats["loss"] < 0.5 * stats["first_loss"] and stats["tokens_per_s"] > 0
 
@@ -200,17 +198,10 @@ def test_deepspeed_backend_matches_torch(tokenizer, zero_stage):
             model,
             tokenizer,
             items(),
-            epochs=2,
-            batch_size=4,
-            lr=3e-3,
-            weight_decay=0.01,
-            warmup_ratio=0.1,
-            max_length=64,
-            seed=0,
+            SFTSettings(epochs=2, batch_size=4, lr=3e-3, weight_decay=0.01, warmup_ratio=0.1,
+                        max_length=64, seed=0, progress=False, backend=backend,
+                        zero_stage=stage),
             on_step=lambda s, m, seen=seen: seen.append(m["loss"]),
-            progress=False,
-            backend=backend,
-            zero_stage=stage,
         )
         losses[backend] = seen
         final = eval_loss(model, tokenizer, items(), batch_size=4, max_length=64)

@@ -10,7 +10,8 @@ holding flat[r * ceil(n/2) : (r + 1) * ceil(n/2)]; the parameter itself is an em
 (numel 0) with `ds_numel` = n and `ds_shape` = its shape. The values are checked against the
 safetensors file itself, so they are the checkpoint's, not a fresh random init. For the SFT
 equivalence the reasoning of tests/test_ddp.py holds: every item has as many response tokens,
-each rank trains on half of each global batch of 4, ZeRO averages the gradients. This file is
+each rank trains on half of each global batch of 4, ZeRO averages the gradients, and the loop
+reports each step's loss as the mean over the ranks (one process's loss). This file is
 also the torchrun worker (`... tests/test_zero3_load.py MODEL_DIR OUT`).
 """
 
@@ -44,13 +45,14 @@ def _items(model):
 
 def _sft(model, tokenizer, backend, zero_stage):
     from r1vflow.models.vlm import set_trainable
-    from r1vflow.train.sft import train_sft
+    from r1vflow.train.sft import SFTSettings, train_sft
 
     set_trainable(model, {"projector", "llm"})
     seen: list[float] = []
-    train_sft(model, tokenizer, _items(model), on_step=lambda s, m: seen.append(m["loss"]),
-              backend=backend, zero_stage=zero_stage, **SFT)
-    return seen
+    result = train_sft(model, tokenizer, _items(model),
+                       SFTSettings(backend=backend, zero_stage=zero_stage, **SFT),
+                       on_step=lambda s, m: seen.append(m["loss"]))
+    return seen, result.items
 
 
 def _worker(model_dir: Path, out: Path) -> None:
@@ -70,15 +72,16 @@ def _worker(model_dir: Path, out: Path) -> None:
              for name, param in model.named_parameters()}
     torch.save(local, out.with_name(f"rank{rank}.pt"))
     sizes = part_sizes(model)  # counts the full sizes (ds_numel), not the empty local tensors
-    losses = _sft(model, load_tokenizer(model_dir), "deepspeed", 3)
+    losses, trained = _sft(model, load_tokenizer(model_dir), "deepspeed", 3)
     final = torch.cat([p.detach().flatten() for p in model.parameters()])  # gathered back
     gathered = [torch.zeros_like(final) for _ in range(world)]
     dist.all_gather(gathered, final)
-    everyone = [torch.zeros(len(losses), dtype=torch.float64) for _ in range(world)]
-    dist.all_gather(everyone, torch.tensor(losses, dtype=torch.float64))
+    everyone = [torch.zeros(len(losses) + 1, dtype=torch.float64) for _ in range(world)]
+    dist.all_gather(everyone, torch.tensor([*losses, trained], dtype=torch.float64))
     if rank == 0:
         out.write_text(json.dumps({
-            "world": world, "part_sizes": sizes, "losses": [t.tolist() for t in everyone],
+            "world": world, "part_sizes": sizes, "losses": [t.tolist()[:-1] for t in everyone],
+            "items": [int(t[-1]) for t in everyone],
             "max_param_diff": max(float((g - final).abs().max()) for g in gathered),
             "params": final.tolist()}))
     dist.barrier()
@@ -131,11 +134,11 @@ def test_zero3_load_partitions_and_sft_equals_one_process(tmp_path):
               for item in items}
     assert len(counts) == 1  # the hand reasoning needs equal response lengths
     initial = torch.cat([p.detach().flatten().clone() for p in whole.parameters()])
-    single = _sft(whole, tokenizer, "torch", 0)
-    rank0, rank1 = result["losses"]
-    assert len(single) == len(rank0) == 2 and rank0 != rank1
-    assert [(a + b) / 2 for a, b in zip(rank0, rank1, strict=True)] == pytest.approx(
-        single, rel=1e-4)
+    single, single_items = _sft(whole, tokenizer, "torch", 0)
+    rank0, rank1 = result["losses"]  # each step's loss: the mean over the ranks, on each
+    assert len(single) == len(rank0) == 2 and rank0 == rank1
+    assert rank0 == pytest.approx(single, rel=1e-4)
+    assert result["items"] == [single_items // 2] * 2 == [4, 4]  # half of each batch per rank
     assert result["max_param_diff"] == 0.0
     final = torch.cat([p.detach().flatten() for p in whole.parameters()])
     assert (final - initial).abs().max() > 1e-3

@@ -51,7 +51,7 @@ from r1vflow.models.vlm import build_tiny_llm
 from r1vflow.rl.grpo import GRPOPrompt, train_grpo
 from r1vflow.rl.rewards import accuracy_reward, format_reward, hybrid_reward
 from r1vflow.rl.rollout import Rollout
-from r1vflow.train.bootstrap import pretrain_llm
+from r1vflow.train.bootstrap import PretrainSettings, pretrain_llm
 
 FAMILIES = ("counting", "digit_arithmetic", "comparison")
 TextTask = tuple[str, str]  # (prompt text, gold answer)
@@ -74,8 +74,8 @@ def build_text_policy(seed: int, pretrain_steps: int, hidden: int = 64, layers: 
     torch.manual_seed(seed)
     llm = build_tiny_llm(len(tokenizer), hidden, layers, 2, 2 * hidden, 256)
     texts = text_corpus("reasoning", 3000, seed + 20_011)
-    stats = pretrain_llm(llm, tokenizer, texts, steps=pretrain_steps, lr=3e-3, batch_size=32,
-                         max_length=160, seed=seed, progress=False)
+    stats = pretrain_llm(llm, tokenizer, texts, PretrainSettings(
+        steps=pretrain_steps, lr=3e-3, batch_size=32, max_length=160, seed=seed, progress=False))
     return tokenizer, llm, stats["seconds"]
 
 

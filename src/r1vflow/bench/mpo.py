@@ -38,8 +38,7 @@ from r1vflow.config import MPOConfig
 from r1vflow.data.families import FAMILIES, explain, make_meta
 from r1vflow.data.schema import format_response
 from r1vflow.data.synth import rejected_response
-from r1vflow.pref.loss import BCODelta
-from r1vflow.pref.train import PrefItem, reference_logprobs, train_mpo
+from r1vflow.pref.train import MPOSettings, PrefItem, reference_logprobs, train_mpo
 
 __all__ = ["BenchSettings", "run_bench", "text_pairs"]
 
@@ -96,11 +95,11 @@ def run_ours(model, tokenizer, pairs, cfg: BenchSettings, mpo: MPOConfig) -> dic
     items = _items(tokenizer, pairs)[: cfg.steps * cfg.batch_size]
     refs = reference_logprobs(model, items, tokenizer.pad_token_id, cfg.batch_size)
     prepared = time.perf_counter()
-    result = train_mpo(model, items, refs, pad_id=tokenizer.pad_token_id, epochs=1,
-                       batch_size=cfg.batch_size, lr=cfg.lr, beta=mpo.beta, w_dpo=mpo.w_dpo,
-                       w_bco=mpo.w_bco, w_nll=mpo.w_nll,
-                       delta=BCODelta(mpo.bco_delta_window, mpo.bco_delta_decay),
-                       seed=cfg.seed, progress=False)
+    settings = MPOSettings(epochs=1, batch_size=cfg.batch_size, lr=cfg.lr, beta=mpo.beta,
+                           w_dpo=mpo.w_dpo, w_bco=mpo.w_bco, w_nll=mpo.w_nll,
+                           bco_delta_window=mpo.bco_delta_window,
+                           bco_delta_decay=mpo.bco_delta_decay, seed=cfg.seed, progress=False)
+    result = train_mpo(model, items, refs, settings, pad_id=tokenizer.pad_token_id)
     seconds = time.perf_counter() - start
     return {"seconds": seconds, "train_seconds": seconds - (prepared - start),
             "pairs_per_s": len(items) / seconds, "steps": len(result.history), "first_loss": result.history[0]["loss"],

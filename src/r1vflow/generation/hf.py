@@ -17,6 +17,7 @@ from r1vflow.generation.base import (
     per_prompt_images,
     trim_completion,
 )
+from r1vflow.models.devices import model_device
 from r1vflow.models.families.images import image_kwargs, stack_images, token_type_kwargs
 
 
@@ -104,7 +105,7 @@ class TransformersEngine:
         return groups
 
     def _chunk(self, prompts: list, images: list | None, sampling: Sampling):
-        param = next(self.model.parameters())
+        device, dtype = model_device(self.model)
         n = sampling.n
         # One plain image tensor per prompt: generate repeats pixel_values per returned
         # sequence itself. Tiles, patches or several images: expand the rows here.
@@ -114,7 +115,7 @@ class TransformersEngine:
             prompts = [p for p in prompts for _ in range(n)]
             images = [r for r in images for _ in range(n)]
         ids, mask = left_pad(prompts, self.tokenizer.pad_token_id)
-        ids, mask = ids.to(param.device), mask.to(param.device)
+        ids, mask = ids.to(device), mask.to(device)
         kwargs = {"input_ids": ids, "attention_mask": mask,
                   "num_return_sequences": n if native else 1,
                   "pad_token_id": self.tokenizer.pad_token_id,
@@ -122,7 +123,7 @@ class TransformersEngine:
                   "suppress_tokens": self.suppress, **sampling_options(sampling)}
         flat = [image for row in images or () for image in row]
         if flat:
-            kwargs.update(image_kwargs(stack_images(flat), param.device, param.dtype))
+            kwargs.update(image_kwargs(stack_images(flat), device, dtype))
             kwargs.update(token_type_kwargs(self.model, ids))
         if sampling.logprobs:
             kwargs.update(output_logits=True, return_dict_in_generate=True)

@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import LlavaForConditionalGeneration, PreTrainedTokenizerBase
 
-from r1vflow.models.devices import place, run_device
+from r1vflow.models.devices import load_placed, model_device, run_device
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import (
     Images,
@@ -45,7 +45,7 @@ from r1vflow.models.families.images import (
     image_texts,
     token_type_kwargs,
 )
-from r1vflow.models.io import load_model, save_model
+from r1vflow.models.io import save_model
 from r1vflow.models.processing import IGNORE_INDEX, ImageText, encode_sft_batch
 from r1vflow.models.tokenizer import load_tokenizer
 
@@ -107,9 +107,9 @@ class RewardModel(torch.nn.Module):
     def __init__(self, vlm: LlavaForConditionalGeneration, likelihood_term: bool = False) -> None:
         super().__init__()
         self.vlm = vlm
-        param = next(vlm.parameters())
+        device, dtype = model_device(vlm)
         self.value_head = ValueHead(vlm.config.text_config.hidden_size, likelihood_term).to(
-            device=param.device, dtype=param.dtype
+            device=device, dtype=dtype
         )
 
     @property
@@ -126,10 +126,10 @@ class RewardModel(torch.nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Rewards [B]; with return_logprob also the mean response log-probability [B].
         pixel_values: [B,3,H,W] or an ImageBatch of B images (moved to the model here)."""
-        param = next(self.vlm.parameters())
+        device, dtype = model_device(self.vlm)
         hidden = self.vlm.model(
             input_ids=input_ids, attention_mask=attention_mask,
-            **image_kwargs(pixel_values, param.device, param.dtype),
+            **image_kwargs(pixel_values, device, dtype),
             **token_type_kwargs(self.vlm, input_ids),
         ).last_hidden_state  # [B, T, H]
         last = attention_mask.sum(dim=1) - 1  # [B]
@@ -183,7 +183,7 @@ def reward_scores(
         )
     was_training = model.training
     model.eval()
-    param = next(model.parameters())
+    device, _ = model_device(model)
     n_image = fixed_image_tokens(model.vlm)
     scores: list[float] = []
     for start in range(0, len(questions), batch_size):
@@ -193,7 +193,7 @@ def reward_scores(
             tokenizer, questions[start:stop], responses[start:stop],
             image_texts(images, n_image), max_length
         )
-        batch = {k: v.to(param.device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch, pixel_values=images)
         scores += out.float().cpu().tolist()
     model.train(was_training)
@@ -237,7 +237,7 @@ def load_reward_model(model_dir: str | Path) -> tuple[RewardModel, ScoreCalibrat
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ValueError(f"{config_path} is corrupted: {err}") from None
-    model = RewardModel(place(load_model(directory, "vlm")), bool(config.get("likelihood_term")))
+    model = RewardModel(load_placed(directory), bool(config.get("likelihood_term")))
     hidden = model.value_head.linear.in_features
     if config.get("hidden_size") != hidden:
         raise ValueError(

@@ -18,6 +18,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
+from r1vflow.models.devices import model_device
 from r1vflow.models.vlm import swap_llm
 
 
@@ -55,7 +56,7 @@ def language_model_of(vlm: LlavaForConditionalGeneration) -> PreTrainedModel:
     llm = AutoModelForCausalLM.from_config(vlm.config.text_config)
     llm.base_model.load_state_dict(vlm.model.language_model.state_dict())
     llm.get_output_embeddings().load_state_dict(vlm.lm_head.state_dict())
-    return llm.to(dtype=next(vlm.parameters()).dtype).eval()
+    return llm.to(dtype=model_device(vlm)[1]).eval()
 
 
 def transfer_projector(

@@ -27,6 +27,7 @@ from transformers import (
     SiglipVisionModel,
 )
 
+from r1vflow.models.devices import model_device
 from r1vflow.models.families import PARTS, PROCESSOR_ATTR, part_parameters
 from r1vflow.models.families.images import CLS_TOWERS, llava_image_tokens
 from r1vflow.models.tokenizer import IMAGE_TOKEN, special_token_id
@@ -112,7 +113,7 @@ def assemble_vlm(
     model.model.vision_tower.load_state_dict(vision.state_dict())
     _copy_llm_weights(model, llm)
     _set_generation_ids(model, tokenizer)
-    return model.to(dtype=next(llm.parameters()).dtype)
+    return model.to(dtype=model_device(llm)[1])
 
 
 def _copy_llm_weights(model: LlavaForConditionalGeneration, llm: PreTrainedModel) -> None:
@@ -199,7 +200,7 @@ def swap_llm(
     model.generation_config = copy.deepcopy(vlm.generation_config)
     if hasattr(vlm, PROCESSOR_ATTR):  # the same vision tower reads images the same way
         setattr(model, PROCESSOR_ATTR, getattr(vlm, PROCESSOR_ATTR))
-    return model.to(dtype=next(llm.parameters()).dtype)
+    return model.to(dtype=model_device(llm)[1])
 
 
 def load_pretrained_parts(

@@ -1,29 +1,27 @@
-"""The MPO loop (R1V2): preference pairs, reference log-probs computed once, the shared engine.
+"""MPO (R1V2): preference pairs, reference log-probs computed once, the shared training loop.
 
     refs = reference_logprobs(model, items, pad_id, batch_size)   # the start model, once
-    result = train_mpo(model, tokenizer, items, refs, epochs=1, batch_size=8, lr=1e-4, ...)
+    result = train_mpo(model, items, refs, MPOSettings.from_section(exp.mpo), pad_id=pad_id)
 
-Each optimizer step takes `batch_size` pairs (shuffled epochs), runs chosen and rejected
-responses through the policy in one forward ([chosen..., rejected...]), and minimises
-`mpo_loss` with BCO's shift from `BCODelta` (updated after the step with the batch's mean
-reward). The reference is the start model: its log-probs are computed before the first update,
-so no second copy of the model is held. An optional `probe` (called every `probe_every`
-steps) measures the reward-model score and rule accuracy of fresh samples; the monitor turns
-them into the "MPO threshold" stop (RM-vs-rule gap).
+Each optimizer step takes `batch_size` pairs (shuffled epochs; under torchrun each rank takes
+its share), runs chosen and rejected responses through the policy in one forward
+([chosen..., rejected...]), and minimises `mpo_loss` with BCO's shift from `BCODelta`, updated
+after the step with the batch's mean reward (the mean over the ranks: every rank keeps the
+same shift, the one a single process would). The reference is the start model: its log-probs
+are computed before the first update, so no second copy of the model is held. An optional
+`probe` (called every `probe_every` steps) measures the reward-model score and rule accuracy of
+fresh samples; the monitor turns them into the "MPO threshold" stop (RM-vs-rule gap).
 
-Resume: with `checkpoint` (a `PhaseCheckpoint`, r1vflow.train.checkpoint) the loop restores the
-engine, RNG states, data order position (the shuffling generator at the epoch's start and the
-batches done), BCODelta's state, the monitor's window, the step history and flags, then saves
-that state every `checkpoint_every` steps / `checkpoint_minutes` and at its last step.
-`on_step(step, metrics, engine)` runs after every optimizer step (metrics logging).
+The loop is r1vflow.train.loop's; resume state is `MPOState` (the loop's state plus BCODelta's
+and the monitor's), restored and saved through a `PhaseCheckpoint` with the engine, RNG states
+and the data order position. `on_step(step, metrics)` runs after every optimizer step.
 """
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -31,14 +29,23 @@ from r1vflow.models.families.images import ImageInput, stack_images
 from r1vflow.pref.loss import BCODelta, mpo_loss
 from r1vflow.rl.batch import completion_logprobs, sequence_batch
 from r1vflow.rl.monitor import RewardMonitor
-from r1vflow.train.checkpoint import PhaseCheckpoint, restore_epoch_position
-from r1vflow.train.engine import Backend, TrainEngine, training_progress
+from r1vflow.train.checkpoint import PhaseCheckpoint
+from r1vflow.train.loop import (
+    LoopSettings,
+    StepCallback,
+    StepOutput,
+    Trainer,
+    TrainResult,
+    TrainState,
+    run_loop,
+)
 
-__all__ = ["MPOResult", "PrefItem", "pair_logprobs", "reference_logprobs", "train_mpo"]
+__all__ = ["MPOResult", "MPOSettings", "MPOState", "PrefItem", "pair_logprobs",
+           "reference_logprobs", "train_mpo"]
 
 # probe() -> {"accuracy": rule accuracy, "format_rate": ..., "reward_model": RM score or absent}
 Probe = Callable[[torch.nn.Module], dict[str, float]]
-StepCallback = Callable[[int, dict[str, float], TrainEngine], None]
+MPOResult = TrainResult  # what train_mpo returns (the one result type of the trainers)
 
 
 @dataclass(frozen=True)
@@ -53,14 +60,6 @@ class PrefItem:
     rejected_ids: list[int]
     pixel_values: torch.Tensor | ImageInput | None = None
     rule: str = ""
-
-
-@dataclass
-class MPOResult:
-    history: list[dict[str, float]]
-    summary: dict[str, float]
-    stop_reason: str | None = None
-    flags: dict[str, str] = field(default_factory=dict)  # monitor flag -> first message
 
 
 def pair_logprobs(model: torch.nn.Module, items: Sequence[PrefItem], pad_id: int):
@@ -98,151 +97,111 @@ def reference_logprobs(model: torch.nn.Module, items: Sequence[PrefItem], pad_id
     return torch.cat(out)
 
 
-@dataclass(frozen=True)
-class MPOWeights:
-    beta: float
-    w_dpo: float
-    w_bco: float
-    w_nll: float
+@dataclass(frozen=True, kw_only=True)
+class MPOSettings(LoopSettings):
+    """The loop's settings and the loss's: beta, the weights of its DPO, BCO and NLL terms,
+    BCO's shift (exactly one of `bco_delta_window` / `bco_delta_decay`, as `BCODelta`) and how
+    often the probe runs (0 or None: never)."""
+
+    beta: float = 0.1
+    w_dpo: float = 0.8
+    w_bco: float = 0.2
+    w_nll: float = 1.0
+    bco_delta_window: int | None = None
+    bco_delta_decay: float | None = None
+    probe_every: int | None = None
 
 
-def _step(engine: TrainEngine, items: Sequence[PrefItem], refs: torch.Tensor, pad_id: int,
-          weights: MPOWeights, delta: BCODelta) -> dict[str, float]:
-    chosen, rejected, nll, tokens = pair_logprobs(engine.model, items, pad_id)
-    refs = refs.to(chosen.device)
-    loss, stats = mpo_loss(chosen, rejected, refs[:, 0], refs[:, 1], nll, weights.beta,
-                           weights.w_dpo, weights.w_bco, weights.w_nll, delta.value)
-    engine_stats = engine.step(loss)
-    delta.update(stats["rewards/mean"])
-    return {"loss": float(loss.detach()), **stats, **engine_stats,
-            "chosen_tokens_mean": float(tokens.float().mean())}
+@dataclass
+class MPOState(TrainState):
+    """The loop's state, BCO's shift and the monitor's window: what a resume restores."""
+
+    delta: BCODelta = field(default_factory=lambda: BCODelta(decay=0.9))
+    monitor: RewardMonitor | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "delta": self.delta.state_dict(),
+                "monitor": self.monitor.state_dict() if self.monitor is not None else None}
+
+    def load_dict(self, saved: dict[str, Any]) -> None:
+        super().load_dict(saved)
+        self.delta.load_state_dict(saved["delta"])
+        if self.monitor is not None and saved["monitor"] is not None:
+            self.monitor.load_state_dict(saved["monitor"])
 
 
-def _watch(monitor: RewardMonitor | None, probe: Probe | None, model, step: int,
-           result: MPOResult) -> tuple[dict[str, float], bool]:
-    if probe is None:
-        return {}, False
-    values = probe(model)
-    metrics = {f"probe/{k}": v for k, v in values.items()}
-    if monitor is None:
-        return metrics, False
-    status = monitor.update(step, values["accuracy"], values.get("format_rate", 1.0),
-                            values.get("reward_model"))
-    metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
-    for message in status.messages:
-        result.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
-    result.stop_reason = status.reason
-    return metrics, status.stop
+class _MPO(Trainer[int]):
+    name = "mpo"
+
+    def __init__(self, items: Sequence[PrefItem], refs: torch.Tensor, pad_id: int,
+                 settings: MPOSettings, probe: Probe | None, state: MPOState) -> None:
+        super().__init__()
+        self.items, self.refs, self.pad_id, self.settings = items, refs, pad_id, settings
+        self.probe, self.state = probe, state
+
+    def loss(self, model: torch.nn.Module, batch: list[int]) -> StepOutput:
+        s = self.settings
+        chosen, rejected, nll, tokens = pair_logprobs(model, [self.items[i] for i in batch],
+                                                      self.pad_id)
+        refs = self.refs[batch].to(chosen.device)
+        loss, stats = mpo_loss(chosen, rejected, refs[:, 0], refs[:, 1], nll, s.beta, s.w_dpo,
+                               s.w_bco, s.w_nll, self.state.delta.value)
+        return StepOutput(loss, {**stats, "chosen_tokens_mean": float(tokens.float().mean())},
+                          weight=float(len(batch)))
+
+    def after_step(self, step: int, metrics: dict[str, float], model: torch.nn.Module) -> bool:
+        """BCO's shift takes the step's mean reward (the mean over the ranks); every
+        `probe_every` steps the probe and monitor run and may stop the run."""
+        self.state.delta.update(metrics["rewards/mean"])
+        every = self.settings.probe_every
+        if self.probe is None or not every or step % every:
+            return False
+        values = self.probe(model)
+        metrics.update({f"probe/{k}": v for k, v in values.items()})
+        monitor = self.state.monitor
+        if monitor is None:
+            return False
+        status = monitor.update(step, values["accuracy"], values.get("format_rate", 1.0),
+                                values.get("reward_model"))
+        metrics.update({f"monitor/{k}": v for k, v in status.metrics.items()})
+        for message in status.messages:
+            self.state.flags.setdefault(message.split(":")[0], f"step {step}: {message}")
+        self.state.stop_reason = status.reason
+        return status.stop
+
+    def summary(self, seconds: float) -> dict[str, float]:
+        return _summary(self.state.history, seconds, self.state.stop_reason)
 
 
 def train_mpo(
     model: torch.nn.Module,
     items: Sequence[PrefItem],
     refs: torch.Tensor,
+    settings: MPOSettings,
     *,
     pad_id: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    beta: float,
-    w_dpo: float,
-    w_bco: float,
-    w_nll: float,
-    delta: BCODelta,
-    weight_decay: float = 0.0,
-    warmup_ratio: float = 0.0,
-    backend: Backend = "torch",
-    zero_stage: int = 0,
-    seed: int = 0,
     probe: Probe | None = None,
-    probe_every: int = 1,
     monitor: RewardMonitor | None = None,
     on_step: StepCallback | None = None,
-    progress: bool = True,
     checkpoint: PhaseCheckpoint | None = None,
-) -> MPOResult:
+) -> TrainResult:
     """Train `model` in place with MPO on `items` (refs [N, 2] from `reference_logprobs`).
 
-    `model`'s trainable parts are set beforehand (`set_trainable`). Returns per-step metrics, a
-    summary (means over the run, last-10-step loss and reward accuracy), the monitor's stop
-    reason and every flag it raised. The model is left in eval mode.
+    `model`'s trainable parts are set beforehand (`set_trainable`). Returns per-step metrics
+    (means over the ranks), a summary (means over the run, last-10-step loss and reward
+    accuracy), the monitor's stop reason and every flag it raised. The model is left in eval
+    mode.
     """
     if not items:
         raise ValueError("train_mpo got no preference pairs")
     if refs.shape != (len(items), 2):
         raise ValueError(f"train_mpo: refs has shape {tuple(refs.shape)}, expected "
                          f"[{len(items)}, 2] (reference_logprobs of these items)")
-    weights = MPOWeights(beta, w_dpo, w_bco, w_nll)
-    steps_per_epoch = math.ceil(len(items) / batch_size)
-    engine = TrainEngine(model, lr=lr, weight_decay=weight_decay, warmup_ratio=warmup_ratio,
-                         total_steps=epochs * steps_per_epoch, backend=backend,
-                         zero_stage=zero_stage)
-    generator = torch.Generator().manual_seed(seed)
-    result = MPOResult(history=[], summary={})
-    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
-    stop = _restore_loop(restored, result, delta, monitor)
-    total, step, start = epochs * steps_per_epoch, len(result.history), time.perf_counter()
-    with training_progress(progress) as bar:
-        task = bar.add_task("mpo", total=total, completed=step, loss=float("nan"), tok_s=0.0)
-        for epoch in range(first_epoch, epochs):
-            if stop:
-                break
-            epoch_generator = generator.get_state()  # before this epoch's permutation
-            order = torch.randperm(len(items), generator=generator).tolist()
-            batches = range(0, len(order), batch_size)
-            for batch, first in enumerate(batches):
-                if epoch == first_epoch and batch < skip:
-                    continue  # done before the resume
-                step += 1
-                index = order[first:first + batch_size]
-                metrics = _step(engine, [items[i] for i in index], refs[index], pad_id,
-                                weights, delta)
-                if probe_every and step % probe_every == 0:
-                    watched, stop = _watch(monitor, probe, engine.module, step, result)
-                    metrics.update(watched)
-                result.history.append(metrics)
-                bar.update(task, advance=1, loss=metrics["loss"], tok_s=0.0)
-                if on_step is not None:
-                    on_step(step, metrics, engine)
-                _save(checkpoint, engine, step, step == total or stop, epoch, batch + 1,
-                      epoch_generator, result, delta, monitor, stop)
-                if stop:
-                    break
-    engine.release().eval()
-    result.summary = _summary(result.history, time.perf_counter() - start, result.stop_reason)
-    return result
-
-
-def _loop_state(result: MPOResult, delta: BCODelta, monitor: RewardMonitor | None,
-                stop: bool) -> dict:
-    return {"history": result.history, "flags": result.flags, "stop_reason": result.stop_reason,
-            "stopped": stop, "delta": delta.state_dict(),
-            "monitor": monitor.state_dict() if monitor is not None else None}
-
-
-def _restore_loop(restored: dict, result: MPOResult, delta: BCODelta,
-                  monitor: RewardMonitor | None) -> bool:
-    """Put a checkpoint's loop state back (nothing when fresh); True when the run had stopped."""
-    if not restored:
-        return False
-    result.history[:] = [dict(h) for h in restored["history"]]
-    result.flags.update(restored["flags"])
-    result.stop_reason = restored["stop_reason"]
-    delta.load_state_dict(restored["delta"])
-    if monitor is not None and restored["monitor"] is not None:
-        monitor.load_state_dict(restored["monitor"])
-    return bool(restored["stopped"])
-
-
-def _save(checkpoint: PhaseCheckpoint | None, engine: TrainEngine, step: int, last: bool,
-          epoch: int, batch: int, epoch_generator: torch.Tensor, result: MPOResult,
-          delta: BCODelta, monitor: RewardMonitor | None, stop: bool) -> None:
-    """Let the checkpoint policy save after `step` (always at the last or stopping step)."""
-    if checkpoint is None:
-        return
-    position = {"epoch": epoch, "batch": batch, "epoch_generator": epoch_generator,
-                **_loop_state(result, delta, monitor, stop)}
-    checkpoint.step(step, engine, lambda: position, last=last)
+    state = MPOState(delta=BCODelta(settings.bco_delta_window, settings.bco_delta_decay),
+                     monitor=monitor)
+    trainer = _MPO(items, refs, pad_id, settings, probe, state)
+    return run_loop(model, range(len(items)), settings, trainer, on_step=on_step,
+                    checkpoint=checkpoint)
 
 
 def _summary(history: list[dict[str, float]], seconds: float, stop: str | None):

@@ -28,15 +28,15 @@ import torch
 
 from r1vflow.data.io import load_captions, load_image, load_split, read_info
 from r1vflow.eval.scoring import score_model
-from r1vflow.models.devices import place
+from r1vflow.models.devices import load_placed, place
 from r1vflow.models.families import encode_pixels
-from r1vflow.models.io import load_model, save_model
+from r1vflow.models.io import save_model
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.transfer import check_same_tokenizer, transfer_projector
 from r1vflow.models.vlm import set_trainable, swap_llm
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
 from r1vflow.train.align import AlignText, alignment_texts
-from r1vflow.train.sft import eval_loss, train_sft
+from r1vflow.train.sft import SFTSettings, eval_loss, train_sft
 
 STEPS = ("substitute", "transferred", "aligned")
 
@@ -104,10 +104,11 @@ def run(ctx: StageContext) -> StageOutcome:
 def _load_models(base_dir: Path, substitute_dir: Path):
     """(the base VLM, its tokenizer, the base VLM's vision tower and projector with the
     substitute LLM on this rank's device); the tokenizers must be the same."""
-    base, tokenizer = load_model(base_dir, "vlm"), load_tokenizer(base_dir)
+    # the base model's reasoning LLM waits on the CPU for the transfer (step 2)
+    base, tokenizer = load_placed(base_dir, device="cpu"), load_tokenizer(base_dir)
     check_same_tokenizer(tokenizer, load_tokenizer(substitute_dir),
                          "the substitute LLM's tokenizer")
-    model = place(swap_llm(base, load_model(substitute_dir, "causal_lm"), tokenizer))
+    model = place(swap_llm(base, load_placed(substitute_dir, "causal_lm"), tokenizer))
     return base, tokenizer, model
 
 
@@ -131,10 +132,8 @@ def _train_projector(ctx: StageContext, model, tokenizer, items, lr: float, epoc
     def on_step(step: int, values: dict) -> None:
         ctx.tracker.log_metrics({f"train/{tag}/{k}": v for k, v in values.items()}, step=step)
 
-    return train_sft(model, tokenizer, items, epochs=epochs, batch_size=cfg.batch_size, lr=lr,
-                     weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                     max_length=cfg.max_length, seed=cfg.seed, on_step=on_step, progress=True,
-                     backend=cfg.backend, zero_stage=cfg.zero_stage, checkpoint=checkpoint)
+    return train_sft(model, tokenizer, items, SFTSettings.from_section(cfg, lr=lr, epochs=epochs),
+                     on_step=on_step, checkpoint=checkpoint)
 
 
 class _PixelCache:

@@ -26,7 +26,7 @@ from r1vflow.models.io import save_model
 from r1vflow.models.tokenizer import train_tokenizer
 from r1vflow.models.vlm import assemble_vlm, build_tiny_llm, build_tiny_vision, part_sizes
 from r1vflow.stages.common import StageContext, StageOutcome
-from r1vflow.train.bootstrap import pretrain_llm, pretrain_vision
+from r1vflow.train.bootstrap import llm_settings, pretrain_llm, pretrain_vision, vision_settings
 
 # Seed offsets keep bootstrap's synthetic data apart from synthesize_data's (same base seed).
 _VISION_SEED, _TEXT_SEED, _CAPTION_SEED = 10_007, 20_011, 30_011
@@ -53,16 +53,14 @@ def run(ctx: StageContext) -> StageOutcome:
                                tiny.vision_layers, tiny.vision_heads)
     images, targets = vision_pretraining_set(cfg.vision_examples, exp.data.image_size,
                                              seed + _VISION_SEED)
-    vision_stats = pretrain_vision(vision, images, targets, steps=cfg.vision_steps,
-                                   lr=cfg.vision_lr, batch_size=cfg.vision_batch_size, seed=seed,
+    vision_stats = pretrain_vision(vision, images, targets, vision_settings(cfg, seed),
                                    on_step=_log_steps(ctx, "vision"))
 
     torch.manual_seed(seed + _INIT_LLM)
     llm = build_tiny_llm(tiny.vocab_size, tiny.llm_hidden_size, tiny.llm_layers, tiny.llm_heads,
                          tiny.llm_intermediate_size, tiny.max_position_embeddings)
     texts = text_corpus("reasoning", cfg.llm_texts, seed + _TEXT_SEED)
-    llm_stats = pretrain_llm(llm, tokenizer, texts, steps=cfg.llm_steps, lr=cfg.lr,
-                             batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed,
+    llm_stats = pretrain_llm(llm, tokenizer, texts, llm_settings(cfg, seed),
                              on_step=_log_steps(ctx, "llm"))
 
     torch.manual_seed(seed + _INIT_PROJECTOR)
@@ -108,8 +106,7 @@ def _substitute_llm(ctx: StageContext, tokenizer) -> dict[str, float]:
                          tiny.llm_intermediate_size, tiny.max_position_embeddings)
     texts = text_corpus("caption", cfg.llm_texts, exp.data.seed + _CAPTION_SEED)
     steps = cfg.llm_steps if cfg.substitute_llm_steps is None else cfg.substitute_llm_steps
-    stats = pretrain_llm(llm, tokenizer, texts, steps=steps, lr=cfg.lr,
-                         batch_size=cfg.batch_size, max_length=cfg.max_length, seed=exp.data.seed,
+    stats = pretrain_llm(llm, tokenizer, texts, llm_settings(cfg, exp.data.seed, steps),
                          on_step=_log_steps(ctx, "substitute_llm"))
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()
     out = save_model(llm, tokenizer, ctx.outputs["substitute_llm"], {

@@ -37,8 +37,8 @@ from r1vflow.data.io import (
 from r1vflow.data.schema import Sample
 from r1vflow.eval.scoring import sample_pixels
 from r1vflow.generation import build_engine
+from r1vflow.models.devices import load_placed
 from r1vflow.models.families.images import Images
-from r1vflow.models.io import load_model
 from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.stages.common import StageContext, StageOutcome
@@ -117,7 +117,7 @@ def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.distill
     start = ctx.input("aligned_model" if "aligned_model" in ctx.inputs else "base_model")
     dataset = ctx.input("dataset")
-    model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
+    model, tokenizer = load_placed(start), load_tokenizer(start)
     train = load_split(dataset, "train")
     chosen = train[: cfg.limit]
     pixels = sample_pixels(dataset, chosen, exp.data.image_size, model)

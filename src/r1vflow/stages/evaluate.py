@@ -33,8 +33,7 @@ from r1vflow.eval.benchmarks.suite import (
 )
 from r1vflow.eval.grading import score_responses
 from r1vflow.eval.scoring import score_model
-from r1vflow.models.devices import place
-from r1vflow.models.io import load_model
+from r1vflow.models.devices import load_placed
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
 from r1vflow.tracking.promotion import FLAG_METRIC, mark_candidate
@@ -62,7 +61,7 @@ def run(ctx: StageContext) -> StageOutcome:
             continue
         path = ctx.input(input_name)
         final = (label, path) if label != "base" else final
-        model, tokenizer = place(load_model(path, "vlm")), load_tokenizer(path)
+        model, tokenizer = load_placed(path), load_tokenizer(path)
         engine = _engine_for(exp, engine, model, tokenizer)
         scored, responses = score_model(
             model, tokenizer, samples, dataset, exp.data.image_size, cfg.max_new_tokens,

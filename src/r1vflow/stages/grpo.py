@@ -30,10 +30,10 @@ from __future__ import annotations
 from r1vflow.data.io import load_split, read_info
 from r1vflow.eval.scoring import sample_pixels, score_model
 from r1vflow.generation import build_engine
-from r1vflow.models.devices import place
+from r1vflow.models.devices import load_placed
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import ImageBatch, image_texts, stack_images
-from r1vflow.models.io import load_model, save_model
+from r1vflow.models.io import save_model
 from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
@@ -124,7 +124,7 @@ def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.grpo
     sft_dir, dataset = start_model(ctx), ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = place(load_model(sft_dir, "vlm")), load_tokenizer(sft_dir)
+    model, tokenizer = load_placed(sft_dir), load_tokenizer(sft_dir)
     trainable = set_trainable(model, set(cfg.trainable))
     trainable = apply_lora(model, cfg.lora) or trainable  # lora: adapters on the LLM
     train, val = load_split(dataset, "train"), load_split(dataset, "val")

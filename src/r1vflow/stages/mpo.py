@@ -31,17 +31,17 @@ from r1vflow.data.io import load_preferences, load_split, read_info
 from r1vflow.eval.grading import format_ok
 from r1vflow.eval.scoring import sample_pixels, score_model
 from r1vflow.generation import build_engine
+from r1vflow.models.devices import load_placed
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.generate import generate_completions
-from r1vflow.models.io import load_model, save_model
+from r1vflow.models.io import save_model
 from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import RewardScorer, load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.pref.data import PairRow, SamplingSettings, encode_items, sample_pairs, synthetic_pairs
-from r1vflow.pref.loss import BCODelta
 from r1vflow.pref.pairs import PairReport, check_rules
-from r1vflow.pref.train import MPOResult, reference_logprobs, train_mpo
+from r1vflow.pref.train import MPOResult, MPOSettings, reference_logprobs, train_mpo
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
 from r1vflow.storage.atomic import write_text
@@ -121,7 +121,7 @@ def run(ctx: StageContext) -> StageOutcome:
     exp, cfg = ctx.exp, ctx.exp.mpo
     start, dataset = start_model(ctx), ctx.input("dataset")
     info = read_info(dataset)
-    model, tokenizer = load_model(start, "vlm"), load_tokenizer(start)
+    model, tokenizer = load_placed(start), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
     trainable = apply_lora(model, cfg.lora) or trainable  # lora: adapters on the LLM
     train, val = load_split(dataset, "train"), load_split(dataset, "val")
@@ -140,18 +140,14 @@ def run(ctx: StageContext) -> StageOutcome:
     context = {"pairs": [row.__dict__ for row in rows], "refs": refs.tolist(),
                "by_rule": dict(report.by_rule), "dropped": dict(report.dropped)}
 
-    def on_step(step: int, values: dict, engine) -> None:
+    def on_step(step: int, values: dict) -> None:
         ctx.tracker.log_metrics({f"train/{k}": v for k, v in values.items()}, step=step)
 
     result = train_mpo(
-        model, items, refs, pad_id=tokenizer.pad_token_id, epochs=cfg.epochs,
-        batch_size=cfg.batch_size, lr=cfg.lr, beta=cfg.beta, w_dpo=cfg.w_dpo, w_bco=cfg.w_bco,
-        w_nll=cfg.w_nll, delta=BCODelta(cfg.bco_delta_window, cfg.bco_delta_decay),
-        weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio, backend=cfg.backend,
-        zero_stage=cfg.zero_stage, seed=cfg.seed,
+        model, items, refs, MPOSettings.from_section(cfg), pad_id=tokenizer.pad_token_id,
         probe=make_probe(ctx, model, tokenizer, train, rm) if cfg.probe_every else None,
-        probe_every=cfg.probe_every or 0, monitor=RewardMonitor.from_config(cfg.monitor),
-        on_step=on_step, progress=True, checkpoint=ck.phase("train", context=context))
+        monitor=RewardMonitor.from_config(cfg.monitor), on_step=on_step,
+        checkpoint=ck.phase("train", context=context))
     scored, _ = score_model(model, tokenizer, val[: cfg.val_limit], dataset, exp.data.image_size,
                             max_new_tokens=cfg.val_max_new_tokens, batch_size=cfg.val_batch_size)
     flags = {**monitor_flags(start), **{f"mpo/{k}": v for k, v in result.flags.items()}}

@@ -41,10 +41,10 @@ from typing import Any
 from r1vflow.data.io import load_image, load_preferences, load_split, read_info
 from r1vflow.data.schema import Sample
 from r1vflow.eval.scoring import score_model
-from r1vflow.models.devices import place
+from r1vflow.models.devices import load_placed
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
-from r1vflow.models.io import load_model, save_model
+from r1vflow.models.io import save_model
 from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import load_reward_scorer
 from r1vflow.models.tokenizer import load_tokenizer
@@ -59,7 +59,7 @@ from r1vflow.train.iterative import (
     scan_subset,
     select_iteration,
 )
-from r1vflow.train.sft import eval_loss, train_sft
+from r1vflow.train.sft import SFTSettings, eval_loss, train_sft
 
 SCORE_BATCH = 64
 
@@ -262,10 +262,7 @@ class IterativeSFT:
 
         return train_sft(self.model, self.tokenizer,
                          [(p.question, p.response, self.data.pixels[p.image]) for p in items],
-                         epochs=epochs, batch_size=cfg.batch_size, lr=lr,
-                         weight_decay=cfg.weight_decay, warmup_ratio=cfg.warmup_ratio,
-                         max_length=cfg.max_length, seed=cfg.seed, on_step=on_step,
-                         progress=True, backend=cfg.backend, zero_stage=cfg.zero_stage,
+                         SFTSettings.from_section(cfg, lr=lr, epochs=epochs), on_step=on_step,
                          checkpoint=checkpoint)
 
     def validate(self, tag: str) -> dict[str, float]:
@@ -324,7 +321,7 @@ def _load_start(ctx: StageContext, start: Path) -> tuple[Any, Any, dict[str, int
     # boundary's full state dict into the model instead, so it loads whole)
     zero3 = None if ck.resumed and ck.resumed.boundary else zero3_load_config(
         cfg.backend, cfg.zero_stage, cfg.lr, cfg.weight_decay)
-    model, tokenizer = place(load_model(start, "vlm", zero3=zero3)), load_tokenizer(start)
+    model, tokenizer = load_placed(start, zero3=zero3), load_tokenizer(start)
     trainable = set_trainable(model, set(cfg.trainable))
     trainable = apply_lora(model, cfg.lora) or trainable  # lora: adapters on the LLM
     return model, tokenizer, trainable

@@ -30,10 +30,9 @@ import torch
 
 from r1vflow.data.io import load_image, load_preferences, read_info
 from r1vflow.data.schema import PreferencePair
-from r1vflow.models.devices import place
+from r1vflow.models.devices import load_placed
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.images import stack_images
-from r1vflow.models.io import load_model
 from r1vflow.models.lora import apply_lora
 from r1vflow.models.reward import (
     RewardModel,
@@ -45,7 +44,12 @@ from r1vflow.models.tokenizer import load_tokenizer
 from r1vflow.models.vlm import set_trainable
 from r1vflow.stages.common import StageContext, StageOutcome, parent_version
 from r1vflow.train.engine import zero3_load_config
-from r1vflow.train.reward import fit_calibration, pairwise_metrics, train_reward
+from r1vflow.train.reward import (
+    RewardSettings,
+    fit_calibration,
+    pairwise_metrics,
+    train_reward,
+)
 
 SCORE_BATCH = 64
 
@@ -63,7 +67,7 @@ def run(ctx: StageContext) -> StageOutcome:
                          "synthesize_data.num_preference_pairs or num_val")
     torch.manual_seed(cfg.seed)  # the value head's initialisation
     zero3 = zero3_load_config(cfg.backend, cfg.zero_stage, cfg.lr, cfg.weight_decay)
-    model = RewardModel(place(load_model(base_dir, "vlm", zero3=zero3)), cfg.likelihood_term)
+    model = RewardModel(load_placed(base_dir, zero3=zero3), cfg.likelihood_term)
     tokenizer = load_tokenizer(base_dir)
     trainable = set_trainable(model.vlm, set(cfg.trainable))
     trainable = apply_lora(model.vlm, cfg.lora) or trainable  # lora: adapters on the LLM
@@ -74,10 +78,7 @@ def run(ctx: StageContext) -> StageOutcome:
 
     stats = train_reward(
         model, tokenizer, [(p.question, p.chosen, p.rejected, pixels[p.image]) for p in train],
-        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-        warmup_ratio=cfg.warmup_ratio, max_length=cfg.max_length, seed=cfg.seed,
-        on_step=on_step, progress=True, backend=cfg.backend, zero_stage=cfg.zero_stage,
-        nll_weight=cfg.nll_weight, cross_prompt=cfg.cross_prompt,
+        RewardSettings.from_section(cfg), on_step=on_step,
         checkpoint=ctx.checkpointer().phase("train"))
     chosen, rejected = _score_pairs(model, tokenizer, val, pixels, cfg.max_length)
     metrics = pairwise_metrics(chosen, rejected)

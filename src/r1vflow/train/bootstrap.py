@@ -8,20 +8,53 @@ stages (projector alignment, SFT, GRPO) start from parts that already know somet
   from the mean-pooled last-layer patch features (the same features the projector reads)
   through a linear head, which is then discarded;
 - LLM: causal language modelling on text-only documents about the same scenes.
+
+Both run in r1vflow.train.loop's loop with batches drawn with replacement
+(`PretrainSettings.steps` of them, from a generator seeded with `seed`); this module holds
+their loss steps and the settings built from the `bootstrap` config section.
+
+    pretrain_vision(vision, images, targets, vision_settings(exp.bootstrap, seed))
+    pretrain_llm(llm, tokenizer, texts, llm_settings(exp.bootstrap, seed))
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from r1vflow.models.processing import IGNORE_INDEX
-from r1vflow.train.engine import TrainEngine, training_progress
-from r1vflow.train.sft import StepCallback
+from r1vflow.train.loop import LoopSettings, StepCallback, StepOutput, Trainer, run_loop
+
+
+@dataclass(frozen=True, kw_only=True)
+class PretrainSettings(LoopSettings):
+    """The loop's settings for pretraining: `steps` batches drawn with replacement (required),
+    and the token budget of an LLM document."""
+
+    steps: int
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05
+    max_length: int = 160
+
+
+def vision_settings(cfg: Any, seed: int, progress: bool = True) -> PretrainSettings:
+    """The vision pretraining's settings from a `bootstrap` config section."""
+    return PretrainSettings(steps=cfg.vision_steps, lr=cfg.vision_lr,
+                            batch_size=cfg.vision_batch_size, seed=seed, progress=progress)
+
+
+def llm_settings(cfg: Any, seed: int, steps: int | None = None,
+                 progress: bool = True) -> PretrainSettings:
+    """The LLM pretraining's settings from a `bootstrap` config section (`steps`: another
+    number of steps than `llm_steps`, e.g. the substitute LLM's)."""
+    return PretrainSettings(steps=cfg.llm_steps if steps is None else steps, lr=cfg.lr,
+                            batch_size=cfg.batch_size, max_length=cfg.max_length, seed=seed,
+                            progress=progress)
 
 
 class _AttributeProbe(torch.nn.Module):
@@ -44,59 +77,41 @@ def standardize(targets: torch.Tensor) -> torch.Tensor:
     return (targets - mean) / std
 
 
-def _summary(losses: list[float], start: float, tokens: int | None = None) -> dict[str, float]:
-    seconds = time.perf_counter() - start
-    stats = {
-        "loss": sum(losses[-10:]) / len(losses[-10:]),
-        "first_loss": losses[0],
-        "steps": float(len(losses)),
-        "seconds": seconds,
-    }
-    if tokens is not None:
-        stats["tokens_per_s"] = tokens / seconds
-    return stats
+class _VisionTrainer(Trainer[int]):
+    name = "pretrain vision"
+    report_epoch = False
+
+    def __init__(self, images: torch.Tensor, goal: torch.Tensor) -> None:
+        super().__init__()
+        self.images, self.goal = images, goal
+
+    def loss(self, model: torch.nn.Module, batch: list[int]) -> StepOutput:
+        index = torch.tensor(batch)
+        return StepOutput(F.mse_loss(model(self.images[index]), self.goal[index]),
+                          weight=float(len(batch)))
 
 
 def pretrain_vision(
     vision: PreTrainedModel,
     images: torch.Tensor,
     targets: torch.Tensor,
-    steps: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.05,
-    progress: bool = True,
+    settings: PretrainSettings,
     on_step: StepCallback | None = None,
 ) -> dict[str, float]:
     """Train `vision` in place to predict standardized `targets` [n,D] from `images` [n,3,H,W].
 
-    MSE loss; random batches of `batch_size` for `steps` steps. Returns loss (mean of the last
-    10 steps), first_loss, steps, seconds. The linear head is dropped afterwards.
+    MSE loss; `settings.steps` random batches of `settings.batch_size`. Returns loss (mean of
+    the last 10 steps), first_loss, steps, seconds. The linear head is dropped afterwards.
     `on_step(step, {"loss", "lr", "grad_norm"})` runs after every step.
     """
     if images.shape[0] != targets.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} target rows")
-    torch.manual_seed(seed)
+    torch.manual_seed(settings.seed)
     probe = _AttributeProbe(vision, targets.shape[1])
-    goal = standardize(targets.float())
-    engine = TrainEngine(probe, lr, weight_decay, warmup_ratio, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    start = time.perf_counter()
-    with training_progress(progress) as bar:
-        task = bar.add_task("pretrain vision", total=steps, loss=float("nan"), tok_s=0.0)
-        for _ in range(steps):
-            index = torch.randint(0, images.shape[0], (batch_size,), generator=generator)
-            loss = F.mse_loss(engine.model(images[index]), goal[index])
-            stats = engine.step(loss)
-            losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(len(losses), {"loss": losses[-1], **stats})
-            bar.update(task, advance=1, loss=losses[-1])
+    trainer = _VisionTrainer(images, standardize(targets.float()))
+    result = run_loop(probe, range(images.shape[0]), settings, trainer, on_step=on_step)
     vision.eval()
-    return _summary(losses, start)
+    return result.summary
 
 
 def encode_texts(
@@ -118,44 +133,37 @@ def encode_texts(
     return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
 
 
+class _LMTrainer(Trainer[str]):
+    name = "pretrain llm"
+    report_epoch = False
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int) -> None:
+        super().__init__()
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def loss(self, model: torch.nn.Module, batch: list[str]) -> StepOutput:
+        inputs = encode_texts(self.tokenizer, batch, self.max_length)
+        return StepOutput(model(**inputs).loss, weight=float(len(batch)),
+                          tokens=int(inputs["attention_mask"].sum()))
+
+    def summary(self, seconds: float) -> dict[str, float]:
+        return {**super().summary(seconds), "tokens_per_s": self.state.tokens / seconds}
+
+
 def pretrain_llm(
     llm: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     texts: Sequence[str],
-    steps: int,
-    lr: float,
-    batch_size: int,
-    max_length: int,
-    seed: int,
-    weight_decay: float = 0.01,
-    warmup_ratio: float = 0.05,
-    progress: bool = True,
+    settings: PretrainSettings,
     on_step: StepCallback | None = None,
 ) -> dict[str, float]:
-    """Train `llm` in place with the causal LM loss on random batches of `texts`.
+    """Train `llm` in place with the causal LM loss on `settings.steps` random batches of
+    `texts`, each cut to `settings.max_length` tokens.
 
     Returns loss (mean of the last 10 steps), first_loss, steps, seconds, tokens_per_s.
     `on_step(step, {"loss", "lr", "grad_norm"})` runs after every step.
     """
     if not texts:
         raise ValueError("pretrain_llm got no texts")
-    engine = TrainEngine(llm, lr, weight_decay, warmup_ratio, total_steps=steps)
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    tokens, start = 0, time.perf_counter()
-    with training_progress(progress) as bar:
-        task = bar.add_task("pretrain llm", total=steps, loss=float("nan"), tok_s=0.0)
-        for _ in range(steps):
-            index = torch.randint(0, len(texts), (batch_size,), generator=generator).tolist()
-            batch = encode_texts(tokenizer, [texts[i] for i in index], max_length)
-            loss = engine.model(**batch).loss
-            stats = engine.step(loss)
-            losses.append(float(loss.detach()))
-            if on_step is not None:
-                on_step(len(losses), {"loss": losses[-1], **stats})
-            tokens += int(batch["attention_mask"].sum())
-            bar.update(
-                task, advance=1, loss=losses[-1], tok_s=tokens / (time.perf_counter() - start)
-            )
-    llm.eval()
-    return _summary(losses, start, tokens)
+    trainer = _LMTrainer(tokenizer, settings.max_length)
+    return run_loop(llm, texts, settings, trainer, on_step=on_step).summary

@@ -36,7 +36,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -416,23 +416,44 @@ class PhaseCheckpoint:
 # --------------------------------------------------------------------------- epoch loops
 
 
+class LoopStateLike(Protocol):
+    """A training loop's typed resume state (r1vflow.train.loop.TrainState and subclasses)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+    def load_dict(self, saved: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class EpochPosition:
+    """Where a loop over shuffled epochs is: `batch` batches of `epoch` done, the shuffling
+    generator's state before that epoch's permutation (None: a fresh start)."""
+
+    epoch: int = 0
+    batch: int = 0
+    generator: torch.Tensor | None = None
+
+
 def restore_epoch_position(checkpoint: PhaseCheckpoint | None, engine,
-                           generator: torch.Generator) -> tuple[int, int, dict[str, Any]]:
-    """For loops over shuffled epochs: (first epoch, batches of it already done, the rest of
-    the loop's state) after restoring `checkpoint`; (0, 0, {}) when starting fresh. The
-    shuffling `generator` is put back to where that epoch's permutation was drawn."""
+                           generator: torch.Generator, state: LoopStateLike) -> EpochPosition:
+    """For loops over shuffled epochs: restore `checkpoint` (engine, RNG states, the loop's
+    `state` in place) and return its position, the shuffling `generator` put back to where
+    that epoch's permutation was drawn; `EpochPosition()` when starting fresh."""
     restored = checkpoint.restore(engine) if checkpoint is not None else None
     if restored is None:
-        return 0, 0, {}
+        return EpochPosition()
     generator.set_state(restored["epoch_generator"])
-    return int(restored["epoch"]), int(restored["batch"]), restored
+    state.load_dict(restored["state"])
+    return EpochPosition(int(restored["epoch"]), int(restored["batch"]),
+                         restored["epoch_generator"])
 
 
-def save_epoch_position(checkpoint: PhaseCheckpoint | None, engine, step: int, total: int,
-                        epoch: int, batch: int, epoch_generator: torch.Tensor,
-                        **state: Any) -> None:
-    """After optimizer step `step` of `total` (batch `batch` of `epoch` done): let the policy
-    decide whether to save; `state` is the loop's own (losses, counters)."""
+def save_epoch_position(checkpoint: PhaseCheckpoint | None, engine, step: int, last: bool,
+                        position: EpochPosition, state: LoopStateLike) -> None:
+    """After optimizer step `step` (`last`: the loop's final one) at `position`: let the
+    policy decide whether to save (always at the last step) the engine, RNG, the position and
+    the loop's `state`."""
     if checkpoint is not None:
-        position = {"epoch": epoch, "batch": batch, "epoch_generator": epoch_generator, **state}
-        checkpoint.step(step, engine, lambda: position, last=step == total)
+        checkpoint.step(step, engine, lambda: {
+            "epoch": position.epoch, "batch": position.batch,
+            "epoch_generator": position.generator, "state": state.to_dict()}, last=last)

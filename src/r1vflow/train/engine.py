@@ -25,6 +25,7 @@ import torch
 from rich.progress import Progress
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from r1vflow.models.devices import model_device
 from r1vflow.models.distributed import (
     init_deepspeed_distributed,
     rank_device_backend,
@@ -79,8 +80,8 @@ def _ddp(model: torch.nn.Module) -> torch.nn.Module:
         dist.init_process_group(backend=rank_device_backend())
     if rank_world()[1] == 1:
         return model
-    param = next(model.parameters())
-    device_ids = [param.device] if param.device.type == "cuda" else None
+    device, _ = model_device(model)
+    device_ids = [device] if device.type == "cuda" else None
     return DDP(model, device_ids=device_ids, find_unused_parameters=True)
 
 

@@ -8,33 +8,49 @@ before the call with `set_trainable(model.vlm, parts)`; the value head always tr
 training, `fit_calibration` anchors the 0..5 scale on held-out pairs' scores.
 
     set_trainable(rm.vlm, {"projector", "llm"})
-    stats = train_reward(rm, tokenizer, pairs, epochs=2, batch_size=16, lr=1e-5, ...)
+    result = train_reward(rm, tokenizer, pairs, RewardSettings.from_section(exp.train_reward_model))
+
+The loop is r1vflow.train.loop's (shuffled epochs, batches split across ranks, resume); this
+module is the pairwise loss step.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
+from r1vflow.models.devices import place_batch
 from r1vflow.models.families import fixed_image_tokens
 from r1vflow.models.families.images import concat_images, image_texts, stack_images
 from r1vflow.models.reward import RewardModel, ScoreCalibration, encode_reward_batch
-from r1vflow.train.checkpoint import (
-    PhaseCheckpoint,
-    restore_epoch_position,
-    save_epoch_position,
+from r1vflow.train.checkpoint import PhaseCheckpoint
+from r1vflow.train.loop import (
+    LoopSettings,
+    StepCallback,
+    StepOutput,
+    Trainer,
+    TrainResult,
+    run_loop,
 )
-from r1vflow.train.engine import Backend, TrainEngine, training_progress
 
 PairItem = tuple[str, str, str, torch.Tensor]  # question, chosen, rejected, pixel_values [3,H,W]
-StepCallback = Callable[[int, dict[str, float]], None]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RewardSettings(LoopSettings):
+    """The loop's settings, the token budget of a sequence, and the loss's options:
+    `nll_weight` x the chosen responses' mean NLL added (0: none), `cross_prompt`: the
+    pairwise loss over all chosen x rejected combinations of a rank's share."""
+
+    max_length: int = 192
+    nll_weight: float = 0.0
+    cross_prompt: bool = False
 
 
 def pairwise_loss(
@@ -116,18 +132,16 @@ def _encode_pairs(
     return batch
 
 
-def _pair_loss(engine: TrainEngine, batch: dict[str, Any], n_pairs: int, nll_weight: float,
+def _pair_loss(model, batch: dict[str, Any], n_pairs: int, nll_weight: float,
                cross_prompt: bool) -> tuple[torch.Tensor, float]:
     """One batch of `_encode_pairs` (the n_pairs chosen rows, then the rejected ones): the
     pairwise loss (minus nll_weight x the chosen responses' mean log-likelihood) and the share
     of pairs ranked right."""
-    param = next(engine.module.parameters())
-    batch = {  # images move in RewardModel.forward (ImageBatch or tensor)
-        k: v.to(param.device) if k != "pixel_values" else v for k, v in batch.items()
-    }
+    pixels = batch.pop("pixel_values")  # images move in RewardModel.forward (ImageBatch or tensor)
+    batch = {**place_batch(batch, model), "pixel_values": pixels}
     # the log-probability only when the loss uses it: under DDP every output the loss
     # ignores would leave its parameters waiting for a gradient
-    out = engine.model(**batch, return_logprob=nll_weight > 0)
+    out = model(**batch, return_logprob=nll_weight > 0)
     rewards, logprob = out if nll_weight > 0 else (out, None)
     chosen, rejected = rewards[:n_pairs], rewards[n_pairs:]
     loss = pairwise_loss(chosen, rejected, cross_prompt)
@@ -136,79 +150,48 @@ def _pair_loss(engine: TrainEngine, batch: dict[str, Any], n_pairs: int, nll_wei
     return loss, float((chosen > rejected).float().mean())
 
 
+class _Reward(Trainer[PairItem]):
+    name = "reward"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, n_image: int | None,
+                 settings: RewardSettings) -> None:
+        super().__init__()
+        self.tokenizer, self.n_image, self.settings = tokenizer, n_image, settings
+
+    def loss(self, model: torch.nn.Module, batch: list[PairItem]) -> StepOutput:
+        s = self.settings
+        encoded = _encode_pairs(self.tokenizer, batch, self.n_image, s.max_length)
+        loss, accuracy = _pair_loss(model, encoded, len(batch), s.nll_weight, s.cross_prompt)
+        return StepOutput(loss, {"accuracy": accuracy}, weight=float(len(batch)))
+
+    def summary(self, seconds: float) -> dict[str, float]:
+        last = self.state.history[-10:]
+        return {"loss": statistics.fmean(h["loss"] for h in last),
+                "accuracy": statistics.fmean(h["accuracy"] for h in last),
+                "first_loss": self.state.history[0]["loss"],
+                "steps": float(len(self.state.history)), "seconds": seconds}
+
+
 def train_reward(
     model: RewardModel,
     tokenizer: PreTrainedTokenizerBase,
     pairs: Sequence[PairItem],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    warmup_ratio: float,
-    max_length: int,
-    seed: int,
+    settings: RewardSettings,
+    *,
     on_step: StepCallback | None = None,
-    progress: bool = True,
-    backend: Backend = "torch",
-    zero_stage: int = 0,
-    nll_weight: float = 0.0,
-    cross_prompt: bool = False,
     checkpoint: PhaseCheckpoint | None = None,
-) -> dict[str, float]:
-    """Train `model` in place on `pairs` with the pairwise loss, `batch_size` pairs per step
-    (over all chosen x rejected combinations of a batch with `cross_prompt`), plus
-    `nll_weight` x the chosen responses' mean negative log-likelihood (0: none).
+) -> TrainResult:
+    """Train `model` in place on `pairs` with the pairwise loss, `settings.batch_size` pairs per
+    step (the global batch: under torchrun each rank takes its share), plus the options of
+    `RewardSettings`.
 
-    Returns loss and accuracy (means over the last 10 steps), first_loss, steps, seconds.
-    `on_step(step, {"loss","accuracy","lr","grad_norm","epoch"})` after each optimizer step.
-    With `checkpoint` it resumes from and saves checkpoints (r1vflow.train.checkpoint).
+    The summary: loss and accuracy (means over the last 10 steps), first_loss, steps, seconds.
+    `on_step(step, {"loss","accuracy","lr","grad_norm","epoch"})` (means over the ranks) after
+    each optimizer step. With `checkpoint` it resumes from and saves checkpoints
+    (r1vflow.train.checkpoint). With `cross_prompt` over several ranks, the combinations are
+    those within each rank's share.
     """
     if not pairs:
         raise ValueError("train_reward got no pairs")
-    n_image = fixed_image_tokens(model.vlm)
-    steps_per_epoch = math.ceil(len(pairs) / batch_size)
-    engine = TrainEngine(
-        model,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio,
-        total_steps=epochs * steps_per_epoch,
-        backend=backend,
-        zero_stage=zero_stage,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
-    losses: list[float] = list(restored.get("losses", []))
-    accuracies: list[float] = list(restored.get("accuracies", []))
-    total = epochs * steps_per_epoch
-    with training_progress(progress) as bar:
-        task = bar.add_task("reward", total=total, completed=len(losses), loss=float("nan"),
-                            tok_s=0.0)
-        for epoch in range(first_epoch, epochs):
-            epoch_generator = generator.get_state()  # before this epoch's permutation
-            order = torch.randperm(len(pairs), generator=generator).tolist()
-            for index, begin in enumerate(range(0, len(order), batch_size)):
-                if epoch == first_epoch and index < skip:
-                    continue  # done before the restart
-                chunk = [pairs[i] for i in order[begin : begin + batch_size]]
-                batch = _encode_pairs(tokenizer, chunk, n_image, max_length)
-                loss, accuracy = _pair_loss(engine, batch, len(chunk), nll_weight, cross_prompt)
-                stats = engine.step(loss)
-                losses.append(float(loss.detach()))
-                accuracies.append(accuracy)
-                bar.update(task, advance=1, loss=losses[-1])
-                if on_step is not None:
-                    on_step(len(losses), {"loss": losses[-1], "accuracy": accuracy, **stats,
-                                          "epoch": float(epoch)})
-                save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
-                                    epoch_generator, losses=losses, accuracies=accuracies)
-    engine.release()
-    model.eval()
-    return {
-        "loss": statistics.fmean(losses[-10:]),
-        "accuracy": statistics.fmean(accuracies[-10:]),
-        "first_loss": losses[0],
-        "steps": float(len(losses)),
-        "seconds": time.perf_counter() - start,
-    }
+    trainer = _Reward(tokenizer, fixed_image_tokens(model.vlm), settings)
+    return run_loop(model, pairs, settings, trainer, on_step=on_step, checkpoint=checkpoint)

@@ -3,64 +3,55 @@
 Used by projector alignment (R1V stage 1: projector only), by iterative SFT (R1V stage 2) and
 by any stage that needs teacher forcing. The loss is the mean cross-entropy over the assistant
 response tokens and its closing `<|im_end|>`; prompt, image placeholders and padding carry
-label -100. Which parts train is decided before the call with `set_trainable`.
+label -100. Which parts train is decided before the call with `set_trainable`. The loop is
+r1vflow.train.loop's (shuffled epochs, batches split across ranks, resume); this module is
+the loss step.
 
     set_trainable(model, {"projector", "llm"})
-    stats = train_sft(model, tokenizer, items, epochs=3, batch_size=16, lr=1e-3, ...)
+    settings = SFTSettings.from_section(exp.sft)         # or SFTSettings(epochs=3, ...)
+    result = train_sft(model, tokenizer, items, settings)
+    result.summary["loss"]
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from r1vflow.models.distributed import rank_world
+from r1vflow.models.devices import place_batch
 from r1vflow.models.families import fixed_image_tokens
-from r1vflow.models.families.images import (
-    image_kwargs,
-    image_texts,
-    stack_images,
-    token_type_kwargs,
-)
+from r1vflow.models.families.images import image_texts, stack_images
 from r1vflow.models.processing import IGNORE_INDEX, encode_sft_batch
-from r1vflow.train.checkpoint import (
-    PhaseCheckpoint,
-    restore_epoch_position,
-    save_epoch_position,
+from r1vflow.train.checkpoint import PhaseCheckpoint
+from r1vflow.train.loop import (
+    LoopSettings,
+    StepCallback,
+    StepOutput,
+    Trainer,
+    TrainResult,
+    run_loop,
 )
-from r1vflow.train.engine import Backend, TrainEngine, training_progress
+
+__all__ = ["SFTSettings", "SftItem", "StepCallback", "eval_loss", "train_sft"]
 
 SftItem = tuple[str, str, Any]  # question, response, pixel_values [3,H,W] or an ImageInput
-StepCallback = Callable[[int, dict[str, float]], None]
 
 
-def _batches(
-    items: Sequence[SftItem], batch_size: int, generator: torch.Generator | None
-) -> Iterator[list[SftItem]]:
-    order = (
-        torch.randperm(len(items), generator=generator).tolist()
-        if generator is not None
-        else list(range(len(items)))
-    )
-    for start in range(0, len(order), batch_size):
-        yield [items[i] for i in order[start : start + batch_size]]
+@dataclass(frozen=True, kw_only=True)
+class SFTSettings(LoopSettings):
+    """The loop's settings and the token budget of a training sequence."""
+
+    max_length: int = 192
 
 
-def _shard(chunk: list[SftItem]) -> list[SftItem]:
-    """This rank's share of a global batch under torch.distributed (all of it otherwise).
-
-    Every rank gets at least one item so that ZeRO's collective calls stay in step.
-    """
-    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
-        return chunk
-    rank, world = rank_world()
-    return chunk[rank::world] or chunk[:1]
+def _batches(items: Sequence[SftItem], batch_size: int) -> Iterator[list[SftItem]]:
+    for start in range(0, len(items), batch_size):
+        yield list(items[start:start + batch_size])
 
 
 def _encode(
@@ -74,89 +65,54 @@ def _encode(
     return batch
 
 
-def _to(batch: dict, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """The batch on the model's device; floating tensors (images) in its dtype."""
-    param = next(model.parameters())
-    images = image_kwargs(batch.pop("pixel_values"), param.device, param.dtype)
-    batch = {key: value.to(param.device) for key, value in batch.items()}
-    return {**batch, **images, **token_type_kwargs(model, batch["input_ids"])}
+class _SFT(Trainer[SftItem]):
+    name = "sft"
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, n_image: int | None,
+                 max_length: int) -> None:
+        super().__init__()
+        self.tokenizer, self.n_image, self.max_length = tokenizer, n_image, max_length
+
+    def loss(self, model: torch.nn.Module, batch: list[SftItem]) -> StepOutput:
+        """The model's own loss: the mean over the response tokens (the shifted labels that
+        are not -100), so the rank's share weighs its token count."""
+        inputs = place_batch(_encode(self.tokenizer, batch, self.n_image, self.max_length),
+                             model)
+        loss = model(**inputs).loss
+        targets = int((inputs["labels"][:, 1:] != IGNORE_INDEX).sum())
+        return StepOutput(loss, weight=float(targets),
+                          tokens=int(inputs["attention_mask"].sum()))
+
+    def summary(self, seconds: float) -> dict[str, float]:
+        tokens = self.state.tokens
+        return {**super().summary(seconds), "tokens": float(tokens),
+                "tokens_per_s": tokens / seconds}
 
 
 def train_sft(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     items: Sequence[SftItem],
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    warmup_ratio: float,
-    max_length: int,
-    seed: int,
+    settings: SFTSettings,
+    *,
     on_step: StepCallback | None = None,
-    progress: bool = True,
-    backend: Backend = "torch",
-    zero_stage: int = 0,
     checkpoint: PhaseCheckpoint | None = None,
-) -> dict[str, float]:
-    """Train `model` in place on `items` for `epochs` shuffled epochs (AdamW, warmup + cosine).
+) -> TrainResult:
+    """Train `model` in place on `items` for `settings.epochs` shuffled epochs (AdamW, warmup +
+    cosine; r1vflow.train.loop).
 
-    `batch_size` is the global batch: under torchrun each rank trains on its share of it.
-    Returns loss (mean of the last 10 steps, this rank), first_loss, steps, seconds, tokens
+    `settings.batch_size` is the global batch: under torchrun each rank trains on its share of
+    it. The summary: loss (mean of the last 10 steps), first_loss, steps, seconds, tokens
     (non-padding tokens this rank processed) and tokens_per_s. `on_step(step, metrics)` with
-    metrics {"loss","lr","grad_norm","epoch"} runs after every optimizer step (1-based step).
-    The model is left in eval mode (and, after ZeRO-3, with its full weights gathered back).
-    With `checkpoint` (r1vflow.train.checkpoint) the loop resumes from its newest checkpoint
-    (engine, RNG, shuffling generator, position in the epoch, losses) and saves as it says.
+    metrics {"loss","lr","grad_norm","epoch"} (means over the ranks) runs after every optimizer
+    step (1-based step). The model is left in eval mode (and, after ZeRO-3, with its full
+    weights gathered back). With `checkpoint` (r1vflow.train.checkpoint) the loop resumes from
+    its newest checkpoint and saves as it says.
     """
     if not items:
         raise ValueError("train_sft got no training items")
-    n_image = fixed_image_tokens(model)
-    steps_per_epoch = math.ceil(len(items) / batch_size)
-    engine = TrainEngine(
-        model,
-        lr=lr,
-        weight_decay=weight_decay,
-        warmup_ratio=warmup_ratio,
-        total_steps=epochs * steps_per_epoch,
-        backend=backend,
-        zero_stage=zero_stage,
-    )
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    tokens, start = 0, time.perf_counter()
-    first_epoch, skip, restored = restore_epoch_position(checkpoint, engine, generator)
-    losses, tokens = list(restored.get("losses", [])), int(restored.get("tokens", 0))
-    total = epochs * steps_per_epoch
-    with training_progress(progress) as bar:
-        task = bar.add_task("sft", total=total, completed=len(losses), loss=float("nan"),
-                            tok_s=0.0)
-        for epoch in range(first_epoch, epochs):
-            epoch_generator = generator.get_state()  # before this epoch's permutation
-            for index, chunk in enumerate(_batches(items, batch_size, generator)):
-                if epoch == first_epoch and index < skip:
-                    continue  # done before the restart
-                batch = _to(_encode(tokenizer, _shard(chunk), n_image, max_length), engine.module)
-                loss = engine.model(**batch).loss
-                stats = engine.step(loss)
-                losses.append(float(loss.detach()))
-                tokens += int(batch["attention_mask"].sum())
-                tok_s = tokens / (time.perf_counter() - start)
-                bar.update(task, advance=1, loss=losses[-1], tok_s=tok_s)
-                if on_step is not None:
-                    on_step(len(losses), {"loss": losses[-1], **stats, "epoch": float(epoch)})
-                save_epoch_position(checkpoint, engine, len(losses), total, epoch, index + 1,
-                                    epoch_generator, losses=losses, tokens=tokens)
-    engine.release().eval()
-    seconds = time.perf_counter() - start
-    return {
-        "loss": sum(losses[-10:]) / len(losses[-10:]),
-        "first_loss": losses[0],
-        "steps": float(len(losses)),
-        "seconds": seconds,
-        "tokens": float(tokens),
-        "tokens_per_s": tokens / seconds,
-    }
+    trainer = _SFT(tokenizer, fixed_image_tokens(model), settings.max_length)
+    return run_loop(model, items, settings, trainer, on_step=on_step, checkpoint=checkpoint)
 
 
 @torch.no_grad()
@@ -174,8 +130,8 @@ def eval_loss(
     model.eval()
     n_image = fixed_image_tokens(model)
     total, count = 0.0, 0
-    for chunk in _batches(items, batch_size, generator=None):
-        batch = _to(_encode(tokenizer, chunk, n_image, max_length), model)
+    for chunk in _batches(items, batch_size):
+        batch = place_batch(_encode(tokenizer, chunk, n_image, max_length), model)
         labels = batch.pop("labels")
         logits = model(**batch).logits[:, :-1].float()
         targets = labels[:, 1:]
