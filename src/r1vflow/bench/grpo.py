@@ -221,7 +221,9 @@ class BenchSettings:
     (clip range, KL, loss aggregation, std scaling, ...) and the SSB's are the config defaults
     (GRPOConfig, SSBConfig), as in the grpo stage."""
 
-    pretrain_steps: int = 1000
+    pretrain_steps: int = 600
+    hidden: int = 128  # the policy's width and depth: where the rollouts' cost starts to count
+    layers: int = 4
     tasks_per_family: int = 10  # small pool: the policy masters it, groups saturate
     heldout_per_family: int = 40
     steps: int = 40
@@ -244,8 +246,9 @@ class BenchSettings:
 
 
 FULL = BenchSettings()
-QUICK = BenchSettings(pretrain_steps=60, tasks_per_family=4, heldout_per_family=6, steps=4,
-                      prompts_per_step=4, group_size=4, max_new_tokens=24, rounds=1)
+QUICK = BenchSettings(pretrain_steps=60, hidden=64, layers=2, tasks_per_family=4,
+                      heldout_per_family=6, steps=4, prompts_per_step=4, group_size=4,
+                      max_new_tokens=24, rounds=1)
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -270,7 +273,8 @@ def run_bench(out_json: Path, quick: bool = False) -> dict:
 
     cfg = QUICK if quick else FULL
     torch.set_num_threads(cfg.threads)
-    tokenizer, base, pretrain_s = build_text_policy(cfg.seed, cfg.pretrain_steps)
+    tokenizer, base, pretrain_s = build_text_policy(cfg.seed, cfg.pretrain_steps, cfg.hidden,
+                                                    cfg.layers)
     tasks = text_tasks(cfg.tasks_per_family, cfg.seed + 101)
     heldout = text_tasks(cfg.heldout_per_family, cfg.seed + 202)
     grpo = cfg.grpo()
