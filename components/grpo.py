@@ -1,6 +1,6 @@
 """grpo: R1V2 GRPO on the latest model before it (MPO, else SFT, else base) (hybrid rewards, Selective Sample Buffer, reward monitor);
 the reward model, when the DAG trains one, adds its score to the reward (and to the monitor).
-Outputs the trained model and the periodic checkpoints (`grpo.checkpoint_every`)."""
+Outputs the trained model and the index of its periodic checkpoints (`grpo.checkpoint_every`)."""
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset, Input, Markdown, Metrics, Model, Output

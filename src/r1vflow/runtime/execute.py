@@ -86,7 +86,7 @@ def _log_dataset_input(ctx: StageContext) -> None:
 
 def _copy_with_pointers(work: Path, real: Path, published: dict[Path, dict]) -> None:
     """Copy `work` into the KFP artifact `real`, with a pointer file in place of every
-    directory that was published (a model, sft's iterations, grpo's checkpoints): the bytes
+    directory that was published (a model, sft's iterations): the bytes
     stay in the object store."""
     pointer = published.get(work.resolve())
     if pointer is not None:
