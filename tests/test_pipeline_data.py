@@ -74,9 +74,12 @@ def test_run_with_a_missing_data_path_is_one_error_line_and_runs_nothing(tmp_pat
 
 
 @pytest.mark.slow
-def test_whole_dag_runs_on_a_users_jsonl(tmp_path):
+def test_whole_dag_runs_on_a_users_jsonl(tmp_path, smoke_dag):
+    """Into a dir holding the session smoke run's KFP cache (conftest.smoke_dag): bootstrap,
+    whose config slice the data source is no part of, is served from it; every stage from
+    synthesize_data on runs on the user's rows."""
     data = write_user_data(tmp_path / "user", 160)
-    out = tmp_path / "run"
+    out = smoke_dag.cache_into(tmp_path / "run")
     result = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out),
                   "--set", "data.source.kind=files", "--set", f"data.source.path={data}",
                   "--set", "data.source.val_fraction=0.2", "--set",
@@ -86,6 +89,7 @@ def test_whole_dag_runs_on_a_users_jsonl(tmp_path):
     assert {s: e["status"] for s, e in summary["stages"].items()} == dict.fromkeys(
         ["bootstrap", "synthesize_data", "align_projector", "train_reward_model", "sft", "grpo",
          "evaluate"], "succeeded")
+    assert [s for s, e in summary["stages"].items() if e["cached"]] == ["bootstrap"]
     data_metrics = summary["stages"]["synthesize_data"]["metrics"]
     assert data_metrics["rows_read"] == 161 and data_metrics["rows_skipped"] == 1
     splits = data_metrics["num_train"], data_metrics["num_val"], data_metrics["num_test"]

@@ -36,14 +36,12 @@ def _run(*args, cwd=None):
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("smoke")
-    first = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out))
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    # Later runs into `out` (cached, changed, failed) rewrite its reports/ and summary.json; the
-    # browser test checks the first run's pages against the first run's summary.
-    shutil.copytree(out / "reports", _first_reports(out))
+def smoke_run(smoke_dag):
+    """The session's smoke run (conftest.smoke_dag), then the same command again into its
+    output dir. Later runs into `out` (cached, changed, failed) rewrite its reports/ and
+    summary.json; the browser test checks the first run's pages (smoke_dag.first) against the
+    first run's summary."""
+    out, summary = smoke_dag.out, smoke_dag.summary
     second = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(out))
     assert second.returncode == 0, second.stderr[-3000:]
     again = json.loads((out / "summary.json").read_text())
@@ -56,10 +54,6 @@ def smoke_run(tmp_path_factory):
 
 def _second(out: Path) -> Path:
     return out.parent / f"{out.name}-cached-rerun"
-
-
-def _first_reports(out: Path) -> Path:
-    return out.parent / f"{out.name}-first-reports"
 
 
 def _cached(summary: dict) -> dict[str, bool]:
@@ -269,7 +263,8 @@ def test_smoke_scores_its_published_layout_benchmark(smoke_run):
     assert metrics["bench/mathvista/accuracy/grpo"] == sum(r["correct"] for r in rows) / 4
 
 
-def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, tmp_path):
+def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, smoke_dag,
+                                                                  tmp_path):
     """Each stage's page and the summary page, in a real browser: a screenshot, every image
     decoded (naturalWidth > 0), and every number on the page equal to summary.json's."""
     from browser import browser, images_loaded, page_metrics
@@ -278,7 +273,7 @@ def test_smoke_reports_open_in_headless_chromium_with_every_image(smoke_run, tmp
 
     out, summary, _ = smoke_run
     assert summary["report"] == str(out / "reports" / "summary.html")
-    reports = _first_reports(out)  # the first run's pages, as that run wrote them
+    reports = smoke_dag.first / "reports"  # the first run's pages, as that run wrote them
     pages = {stage: reports / Path(entry["report"]).name
              for stage, entry in summary["stages"].items()}
     assert set(pages) == set(summary["stages"])

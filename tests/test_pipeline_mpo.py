@@ -47,9 +47,16 @@ def test_distill_sft_mpo_grpo_chain(tmp_path):
     assert {"accuracy/mpo", "accuracy/grpo", "hallucination_rate/mpo"} <= set(evaluated)
 
 
-def test_r1v2_shape_without_sft(tmp_path):
-    summary = _run(tmp_path / "r1v2", "sft=null", "align_projector=null", MPO)
+def test_r1v2_shape_without_sft(tmp_path, smoke_dag):
+    """Into a dir holding the session smoke run's KFP cache (conftest.smoke_dag): bootstrap,
+    synthesize_data and train_reward_model (same config slices) are served from it."""
+    summary = _run(smoke_dag.cache_into(tmp_path / "r1v2"), "sft=null", "align_projector=null",
+                   MPO)
     stages = summary["stages"]
     assert "sft" not in stages
+    assert all(e["status"] == "succeeded" for e in stages.values()), stages
+    assert {s: e["cached"] for s, e in stages.items()} == {
+        "bootstrap": True, "synthesize_data": True, "train_reward_model": True, "mpo": False,
+        "grpo": False, "evaluate": False}
     assert _meta(summary, "mpo")["parent"] == stages["bootstrap"]["model_version"]
     assert _meta(summary, "grpo")["parent"] == stages["mpo"]["model_version"]

@@ -18,20 +18,22 @@ def _run(*args):
                           env=clean_env())
 
 
-def test_smoke_run_prints_a_line_per_stage_and_logs_each_task(tmp_path):
-    result = _run("run", str(PRESETS / "smoke.yaml"), "--output-dir", str(tmp_path))
-    printed = result.stdout + result.stderr
-    assert result.returncode == 0, printed[-3000:]
+def test_smoke_run_prints_a_line_per_stage_and_logs_each_task(smoke_dag):
+    """The session's `r1vflow run pipelines/configs/smoke.yaml --output-dir OUT`
+    (conftest.smoke_dag: exit 0 checked there), its output and logs/ as it left them."""
+    printed, first = smoke_dag.stdout + smoke_dag.stderr, smoke_dag.first
     lines = printed.splitlines()
     assert len(lines) < 40, printed
     assert "Streamed logs" not in printed and '"model"' not in printed  # no executor stream
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((first / "summary.json").read_text())
+    assert list(summary["stages"]) == ["bootstrap", "synthesize_data", "align_projector",
+                                       "train_reward_model", "sft", "grpo", "evaluate"]
     for stage in summary["stages"]:
-        log = tmp_path / "logs" / f"{stage}.log"
+        log = first / "logs" / f"{stage}.log"
         assert log.is_file() and log.stat().st_size > 0, stage
         assert any(line.split()[1:3] == [stage, "succeeded"] for line in lines), (stage, printed)
     # the executor's stream, with the stage's own result (printed by it alone), is in its log
-    logs = {stage: (tmp_path / "logs" / f"{stage}.log").read_text() for stage in summary["stages"]}
+    logs = {stage: (first / "logs" / f"{stage}.log").read_text() for stage in summary["stages"]}
     assert "Executing task" in logs["bootstrap"]
     assert '"stage":"bootstrap"' in logs["bootstrap"]
     assert not any('"stage":"bootstrap"' in text for stage, text in logs.items()

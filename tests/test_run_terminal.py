@@ -4,6 +4,7 @@ read from the progress line every training step writes to the task's log."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -46,9 +47,15 @@ def _run_in_pty(args: list[str], timeout: float = 900) -> tuple[bytes, float | N
     return bytes(out), first, proc.wait(timeout=60)
 
 
-def test_a_terminal_sees_the_header_at_once_and_progress_inside_sft_and_grpo(tmp_path):
+def test_a_terminal_sees_the_header_at_once_and_progress_inside_sft_and_grpo(smoke_dag,
+                                                                             tmp_path):
+    """The smoke DAG with a changed sft.lr into a dir holding the session smoke run's KFP cache
+    (conftest.smoke_dag): the stages before sft are served from it; sft, grpo and evaluate
+    run."""
+    run_dir = smoke_dag.cache_into(tmp_path / "run")
     out, first, code = _run_in_pty([sys.executable, "-m", "r1vflow.cli", "run",
-                                    str(PRESETS / "smoke.yaml"), "--output-dir", str(tmp_path)])
+                                    str(PRESETS / "smoke.yaml"), "--output-dir", str(run_dir),
+                                    "--set", "sft.lr=2e-3"])
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))
     assert code == 0, text[-3000:]
     header = text.index("running smoke")
@@ -59,6 +66,10 @@ def test_a_terminal_sees_the_header_at_once_and_progress_inside_sft_and_grpo(tmp
                            rf"ETA", text)
         assert shown, f"no progress of {stage} on the terminal:\n{text[-3000:]}"
         assert int(shown[-1][0]) <= int(shown[-1][1])
-        log = (tmp_path / "logs" / f"{stage}.log").read_text()
+        log = (run_dir / "logs" / f"{stage}.log").read_text()
         steps = re.findall(rf"\[progress\] {stage} (\d+)/(\d+) ", log)
         assert steps and steps[-1][0] == steps[-1][1], stage  # every step, to the last
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert {s: e["cached"] for s, e in summary["stages"].items()} == {
+        "bootstrap": True, "synthesize_data": True, "align_projector": True,
+        "train_reward_model": True, "sft": False, "grpo": False, "evaluate": False}
