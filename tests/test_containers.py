@@ -162,9 +162,12 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def docker_smoke(built_images, tmp_path_factory):
+    """The smoke DAG with every task in its image, shrunk by MICRO (fewer steps and samples:
+    what is checked here is where each task ran and what it left, not what it learned)."""
     out = tmp_path_factory.mktemp("docker-smoke")
+    overrides = [a for o in MICRO for a in ("--set", o)]
     result = _run("run", str(PRESETS / "smoke.yaml"), "--runner", "docker", "--output-dir",
-                  str(out))
+                  str(out), *overrides)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return out, json.loads((out / "summary.json").read_text())
 
