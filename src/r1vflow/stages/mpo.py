@@ -44,7 +44,6 @@ from r1vflow.pref.pairs import PairReport, check_rules
 from r1vflow.pref.train import MPOResult, MPOSettings, reference_logprobs, train_mpo
 from r1vflow.rl.monitor import RewardMonitor
 from r1vflow.stages.common import StageContext, StageOutcome, monitor_flags, parent_version
-from r1vflow.storage.atomic import write_text
 
 START_INPUTS = ("sft_model", "aligned_model", "base_model")  # the first one given is the start
 
@@ -154,7 +153,8 @@ def run(ctx: StageContext) -> StageOutcome:
     out = save_model(model, tokenizer, ctx.outputs["model"],
                      {**meta, "extra": {"monitor_flags": flags}})
     _write_pairs(ctx, rows)
-    _write_checkpoint_index(ctx, ck)
+    if "checkpoints" in ctx.outputs:  # the index grpo writes too (Checkpointer.write_index)
+        ck.write_index(ctx.outputs["checkpoints"])
     version = ctx.register(out, parent=parent_version(start), dataset_digest=info.digest)
     metrics = {**result.summary, **report.metrics(), "val_accuracy": scored["accuracy"],
                "val_format_rate": scored["format_rate"], "train_pairs": float(len(items)),
@@ -174,19 +174,6 @@ def _pairs_and_refs(ctx: StageContext, ck, model, tokenizer, train, rm):
     report = PairReport(Counter(saved["by_rule"]), Counter(saved["dropped"]))
     refs = torch.tensor(saved["refs"], dtype=torch.float32)
     return [PairRow(**row) for row in saved["pairs"]], report, refs
-
-
-def _write_checkpoint_index(ctx: StageContext, ck) -> None:
-    """checkpoints/index.json: the resumable checkpoints this stage's key holds (step
-    directories under `root`, and the object-store prefix they were uploaded to)."""
-    folder = ctx.outputs.get("checkpoints")
-    if folder is None:
-        return
-    steps = sorted(p.name for p in ck.root.glob("step-*") if (p / "checkpoint.json").is_file())
-    index = {"checkpoints": steps, "root": str(ck.root),
-             "store_prefix": ck.prefix if ck.store is not None else None,
-             "resumed_from_step": ck.resumed_from_step}
-    write_text(folder / "index.json", json.dumps(index, indent=2) + "\n")
 
 
 def _write_pairs(ctx: StageContext, rows: list[PairRow]) -> None:
