@@ -251,5 +251,5 @@ def test_validate_any_hostile_config_is_ok_or_one_error_line(field, hostile, pre
     if proc.returncode == 0:
         assert proc.stdout.startswith("ok: ")
     else:
-        errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-        assert len(errors) == 1 and proc.stderr.startswith("error:"), proc.stderr[-3000:]
+        assert proc.stderr.startswith("error:"), proc.stderr[-3000:]
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]

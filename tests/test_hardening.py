@@ -307,6 +307,18 @@ def test_hostile_yaml_is_one_error_line_exit_2(case, tmp_path):
     assert line.startswith(f"error: {path}") and says in line, line
 
 
+def test_invalid_fields_are_one_error_line(tmp_path):
+    """Every bad field of a file in the one `error:` line: no second line per field."""
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(smoke(sft={"lrr": 1e-3, "lr": -1})))
+    result = cli("validate", str(path))
+    assert result.returncode == 2 and result.stdout == "", result.stderr
+    assert result.stderr.endswith("\n") and result.stderr.count("\n") == 1, result.stderr
+    assert result.stderr.startswith(f"error: {path}: invalid experiment: ")
+    assert "sft.lrr: unknown key" in result.stderr
+    assert "sft.lr: Input should be greater than 0 (got -1)" in result.stderr
+
+
 def test_billion_laughs_fails_fast_in_bounded_memory(tmp_path):
     path = tmp_path / "lol.yaml"
     path.write_text(BILLION_LAUGHS)

@@ -142,8 +142,8 @@ def load_or_exit(config: Path, overrides: list[str] | None) -> Experiment:
 def check_data_or_exit(exp: Experiment, sign: bool = False) -> Experiment:
     """For a `files` data source: make its path absolute (tasks may run elsewhere), fit the
     stages to the columns the files have (r1vflow.data.needs.adapt: one `note:` line per
-    change), check that they have the columns the enabled stages need (one error line each,
-    exit 2), and with `sign` record the files' signature (a changed file is then a new cache
+    change), check that they have the columns the enabled stages need (every problem in one error
+    line, exit 2), and with `sign` record the files' signature (a changed file is then a new cache
     key)."""
     source = exp.data.source
     if source.kind != "files":
@@ -159,8 +159,6 @@ def check_data_or_exit(exp: Experiment, sign: bool = False) -> Experiment:
             source.files_signature = files_signature(exp)
     except (OSError, ValueError) as err:
         found = [str(err)]
-    for line in found:
-        error(line)
-    if found:
-        raise typer.Exit(2)
+    if found:  # every problem in the one error line
+        raise fail("; ".join(found))
     return exp

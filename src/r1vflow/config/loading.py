@@ -18,7 +18,8 @@ from r1vflow.config.yaml_safe import YamlRefused, load_yaml_file, load_yaml_text
 
 
 class ConfigError(ValueError):
-    """An experiment file or override is invalid; the message names every bad field path."""
+    """An experiment file or override is invalid; the message (one line) names every bad field
+    path."""
 
 
 def _shown_input(value: Any) -> str:
@@ -33,6 +34,8 @@ def _shown_input(value: Any) -> str:
 
 
 def format_validation_error(err: ValidationError) -> str:
+    """One line: ``invalid experiment: <path>: <why>; <path>: <why>`` (every bad field, in
+    pydantic's order; the CLI prints it as its one ``error:`` line)."""
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "<root>"
@@ -41,8 +44,8 @@ def format_validation_error(err: ValidationError) -> str:
             msg = "unknown key (check the spelling; `r1vflow schema` lists every field)"
         elif e["type"] not in ("literal_error", "missing") and "input" in e:
             msg += _shown_input(e["input"])
-        lines.append(f"  {path}: {msg}")
-    return "invalid experiment:\n" + "\n".join(lines)
+        lines.append(f"{path}: {' '.join(msg.split())}")
+    return "invalid experiment: " + "; ".join(lines)
 
 
 _EXPONENT_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)[eE][+-]?\d+$")
