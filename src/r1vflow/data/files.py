@@ -1,5 +1,7 @@
 """The one path policy for every file a data set names (image paths, Parquet image structs,
-data files in a folder, contamination references).
+data files in a folder, contamination references); benchmarks (r1vflow.eval.benchmarks.common)
+and GitOps experiment files (r1vflow.gitops.plan) apply the same place and kind checks
+(r1vflow.config.paths: `lies_inside`, `open_regular`) to the files they read.
 
 - Place: a path resolves (symlinks followed, ``..`` applied) inside the data set's declared
   root: the folder of `data.source.path` (the path itself when it is a folder). Absolute paths,
@@ -23,11 +25,11 @@ Every failure is a `RowError`: one bad row, reported with its ``file:row`` and h
 from __future__ import annotations
 
 import os
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from r1vflow.config.data_source import MAX_IMAGE_BYTES, MAX_PIXELS_PER_ROW
+from r1vflow.config.paths import lies_inside, open_regular
 from r1vflow.data.rows import RowError
 
 ALLOW_HINT = "set data.source.allow_absolute_paths: true to read files anywhere"
@@ -54,7 +56,7 @@ class FilePolicy:
 
     def inside(self, path: Path) -> bool:
         """Whether `path` (symlinks followed) lies inside the root."""
-        return self.root is not None and Path(os.path.realpath(path)).is_relative_to(self.root)
+        return self.root is not None and lies_inside(path, self.root)
 
     def place(self, path: Path) -> Path:
         """The real path of `path`, or RowError when the policy puts it out of reach."""
@@ -93,18 +95,8 @@ class FilePolicy:
 
 def read_regular(path: Path, max_bytes: int, what: str) -> bytes:
     """Read a regular file of at most `max_bytes` bytes; anything else is a RowError."""
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise RowError(f"{what}: not a regular file")
-        if info.st_size > max_bytes:
-            raise RowError(f"{what}: {info.st_size:,} bytes, over the budget of {max_bytes:,} "
-                           "(data.source.max_image_bytes)")
-        with os.fdopen(os.dup(fd), "rb") as handle:
-            data = handle.read(max_bytes + 1)
-    finally:
-        os.close(fd)
+    with open_regular(path, max_bytes, what, RowError, "data.source.max_image_bytes") as handle:
+        data = handle.read(max_bytes + 1)
     if len(data) > max_bytes:  # grew after the stat
         raise RowError(f"{what}: over the budget of {max_bytes:,} bytes "
                        "(data.source.max_image_bytes)")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from r1vflow.config import ConfigError, Experiment, load_experiment
+from r1vflow.config.paths import lies_inside
 from r1vflow.gitops.state import Observed, stamp
 
 Action = Literal["run", "skip", "invalid"]
@@ -82,10 +83,10 @@ def outside_error(path: Path, repo: Path) -> str | None:
     if not path.is_symlink():
         return None
     try:
-        target = path.resolve(strict=True)
+        path.resolve(strict=True)
     except (OSError, RuntimeError):  # dangling or a loop
         return "a symlink that leads nowhere: refused"
-    if not target.is_relative_to(repo):
+    if not lies_inside(path, repo):
         return "a symlink to a file outside the repository: refused, not read"
     return None
 

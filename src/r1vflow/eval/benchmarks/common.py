@@ -9,19 +9,22 @@ with `PIL.Image.open(io.BytesIO(b))`), the gold answer and the fields its scorer
 from __future__ import annotations
 
 import ast
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 __all__ = [
     "BenchmarkDataError",
     "Item",
+    "MAX_PIXELS_PER_ITEM",
     "Verdict",
     "answer_phrase",
     "answer_section",
     "answer_span",
+    "checked_files",
     "final_text",
     "math_answer",
     "math_verify_equal",
@@ -211,18 +214,51 @@ def image_bytes(value: Any) -> bytes | None:
     return None
 
 
+# Bounds no published benchmark comes near (the largest, MathVista's test split, is one 0.8 GB
+# parquet file; MATH-500's lines are a few KB), so a wrong or hostile path cannot exhaust the
+# machine: per file, per JSON line, and decoded pixels per item.
+MAX_FILE_BYTES = 16 << 30
+MAX_LINE_BYTES = 16 << 20
+MAX_PIXELS_PER_ITEM = 100_000_000
+
+
+def checked_files(root: Path, files: list[Path]) -> list[Path]:
+    """The files a benchmark at `root` reads, each checked by the data sets' path policy
+    (r1vflow.data.files): inside `root` once symlinks are followed (a symlink out of the folder
+    is refused without naming its target) and a regular file (not a FIFO, device or folder)."""
+    from r1vflow.config.paths import lies_inside
+
+    for file in files:
+        if not lies_inside(file, root):
+            raise BenchmarkDataError(f"{file}: a symlink out of the benchmark folder {root}: "
+                                     "refused, not read")
+        if not file.is_file():
+            raise BenchmarkDataError(f"{file}: not a regular file")
+    return files
+
+
+def open_checked(file: Path) -> BinaryIO:
+    """`file` opened if it is still a regular file within MAX_FILE_BYTES (no symlink swapped
+    in since `checked_files`)."""
+    from r1vflow.config.paths import open_regular
+
+    return open_regular(Path(os.path.realpath(file)), MAX_FILE_BYTES, str(file),
+                        BenchmarkDataError, "a benchmark file's size bound")
+
+
 def parquet_files(path: Path, *patterns: str, missing: str | None = None) -> list[Path]:
     """``path`` itself if it is a file, else the files under it matching any of ``patterns``
-    (sorted); ``missing`` is the error's text after the path when none matches."""
+    (sorted); ``missing`` is the error's text after the path when none matches. Every file is
+    checked by `checked_files`."""
     if not path.exists():
         raise BenchmarkDataError(f"{path}: no such file or directory")
-    if path.is_file():
-        return [path]
+    if not path.is_dir():  # the configured file itself: its own root
+        return checked_files(Path(os.path.realpath(path)).parent, [path])
     found = sorted({f for pattern in patterns for f in path.glob(pattern)})
     if not found:
         raise BenchmarkDataError(f"{path}: " + (missing or f"no file matches {patterns[0]!r} (is "
                                                 "this the published layout of the benchmark?)"))
-    return found
+    return checked_files(path, found)
 
 
 def iter_parquet_rows(files: list[Path], columns: list[str]) -> Iterator[tuple[Path, dict]]:
@@ -230,13 +266,18 @@ def iter_parquet_rows(files: list[Path], columns: list[str]) -> Iterator[tuple[P
     import pyarrow.parquet as pq
 
     for file in files:
-        table = pq.ParquetFile(file)
-        missing = [c for c in columns if c not in table.schema_arrow.names]
-        if missing:
-            raise BenchmarkDataError(f"{file}: missing column(s) {missing}; found "
-                                     f"{table.schema_arrow.names}")
-        for batch in table.iter_batches(batch_size=64):
-            yield from ((file, row) for row in batch.to_pylist())
+        with open_checked(file) as handle:
+            try:
+                table = pq.ParquetFile(handle)
+            except Exception as err:  # pyarrow's many errors on a file that is not parquet
+                raise BenchmarkDataError(f"{file}: not a readable parquet file "
+                                         f"({' '.join(str(err).split())[:200]})") from None
+            missing = [c for c in columns if c not in table.schema_arrow.names]
+            if missing:
+                raise BenchmarkDataError(f"{file}: missing column(s) {missing}; found "
+                                         f"{table.schema_arrow.names}")
+            for batch in table.iter_batches(batch_size=64):
+                yield from ((file, row) for row in batch.to_pylist())
 
 
 def iter_jsonl_rows(path: Path, name: str, columns: list[str]) -> Iterator[tuple[str, dict]]:
@@ -245,18 +286,30 @@ def iter_jsonl_rows(path: Path, name: str, columns: list[str]) -> Iterator[tuple
 
     if not path.exists():
         raise BenchmarkDataError(f"{path}: no such file or directory")
-    file = path if path.is_file() else path / name
-    if not file.is_file():
+    root, file = ((path, path / name) if path.is_dir()
+                  else (Path(os.path.realpath(path)).parent, path))
+    if not os.path.lexists(file):
         raise BenchmarkDataError(f"{path}: no {name} here (is this the published layout?)")
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+    checked_files(root, [file])
+    with open_checked(file) as handle:
+        number = 0
+        while raw := handle.readline(MAX_LINE_BYTES + 1):
+            number += 1
             where = f"{file}:{number}"
+            if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
+                raise BenchmarkDataError(f"{where}: a line over {MAX_LINE_BYTES:,} bytes")
+            if not raw.strip():
+                continue
             try:
-                row = json.loads(line)
+                row = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise BenchmarkDataError(f"{where}: not UTF-8 text") from None
             except json.JSONDecodeError as err:
                 raise BenchmarkDataError(f"{where}: not JSON ({err.msg})") from None
+            except RecursionError:
+                raise BenchmarkDataError(f"{where}: JSON nested too deep") from None
+            if not isinstance(row, dict):
+                raise BenchmarkDataError(f"{where}: not a JSON object")
             missing = [c for c in columns if c not in row]
             if missing:
                 raise BenchmarkDataError(f"{where}: missing field(s) {missing}")

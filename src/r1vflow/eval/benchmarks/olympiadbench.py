@@ -18,6 +18,7 @@ judge uses its own latex2sympy comparison: departure). Breakdowns by subset and 
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from r1vflow.eval.benchmarks.common import (
     BenchmarkDataError,
     Item,
     Verdict,
+    checked_files,
     image_bytes,
     iter_parquet_rows,
     math_answer,
@@ -49,12 +51,14 @@ def _subset_of(file: Path) -> str | None:
 def _files(path: Path, subsets: list[str] | None) -> list[tuple[str, Path]]:
     if not path.exists():
         raise BenchmarkDataError(f"{path}: no such file or directory")
-    candidates = [path] if path.is_file() else sorted(path.rglob("*.parquet"))
+    candidates = [path] if not path.is_dir() else sorted(path.rglob("*.parquet"))
     found = [(s, f) for f in candidates if (s := _subset_of(f)) and s.startswith("OE_")
              and (not subsets or s in subsets)]
     if not found:
         raise BenchmarkDataError(f"{path}: no OE_* subset parquet file here (folders named like "
                                  "OE_MM_maths_en_COMP); TP subsets are not scored")
+    root = path if path.is_dir() else Path(os.path.realpath(path)).parent
+    checked_files(root, [f for _, f in found])
     return found
 
 

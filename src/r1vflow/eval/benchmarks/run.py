@@ -20,6 +20,7 @@ import io
 import json
 import re
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from PIL import Image
 
 from r1vflow.data.io import atomic_write_bytes
 from r1vflow.eval.benchmarks import Benchmark, BenchmarkDataError, Item
+from r1vflow.eval.benchmarks.common import MAX_PIXELS_PER_ITEM
 from r1vflow.eval.benchmarks.score import score_predictions
 
 IMAGE_SLOT = "\x00image\x00"  # where an image goes in a Request's text (never in real text)
@@ -55,16 +57,36 @@ class Generated:
 
 
 def item_images(item: Item) -> list[Image.Image]:
-    """The item's images decoded to RGB, in the item's order."""
-    images = []
-    for number, data in enumerate(item.images, start=1):
-        try:
-            with Image.open(io.BytesIO(data)) as image:
+    """The item's images decoded to RGB, in the item's order. Every header is read and the
+    item's pixels summed against MAX_PIXELS_PER_ITEM before any image is decoded (a 17 KB PNG
+    can declare 12000x12000)."""
+    opened, total = [], 0
+    try:
+        for number, data in enumerate(item.images, start=1):
+            try:
+                with warnings.catch_warnings():  # PIL's bomb warning: the bound below decides
+                    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                    opened.append(Image.open(io.BytesIO(data)))
+            except (OSError, Image.DecompressionBombError) as err:
+                raise BenchmarkDataError(f"item {item.id}: image {number} does not decode "
+                                         f"({err})") from None
+            total += opened[-1].width * opened[-1].height
+            if total > MAX_PIXELS_PER_ITEM:
+                raise BenchmarkDataError(
+                    f"item {item.id}: image {number} is {opened[-1].width}x"
+                    f"{opened[-1].height}; the item's images reach {total:,} pixels, over the "
+                    f"bound of {MAX_PIXELS_PER_ITEM:,}")
+        images = []
+        for number, image in enumerate(opened, start=1):
+            try:
                 images.append(image.convert("RGB"))
-        except OSError as err:
-            raise BenchmarkDataError(f"item {item.id}: image {number} does not decode "
-                                     f"({err})") from None
-    return images
+            except (OSError, Image.DecompressionBombError) as err:
+                raise BenchmarkDataError(f"item {item.id}: image {number} does not decode "
+                                         f"({err})") from None
+        return images
+    finally:
+        for image in opened:
+            image.close()
 
 
 def request_of(item: Item) -> Request:
