@@ -86,9 +86,11 @@ def test_cluster_presets_score_the_six_benchmarks_from_the_hub(preset):
     assert benches["mmmu"].split == "validation" and benches["mathvista"].split == "testmini"
     assert all(b.path.startswith("hub:") and b.revision and b.samples == 5
                and b.temperature > 0 for b in benches.values())
-    # the placeholders are named before a run (no commit could be looked up for these three)
+    # the placeholder is named before a run (no commit of MathVision could be looked up)
     assert [m.split()[0] for m in missing_paths(exp.evaluate.benchmarks)] == [
-        "hub:AI4Math/MathVista", "hub:Hothan/OlympiadBench", "hub:MathLLMs/MathVision"]
+        "hub:MathLLMs/MathVision"]
+    assert benches["mathvista"].revision == "2b6ad69445fbb5695c9b165475e8decdbeb97747"
+    assert benches["olympiadbench"].revision == "91184b52131e7fc9455fef848035173aea8cc01a"
 
 
 def test_the_hub_token_reaches_import_and_a_hub_evaluate_only():
