@@ -119,6 +119,26 @@ def test_gitops_plan_refuses_links_out_of_the_repo_and_bad_files_and_plans_the_o
     assert table.exit_code == 0 and "[/x]: unknown key" in table.output, table.output
 
 
+def test_outside_error_tells_dangling_loops_and_links_out_from_links_inside(tmp_path):
+    from r1vflow.gitops.plan import outside_error
+
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    repo.mkdir()
+    outside.mkdir()
+    (repo / "kept.yaml").write_text("name: x\n")
+    (outside / "far.yaml").write_text("name: y\n")
+    links = {"inside": repo / "kept.yaml", "out": outside / "far.yaml",
+             "dangling": repo / "gone.yaml", "loop": repo / "loop.yaml"}
+    for name, target in links.items():
+        (repo / f"{name}.yaml").symlink_to(target)
+    said = {name: outside_error(repo / f"{name}.yaml", repo) for name in links}
+    assert said == {"inside": None,
+                    "out": "a symlink to a file outside the repository: refused, not read",
+                    "dangling": "a symlink that leads nowhere: refused",
+                    "loop": "a symlink that leads nowhere: refused"}
+    assert outside_error(repo / "kept.yaml", repo) is None
+
+
 # --------------------------------------------------------------------------- 2. the judge
 
 

@@ -222,18 +222,19 @@ MAX_LINE_BYTES = 16 << 20
 MAX_PIXELS_PER_ITEM = 100_000_000
 
 
-def checked_files(root: Path, files: list[Path]) -> list[Path]:
-    """The files a benchmark at `root` reads, each checked by the data sets' path policy
-    (r1vflow.data.files): inside `root` once symlinks are followed (a symlink out of the folder
-    is refused without naming its target) and a regular file (not a FIFO, device or folder)."""
+def checked_files(path: Path, files: list[Path]) -> list[Path]:
+    """The files a benchmark configured at `path` reads, each inside its root once symlinks are
+    followed (the data sets' place check, r1vflow.config.paths.lies_inside): the root is `path`
+    when it is a folder; a path naming one file is its own root. A symlink out of the folder is
+    refused without naming its target. The kind check (regular files only) is `open_checked`'s,
+    when each file is opened."""
     from r1vflow.config.paths import lies_inside
 
+    root = path if path.is_dir() else Path(os.path.realpath(path)).parent
     for file in files:
         if not lies_inside(file, root):
             raise BenchmarkDataError(f"{file}: a symlink out of the benchmark folder {root}: "
                                      "refused, not read")
-        if not file.is_file():
-            raise BenchmarkDataError(f"{file}: not a regular file")
     return files
 
 
@@ -249,11 +250,11 @@ def open_checked(file: Path) -> BinaryIO:
 def parquet_files(path: Path, *patterns: str, missing: str | None = None) -> list[Path]:
     """``path`` itself if it is a file, else the files under it matching any of ``patterns``
     (sorted); ``missing`` is the error's text after the path when none matches. Every file is
-    checked by `checked_files`."""
+    placed by `checked_files`."""
     if not path.exists():
         raise BenchmarkDataError(f"{path}: no such file or directory")
-    if not path.is_dir():  # the configured file itself: its own root
-        return checked_files(Path(os.path.realpath(path)).parent, [path])
+    if not path.is_dir():
+        return checked_files(path, [path])
     found = sorted({f for pattern in patterns for f in path.glob(pattern)})
     if not found:
         raise BenchmarkDataError(f"{path}: " + (missing or f"no file matches {patterns[0]!r} (is "
@@ -286,11 +287,10 @@ def iter_jsonl_rows(path: Path, name: str, columns: list[str]) -> Iterator[tuple
 
     if not path.exists():
         raise BenchmarkDataError(f"{path}: no such file or directory")
-    root, file = ((path, path / name) if path.is_dir()
-                  else (Path(os.path.realpath(path)).parent, path))
+    file = path / name if path.is_dir() else path
     if not os.path.lexists(file):
         raise BenchmarkDataError(f"{path}: no {name} here (is this the published layout?)")
-    checked_files(root, [file])
+    checked_files(path, [file])
     with open_checked(file) as handle:
         number = 0
         while raw := handle.readline(MAX_LINE_BYTES + 1):

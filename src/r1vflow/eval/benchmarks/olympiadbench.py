@@ -18,7 +18,6 @@ judge uses its own latex2sympy comparison: departure). Breakdowns by subset and 
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -57,8 +56,7 @@ def _files(path: Path, subsets: list[str] | None) -> list[tuple[str, Path]]:
     if not found:
         raise BenchmarkDataError(f"{path}: no OE_* subset parquet file here (folders named like "
                                  "OE_MM_maths_en_COMP); TP subsets are not scored")
-    root = path if path.is_dir() else Path(os.path.realpath(path)).parent
-    checked_files(root, [f for _, f in found])
+    checked_files(path, [f for _, f in found])
     return found
 
 
