@@ -47,19 +47,28 @@ def check_judge_url(url: str) -> str:
     return url
 
 
-_HUB_PATH = re.compile(r"^hub:[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_PATH = re.compile(r"^(hub|github):[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _COMMIT = re.compile(r"^[0-9a-f]{40}$")
+# The benchmarks whose authors publish their data in a GitHub repository, which a
+# github:<owner>/<name> path may name (r1vflow.eval.benchmarks.hub.GITHUB_SPLIT_FILES has
+# their layouts; tests/test_benchmark_hub.py keeps the two in step).
+GITHUB_BENCHMARKS = frozenset({"mathvision"})
 
 
 def _check_source(name: str, path: str, revision: str | None) -> None:
-    """A hub:<owner>/<name> path needs a commit in `revision`; other paths take none."""
-    if not path.startswith("hub:"):
+    """A hub:<owner>/<name> or github:<owner>/<name> path needs a commit in `revision`; other
+    paths take none."""
+    scheme = path.split(":", 1)[0]
+    if scheme not in ("hub", "github"):
         if revision is not None:
             raise ValueError(f"benchmark {name}: revision pins a hub:<owner>/<name> path; "
                              f"{path!r} is a local one, drop revision")
         return
     if not _HUB_PATH.match(path):
-        raise ValueError(f"benchmark {name}: {path!r} is no hub:<owner>/<name> path")
+        raise ValueError(f"benchmark {name}: {path!r} is no {scheme}:<owner>/<name> path")
+    if scheme == "github" and name not in GITHUB_BENCHMARKS:
+        raise ValueError(f"benchmark {name}: no GitHub layout is known for it (github: paths: "
+                         f"{', '.join(sorted(GITHUB_BENCHMARKS))}); use hub:<owner>/<name>")
     if revision is None:
         raise ValueError(f"benchmark {name}: {path} needs revision: the data set's commit "
                          "(40 hex digits, the hub's 'Files and versions' history) so the "
@@ -79,9 +88,11 @@ class BenchmarkConfig(Strict):
                                   "container (a mounted volume or a file baked into the image); "
                                   "package:<module>/<path> for files installed with a package; "
                                   "hub:<owner>/<name> for a hub data set at `revision`, "
-                                  "downloaded and cached by the evaluate task.")
-    revision: str | None = Field(None, description="With a hub:<owner>/<name> path: the data "
-                                                   "set's commit (40 hex digits) to download; "
+                                  "github:<owner>/<name> for the authors' GitHub repository "
+                                  "at `revision` (MathVision), downloaded and cached by the "
+                                  "evaluate task.")
+    revision: str | None = Field(None, description="With a hub: or github: path: the "
+                                                   "commit (40 hex digits) to download; "
                                                    "required there, refused elsewhere.")
     split: str | None = Field(None, description="Split; None: the benchmark's usual one "
                                                 "(MMMU validation, MathVista testmini, ...).")

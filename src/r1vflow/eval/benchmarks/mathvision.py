@@ -1,9 +1,11 @@
 """MathVision (MathLLMs/MathVision): loader and answer matching after MATH-V's evaluation.
 
-Layout: ``data/{test,testmini}-*.parquet`` (the file, its folder or the data set root), columns
-``id``, ``question`` (``<image1>`` references kept), ``options`` (a list, empty for free-form),
-``decoded_image`` (a ``{bytes, path}`` struct), ``answer`` (a letter for multiple choice),
-``level`` and ``subject``. The test split by default.
+Two published layouts. The hub's: ``data/{test,testmini}-*.parquet`` (the file, its folder or
+the data set root), columns ``id``, ``question`` (``<image1>`` references kept), ``options`` (a
+list, empty for free-form), ``decoded_image`` (a ``{bytes, path}`` struct), ``answer`` (a letter
+for multiple choice), ``level`` and ``subject``. The authors' GitHub repository (mathllm/MATH-V,
+read from its root folder): ``data/{test,testmini}.jsonl`` with the same fields and ``image``,
+the image's path under the root (``images/4.jpg``). The test split by default.
 
 Scoring, after the final answer (`common.math_answer`: ``<answer>`` tags, ``# Answer``,
 ``\\boxed{}``, MATH-V's own "the answer is ..." phrases): as MATH-V's ``evaluation/evaluate.py``, an answer is right
@@ -20,12 +22,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from r1vflow.eval.benchmarks.common import (
+    BenchmarkDataError,
     Item,
     Verdict,
+    checked_files,
     image_bytes,
+    iter_jsonl_rows,
     iter_parquet_rows,
     math_answer,
     math_verify_equal,
+    open_checked,
     parquet_files,
 )
 
@@ -34,12 +40,39 @@ MC_INSTRUCTION = "Please answer with the option letter (A, B, C, D or E)."
 _LETTER = re.compile(r"^\(?([A-Ea-e])\)?[.:]?$")
 
 
+_COLUMNS = ["id", "question", "options", "answer", "subject", "level"]
+
+
+def _github_rows(root: Path, split: str) -> Iterator[dict]:
+    """MATH-V's rows with ``decoded_image`` read from the file its ``image`` names (a path
+    under ``root``; one outside it is refused)."""
+    for where, row in iter_jsonl_rows(root, f"data/{split}.jsonl", [*_COLUMNS, "image"]):
+        image = None
+        if row["image"]:
+            file = root / str(row["image"])
+            try:
+                checked_files(root, [file])
+            except BenchmarkDataError:
+                raise BenchmarkDataError(f"{where}: image {row['image']!r} lies outside the "
+                                         f"benchmark folder {root}: refused, not read") from None
+            if not file.exists():
+                raise BenchmarkDataError(f"{where}: image {row['image']!r}: no such file")
+            with open_checked(file) as handle:
+                image = handle.read()
+        yield {**row, "decoded_image": image}
+
+
+def _rows(path: Path, split: str) -> Iterator[dict]:
+    if path.is_dir() and (path / "data" / f"{split}.jsonl").exists():
+        yield from _github_rows(path, split)
+        return
+    files = parquet_files(path, f"**/{split}-*.parquet")
+    yield from (row for _, row in iter_parquet_rows(files, _COLUMNS))
+
+
 def load(path: Path, split: str | None, subsets: list[str] | None = None) -> Iterator[Item]:
     """MathVision items; ``subsets`` keeps only the named subjects."""
-    split = split or DEFAULT_SPLIT
-    files = parquet_files(path, f"**/{split}-*.parquet")
-    for _, row in iter_parquet_rows(files, ["id", "question", "options", "answer", "subject",
-                                            "level"]):
+    for row in _rows(path, split or DEFAULT_SPLIT):
         if subsets and row["subject"] not in subsets:
             continue
         options = list(row["options"] or [])
