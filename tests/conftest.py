@@ -160,3 +160,22 @@ def smoke_dag(tmp_path_factory) -> SmokeDag:
     first = root / "first"
     shutil.copytree(out, first, ignore=shutil.ignore_patterns("pipeline_root", "checkpoints"))
     return SmokeDag(out, first, result.stdout, result.stderr)
+
+
+# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup`. A worker is a
+# process of its own, so a session or module fixture runs once in every worker that needs it:
+# each test file is one group (its module fixtures run once), the readers of the one smoke DAG
+# run are one group (it runs once per session, as on one worker), and the groups that run
+# pipelines (a test marked slow) go first, so that no long group starts last.
+@pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group
+def pytest_collection_modifyitems(config, items):
+    groups = {}
+    for item in items:
+        group = "smoke_dag" if "smoke_dag" in item.fixturenames else item.nodeid.split("::")[0]
+        item.add_marker(pytest.mark.xdist_group(group))
+        groups[item] = group
+    weight = {}
+    for item, group in groups.items():
+        mine = 0 if group == "smoke_dag" else 1 if item.get_closest_marker("slow") else 2
+        weight[group] = min(mine, weight.get(group, 2))
+    items.sort(key=lambda item: weight[groups[item]])  # stable: files keep their own order

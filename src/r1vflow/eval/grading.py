@@ -13,8 +13,6 @@ from __future__ import annotations
 import re
 import threading
 
-from math_verify import parse, verify
-
 __all__ = [
     "extract_answer",
     "format_ok",
@@ -112,6 +110,10 @@ def _choice_letter(s: str) -> str | None:
 
 
 def _math_equal(pred: str, gold: str) -> bool:
+    # Imported here: math-verify brings sympy (about 0.5 s), which the integer fast path of
+    # `is_correct` never needs, and every stage's task process imports this module.
+    from math_verify import parse, verify
+
     # math-verify's timeout uses SIGALRM, which only works in the main thread.
     in_main = threading.current_thread() is threading.main_thread()
     timeout = _MATH_TIMEOUT_S if in_main else None
