@@ -70,12 +70,18 @@ images: install
 # pytest exits 5 when it collects nothing: that is a failure here, not a pass.
 # `make test` (CI's command) leaves out the tests marked `extended` (long whole-DAG variants of
 # what other tests already run) to keep CI within its time budget; `make test-all` runs them too.
+# Both run on TEST_WORKERS pytest-xdist workers (default 2, this machine's cores; 0 runs in one
+# process), one test file or the readers of the one smoke DAG run per group
+# (tests/conftest.py): much of the suite waits on task subprocesses and servers, so two
+# workers keep both cores busy.
+TEST_WORKERS ?= 2
+XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 test: install
-	@$(VENV)/bin/pytest -q -m "not extended"; rc=$$?; \
+	@$(VENV)/bin/pytest -q $(XDIST) -m "not extended"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-all: install
-	@$(VENV)/bin/pytest -q; rc=$$?; \
+	@$(VENV)/bin/pytest -q $(XDIST); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
 test-fast: install

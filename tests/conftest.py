@@ -162,20 +162,51 @@ def smoke_dag(tmp_path_factory) -> SmokeDag:
     return SmokeDag(out, first, result.stdout, result.stderr)
 
 
-# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup`. A worker is a
-# process of its own, so a session or module fixture runs once in every worker that needs it:
-# each test file is one group (its module fixtures run once), the readers of the one smoke DAG
-# run are one group (it runs once per session, as on one worker), and the groups that run
-# pipelines (a test marked slow) go first, so that no long group starts last.
-@pytest.hookimpl(tryfirst=True)  # before xdist names each test by its group
+# `make test` runs the suite on pytest-xdist workers (Makefile: TEST_WORKERS). A worker is a
+# process of its own, so a session or module fixture runs once in every worker that needs it.
+# Work is therefore handed out in groups: each test file is one group (its module fixtures run
+# once), and the files that read the one smoke DAG run are one group together (it runs once per
+# session, as on one worker). xdist's own `xdist_group` marker cannot do this under pytest 9.2
+# (xdist 3.8 renames the test's nodeid, which pytest 9.2 no longer lets it), so the groups are
+# named by file here, and the collection hook below checks that every reader of `smoke_dag` is
+# in SMOKE_DAG_FILES.
+SMOKE_DAG_FILES = frozenset({
+    "tests/test_lora_pipeline.py", "tests/test_pipeline_data.py", "tests/test_pipeline_local.py",
+    "tests/test_pipeline_mpo.py", "tests/test_quiet_run.py", "tests/test_run_terminal.py"})
+
+
+def schedule_group(nodeid: str) -> str:
+    """The group a test is scheduled in: its file, or "smoke_dag" for the smoke DAG's readers."""
+    file = nodeid.split("::")[0]
+    return "smoke_dag" if file in SMOKE_DAG_FILES else file
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        """xdist's scope scheduling with `schedule_group` as the scope; groups go out in the
+        collection's order (`--no-loadscope-reorder`), which puts the long ones first."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            return schedule_group(nodeid)
+
+    return ByGroup(config, log)
+
+
 def pytest_collection_modifyitems(config, items):
-    groups = {}
-    for item in items:
-        group = "smoke_dag" if "smoke_dag" in item.fixturenames else item.nodeid.split("::")[0]
-        item.add_marker(pytest.mark.xdist_group(group))
-        groups[item] = group
+    """Every smoke_dag reader is in SMOKE_DAG_FILES; then the groups that run pipelines go
+    first (the smoke DAG's, then the files with a test marked slow), so that no long group
+    starts last."""
+    strays = sorted({i.nodeid.split("::")[0] for i in items if "smoke_dag" in i.fixturenames}
+                    - SMOKE_DAG_FILES)
+    if strays:
+        raise pytest.UsageError(f"{', '.join(strays)} read(s) smoke_dag: add it to "
+                                "tests/conftest.py's SMOKE_DAG_FILES (one group per session)")
     weight = {}
-    for item, group in groups.items():
+    for item in items:
+        group = schedule_group(item.nodeid)
         mine = 0 if group == "smoke_dag" else 1 if item.get_closest_marker("slow") else 2
         weight[group] = min(mine, weight.get(group, 2))
-    items.sort(key=lambda item: weight[groups[item]])  # stable: files keep their own order
+    items.sort(key=lambda item: weight[schedule_group(item.nodeid)])  # stable: files keep order
