@@ -190,6 +190,8 @@ def codeload(monkeypatch):
 
 
 def test_github_benchmark_keeps_only_the_splits_files_and_downloads_once(codeload, tmp_path):
+    import io
+
     from PIL import Image
 
     args = ("mathvision", "github:mathllm/MATH-V", COMMIT, "test", tmp_path / "cache")
@@ -200,7 +202,7 @@ def test_github_benchmark_keeps_only_the_splits_files_and_downloads_once(codeloa
     assert kept == ["data/test.jsonl", "images/4.jpg", "images/6.jpg"]  # no README, assets
     items = list(iter_items("mathvision", first))
     assert [(i.id, i.answer) for i in items] == [("4", "6"), ("6", "D")]
-    assert [Image.open(__import__("io").BytesIO(i.images[0])).size for i in items] == [
+    assert [Image.open(io.BytesIO(i.images[0])).size for i in items] == [
         (12, 12), (13, 13)]  # each row's own image file, in row order
     assert "(D) D" in items[1].prompt and items[1].categories["level"] == ["3"]
     assert fetch_benchmark(*args) == first and len(codeload["requests"]) == 1
@@ -243,3 +245,12 @@ def test_github_paths_are_for_benchmarks_with_a_known_github_layout():
     with pytest.raises(ConfigError, match="github:mathllm/MATH-V needs revision"):
         load_experiment(PRESETS / "smoke.yaml", [
             'evaluate.benchmarks=[{name: mathvision, path: "github:mathllm/MATH-V"}]'])
+
+
+def test_a_row_naming_a_missing_image_is_one_error_with_its_line(codeload, tmp_path):
+    folder = fetch_benchmark("mathvision", "github:mathllm/MATH-V", COMMIT, "test",
+                             tmp_path / "cache")
+    (folder / "images" / "6.jpg").unlink()  # the second row's image
+    with pytest.raises(BenchmarkDataError, match=r"test.jsonl:2: image 'images/6.jpg': .*"
+                                                 r"No such file"):
+        list(iter_items("mathvision", folder))

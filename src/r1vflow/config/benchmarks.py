@@ -70,9 +70,9 @@ def _check_source(name: str, path: str, revision: str | None) -> None:
         raise ValueError(f"benchmark {name}: no GitHub layout is known for it (github: paths: "
                          f"{', '.join(sorted(GITHUB_BENCHMARKS))}); use hub:<owner>/<name>")
     if revision is None:
-        raise ValueError(f"benchmark {name}: {path} needs revision: the data set's commit "
-                         "(40 hex digits, the hub's 'Files and versions' history) so the "
-                         "score is reproducible")
+        raise ValueError(f"benchmark {name}: {path} needs revision: the repository's commit "
+                         "(40 hex digits: the hub's 'Files and versions' history, GitHub's "
+                         "commit list) so the score is reproducible")
     if not _COMMIT.match(revision):
         raise ValueError(f"benchmark {name}: revision {revision!r} is no commit (40 lowercase "
                          "hex digits); branches and tags move")

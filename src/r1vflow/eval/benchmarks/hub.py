@@ -72,9 +72,8 @@ def split_patterns(name: str, split: str, github: bool = False) -> list[str]:
     return [p.format(split=split) for p in (GITHUB_SPLIT_FILES if github else SPLIT_FILES)[name]]
 
 
-def _key(path: str, revision: str, split: str) -> str:
-    source = "github--" if path.startswith(GITHUB_PREFIX) else ""
-    return f"benchmarks/{source}{hub_repo(path).replace('/', '--')}/{revision}/{split}"
+def _key(repo: str, revision: str, split: str, github: bool) -> str:
+    return f"benchmarks/{'github--' if github else ''}{repo.replace('/', '--')}/{revision}/{split}"
 
 
 def _complete(directory: Path, patterns: list[str]) -> bool:
@@ -129,15 +128,15 @@ def _download_github(repo: str, revision: str, patterns: list[str], target: Path
             timeout=urllib3.Timeout(connect=30, read=300), retries=urllib3.Retry(3))
     except urllib3.exceptions.HTTPError as err:
         raise BenchmarkDataError(f"{where}: download failed ({type(err).__name__})") from None
-    if response.status != 200:
-        raise BenchmarkDataError(f"{where}: download failed (HTTP {response.status}; is the "
-                                 "repository public and the commit in it?)")
-    size = int(response.headers.get("Content-Length") or 0)
-    if size > MAX_ARCHIVE_BYTES:
-        raise BenchmarkDataError(f"{where}: archive of {size:,} bytes, over the bound of "
-                                 f"{MAX_ARCHIVE_BYTES:,}")
     kept, written = 0, 0
     try:
+        if response.status != 200:
+            raise BenchmarkDataError(f"{where}: download failed (HTTP {response.status}; is "
+                                     "the repository public and the commit in it?)")
+        size = int(response.headers.get("Content-Length") or 0)
+        if size > MAX_ARCHIVE_BYTES:
+            raise BenchmarkDataError(f"{where}: archive of {size:,} bytes, over the bound of "
+                                     f"{MAX_ARCHIVE_BYTES:,}")
         with tarfile.open(fileobj=response, mode="r|gz") as archive:
             for member in archive:
                 relative = _archive_member(member.name, patterns)
@@ -176,7 +175,7 @@ def fetch_benchmark(name: str, path: str, revision: str | None, split: str, cach
         raise BenchmarkDataError(f"benchmark {name}: {path} needs revision: the data set's "
                                  f"commit (40 hex digits), got {revision!r}")
     github = path.startswith(GITHUB_PREFIX)
-    patterns, key = split_patterns(name, split, github), _key(path, revision, split)
+    patterns, key = split_patterns(name, split, github), _key(repo, revision, split, github)
     target = cache / key
     if _complete(target, patterns):
         return target

@@ -55,10 +55,11 @@ def _github_rows(root: Path, split: str) -> Iterator[dict]:
             except BenchmarkDataError:
                 raise BenchmarkDataError(f"{where}: image {row['image']!r} lies outside the "
                                          f"benchmark folder {root}: refused, not read") from None
-            if not file.exists():
-                raise BenchmarkDataError(f"{where}: image {row['image']!r}: no such file")
-            with open_checked(file) as handle:
-                image = handle.read()
+            try:
+                with open_checked(file) as handle:  # missing, not a regular file, too large
+                    image = handle.read()
+            except BenchmarkDataError as err:
+                raise BenchmarkDataError(f"{where}: image {row['image']!r}: {err}") from None
         yield {**row, "decoded_image": image}
 
 

@@ -49,8 +49,8 @@ class LoadedBenchmark:
 
 
 def missing_paths(configs: list) -> list[str]:
-    """The configured benchmark paths that do not exist on this machine, and hub paths whose
-    revision is a preset's placeholder (the evaluate task would refuse them after training)."""
+    """The configured benchmark paths that do not exist on this machine, and hub: or github:
+    paths whose revision is a preset's placeholder (the evaluate task would refuse them after training)."""
     missing = []
     for cfg in configs:
         if hub_repo(cfg.path) is not None:
@@ -67,14 +67,15 @@ def missing_paths(configs: list) -> list[str]:
 
 
 # (config) -> the local folder of a configured benchmark; the evaluate stage's knows the
-# object store and the cache (hub paths), the default reads local and package paths only.
+# object store and the cache (hub: and github: paths), the default reads local and package paths only.
 Locate = Callable[[object], str | Path]
 
 
 def local_path(cfg) -> str | Path:
-    """A local or package path as configured; a hub path is refused (it needs `Locate`)."""
+    """A local or package path as configured; a hub: or github: path is refused (it needs
+    `Locate`)."""
     if hub_repo(cfg.path) is not None:
-        raise BenchmarkDataError(f"benchmark {cfg.name}: {cfg.path} is a hub data set; fetch "
+        raise BenchmarkDataError(f"benchmark {cfg.name}: {cfg.path} is a remote data set; fetch "
                                  "it with r1vflow.eval.benchmarks.hub.fetch_benchmark")
     return cfg.path
 
