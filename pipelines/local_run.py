@@ -1,6 +1,7 @@
 """Run an experiment's DAG on this machine through the KFP SDK's local runner.
 
-Every task is a subprocess of this Python (SubprocessRunner, no container), or with
+Every task is a subprocess of this Python (SubprocessRunner, no container; started warm, forked
+from a process that has imported the stages' modules: r1vflow.pipelines.warm_tasks), or with
 `runner="docker"` a container of the image its component names (r1vflow.pipelines.containers);
 caching is on, and the pipeline root and cache live in the output dir, so running the same
 experiment into the same directory again is served from cache. The driver opens the MLflow parent run, hands its id to the
@@ -144,8 +145,11 @@ def _kfp_runner(runner: str, output_dir: Path, images: dict[str, str]):
     """kfp.local's runner for `runner`, set up (and torn down) around the block."""
     from kfp import local
 
-    if runner == "subprocess":
-        yield local.SubprocessRunner(use_venv=False)
+    if runner == "subprocess":  # each task forked from a process that has imported the
+        from r1vflow.pipelines.warm_tasks import warm_tasks  # stages' modules (warm_tasks.py)
+
+        with warm_tasks(output_dir / "logs" / "warm-tasks.log"):
+            yield local.SubprocessRunner(use_venv=False)
         return
     if runner != "docker":
         raise ValueError(f"unknown runner {runner!r}; expected subprocess or docker")

@@ -1,0 +1,327 @@
+"""Warm task starts for the local runner: each KFP task forked from a process that has already
+imported what the stages import.
+
+kfp.local's SubprocessRunner starts every task as a new Python (`sh -ec '... python -m
+kfp.dsl.executor_main ...'`), and a stage's task then spends 6-7 s of CPU importing torch,
+transformers, mlflow, peft and the stage's modules before it does any work: about a minute of a
+smoke run's two. Inside `warm_tasks()` a server process (`python -m r1vflow.pipelines.warm_tasks
+SOCKET`, started with the driver's environment) imports those modules once; each task the
+runner starts is then forked from it, and runs the same `kfp.dsl.executor_main` on the same
+arguments, with the environment, working directory and exit status a new process would have:
+
+- the driver sends the task's component code, arguments, environment and working directory and
+  the write end of a pipe, over a Unix socket; the forked child writes its stdout and stderr
+  into that pipe, which the driver prints line by line as kfp.local does with the
+  subprocess's; the server answers the child's exit status (negative: the signal, as Popen);
+- the child is a new process for everything a task can see: its own pid, `os.environ` and
+  cwd set from the request, Python's and numpy's global RNGs reseeded from the OS, the
+  component module loaded from a new temporary file, and at the end Python's own shutdown
+  steps (non-daemon threads joined, atexit functions run, streams flushed);
+- the server imports modules only: it runs no torch op and starts no thread of its own, so a
+  child starts with no thread pool to inherit;
+- tasks stay in the driver's process group (a SIGKILL of the group ends them as before); a
+  driver that goes away takes its running task with it (the server kills a child whose
+  connection closed), and the server ends with the driver (EOF on its stdin).
+
+A command not in kfp's lightweight-component shape (packages to install, a container
+component) runs as kfp.local runs it, and so does every task when the server cannot start
+(what it printed: `<output-dir>/logs/warm-tasks.log`) or `R1VFLOW_WARM_TASKS=0` is set. Containers
+(`--runner docker`) always start their tasks cold, as a cluster does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+WARM_ENV = "R1VFLOW_WARM_TASKS"  # "0": every task starts as a new Python
+_HEADER = struct.Struct("!Q")  # length of the JSON request that follows
+
+# kfp's lightweight-component command, the python replaced by the driver's interpreter
+# (kfp.local.subprocess_task_handler.replace_python_executable), whitespace folded.
+_KFP_SHAPE = re.compile(
+    r'program_path=\$\(mktemp -d\) printf "%s" "\$0" > "\$program_path/ephemeral_component\.py" '
+    r'_KFP_RUNTIME=true (?P<python>\S+) -m kfp\.dsl\.executor_main --component_module_path '
+    r'"\$program_path/ephemeral_component\.py" "\$@"')
+
+
+def task_request(full_command: list[str]) -> dict[str, Any] | None:
+    """The component code and executor arguments of a kfp.local lightweight task started
+    with this interpreter, or None for any other command (it then runs as kfp runs it)."""
+    if len(full_command) < 4 or full_command[:2] != ["sh", "-ec"]:
+        return None
+    shape = _KFP_SHAPE.fullmatch(" ".join(full_command[2].split()))
+    if shape is None or shape["python"] != sys.executable:
+        return None
+    return {"code": full_command[3], "args": list(full_command[4:])}
+
+
+# --------------------------------------------------------------------------- the driver's side
+
+
+class WarmTasks:
+    """The driver's handle on a running server: `run` replaces kfp.local's
+    `run_local_subprocess` for the tasks it can start warm."""
+
+    def __init__(self, address: str, process: subprocess.Popen, cold) -> None:
+        self.address, self.process, self.cold = address, process, cold
+        self.failed: str | None = None  # why the server could not take a task: cold from then
+        self.warm_tasks = 0
+
+    def run(self, full_command: list[str], env_vars: dict[str, str] | None = None) -> int:
+        request = task_request(full_command)
+        if request is None or self.failed:
+            return self.cold(full_command, env_vars)
+        request.update(env={**os.environ, **(env_vars or {}), "_KFP_RUNTIME": "true"},
+                       cwd=os.getcwd())
+        read, write = os.pipe()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+                try:
+                    self._connect(conn)
+                    body = json.dumps(request).encode()
+                    socket.send_fds(conn, [_HEADER.pack(len(body))], [write])
+                    conn.sendall(body)
+                except OSError as err:
+                    return self._fall_back(f"the server did not take the task: {err}",
+                                           full_command, env_vars)
+                finally:
+                    os.close(write)
+                    write = -1
+                answers = conn.makefile("rb")
+                if not answers.readline().startswith(b"pid "):  # no child was forked
+                    return self._fall_back("the server ended before starting the task",
+                                           full_command, env_vars)
+                self.warm_tasks += 1
+                with open(read, encoding="utf-8", errors="replace", closefd=True) as out:
+                    read = -1
+                    for line in out:  # as kfp.local prints the subprocess's output
+                        print(line, end="")
+                print("\n")
+                status = answers.readline()
+                if not status.startswith(b"exit "):
+                    print("r1vflow: the warm task server ended while the task ran")
+                    return 1
+                return int(status.split()[1])
+        finally:
+            for fd in (read, write):
+                if fd >= 0:
+                    os.close(fd)
+
+    def _connect(self, conn: socket.socket) -> None:
+        """Connect, waiting while the server process starts and binds its socket."""
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                conn.connect(self.address)
+                return
+            except (FileNotFoundError, ConnectionRefusedError):
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
+    def _fall_back(self, why: str, full_command, env_vars) -> int:
+        self.failed = why
+        print(f"r1vflow: warm task starts are off for the rest of this run ({why}); this task "
+              "starts as a new Python\n")
+        return self.cold(full_command, env_vars)
+
+
+@contextlib.contextmanager
+def warm_tasks(log_path: Path, environ: dict[str, str] | None = None) -> Iterator[WarmTasks | None]:
+    """kfp.local's SubprocessRunner starts its tasks from a warm server inside the block (None
+    and cold starts when `R1VFLOW_WARM_TASKS=0`). The server imports while the driver goes on;
+    the first task waits for it."""
+    from kfp.local import subprocess_task_handler as handler
+
+    env = dict(os.environ if environ is None else environ)
+    if env.get(WARM_ENV, "1") == "0":
+        yield None
+        return
+    folder = Path(tempfile.mkdtemp(prefix="r1vflow-warm-"))
+    address, server_log = str(folder / "tasks.sock"), folder / "server.log"
+    with open(server_log, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "r1vflow.pipelines.warm_tasks", address],
+            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
+    tasks = WarmTasks(address, process, handler.run_local_subprocess)
+    handler.run_local_subprocess = tasks.run
+    try:
+        yield tasks
+    finally:
+        handler.run_local_subprocess = tasks.cold
+        process.stdin.close()  # the server's lifeline: it ends on EOF
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if server_log.stat().st_size:  # what the server printed (an import error, a refusal)
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(server_log, log_path)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- the server's side
+
+
+def preload() -> None:
+    """Import what the stages' tasks import (no torch op runs, no thread starts)."""
+    import kfp.dsl.executor_main  # noqa: F401
+
+    import r1vflow.runtime.execute  # noqa: F401
+    from r1vflow.config.stage_table import STAGES
+    from r1vflow.stages import stage_function
+
+    for stage in STAGES:
+        stage_function(stage)
+
+
+def _receive(conn: socket.socket) -> tuple[dict[str, Any], int]:
+    """(request, the pipe's write end) from the driver."""
+    header, fds, _, _ = socket.recv_fds(conn, _HEADER.size, 1)
+    if len(header) != _HEADER.size or len(fds) != 1:
+        for fd in fds:
+            os.close(fd)
+        raise ConnectionError("incomplete request")
+    (size,) = _HEADER.unpack(header)
+    body = bytearray()
+    while len(body) < size:
+        chunk = conn.recv(min(1 << 20, size - len(body)))
+        if not chunk:
+            os.close(fds[0])
+            raise ConnectionError("incomplete request")
+        body += chunk
+    return json.loads(body), fds[0]
+
+
+def _exit_code(code: Any) -> int:
+    """SystemExit's argument -> a process's exit status, as the interpreter maps it."""
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def _run_task(request: dict[str, Any], out: int) -> int:
+    """(In the forked child) what `sh -ec '... python -m kfp.dsl.executor_main ...'` does."""
+    import random
+    import runpy
+    import traceback
+
+    null = os.open(os.devnull, os.O_RDONLY)  # not the server's stdin (the driver's lifeline)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(out, 1)
+    os.dup2(out, 2)
+    os.close(out)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    os.chdir(request["cwd"])
+    random.seed()
+    with contextlib.suppress(ImportError):
+        import numpy
+
+        numpy.random.seed()
+    if os.environ.get("PYTHONUNBUFFERED"):
+        sys.stdout.reconfigure(write_through=True)
+    program = Path(tempfile.mkdtemp()) / "ephemeral_component.py"
+    program.write_text(request["code"])
+    sys.modules.pop("kfp.dsl.executor_main", None)  # runpy runs it as __main__, afresh
+    sys.argv = ["executor_main", "--component_module_path", str(program), *request["args"]]
+    try:
+        runpy.run_module("kfp.dsl.executor_main", run_name="__main__", alter_sys=True)
+        code = 0
+    except SystemExit as done:
+        code = _exit_code(done.code)
+    except BaseException:  # what the interpreter prints for an uncaught exception
+        traceback.print_exc()
+        code = 1
+    return code
+
+
+def _finish_child(code: int) -> None:
+    """Python's own shutdown steps, then the exit (never back into the server's loop)."""
+    import atexit
+    import threading
+
+    try:
+        threading._shutdown()  # join non-daemon threads, as the interpreter does at exit
+        atexit._run_exitfuncs()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(code)
+
+
+def serve(address: str) -> None:
+    """Accept tasks on `address` until stdin closes; each runs in a forked child."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(16)  # tasks that arrive while preloading wait in the backlog
+    preload()
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ, "accept")
+    selector.register(sys.stdin, selectors.EVENT_READ, "driver")
+    children: dict[int, socket.socket] = {}
+    owner: dict[socket.socket, int] = {}
+    while True:
+        for key, _ in selector.select(timeout=0.05):
+            if key.data == "driver" and not sys.stdin.buffer.read1(1 << 10):
+                for pid in children:  # the driver is gone: so are its tasks
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                return
+            if key.data == "accept":
+                conn, _ = listener.accept()
+                try:
+                    request, out = _receive(conn)
+                except (ConnectionError, OSError, ValueError) as err:
+                    print(f"warm tasks: refused a request: {err}", flush=True)
+                    conn.close()
+                    continue
+                pid = os.fork()
+                if pid == 0:  # the task: none of the server's sockets
+                    for other in (listener, conn, *owner):
+                        other.close()
+                    selector.close()
+                    _finish_child(_run_task(request, out))
+                os.close(out)
+                conn.sendall(f"pid {pid}\n".encode())
+                children[pid], owner[conn] = conn, pid
+                selector.register(conn, selectors.EVENT_READ, "task")
+            elif key.data == "task" and not key.fileobj.recv(1):  # its driver went away
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(owner[key.fileobj], signal.SIGKILL)
+                selector.unregister(key.fileobj)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            conn = children.pop(pid)
+            owner.pop(conn, None)
+            with contextlib.suppress(OSError):
+                conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(conn)
+            conn.close()
+
+
+if __name__ == "__main__":
+    serve(sys.argv[1])
