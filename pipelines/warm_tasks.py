@@ -23,6 +23,12 @@ arguments, with the environment, working directory and exit status a new process
   driver that goes away takes its running task with it (the server kills a child whose
   connection closed), and the server ends with the driver (EOF on its stdin).
 
+Runs in a row can share one server (`shared_server()`: `r1vflow gitops apply --local` runs its
+experiments on one; the test suite its runs): it sets `R1VFLOW_WARM_SERVER` to the server's
+socket, which `warm_tasks()` then uses instead of starting its own. A task of a shared server is
+not in its driver's process group; it leads a group of its own, which the server kills whole
+when the task's driver goes away.
+
 A command not in kfp's lightweight-component shape (packages to install, a container
 component) runs as kfp.local runs it, and so does every task when the server cannot start
 (what it printed: `<output-dir>/logs/warm-tasks.log`) or `R1VFLOW_WARM_TASKS=0` is set. Containers
@@ -49,6 +55,7 @@ from pathlib import Path
 from typing import Any
 
 WARM_ENV = "R1VFLOW_WARM_TASKS"  # "0": every task starts as a new Python
+SERVER_ENV = "R1VFLOW_WARM_SERVER"  # the socket of a server shared by several runs
 _HEADER = struct.Struct("!Q")  # length of the JSON request that follows
 
 # kfp's lightweight-component command, the python replaced by the driver's interpreter
@@ -77,8 +84,9 @@ class WarmTasks:
     """The driver's handle on a running server: `run` replaces kfp.local's
     `run_local_subprocess` for the tasks it can start warm."""
 
-    def __init__(self, address: str, process: subprocess.Popen, cold) -> None:
+    def __init__(self, address: str, process: subprocess.Popen | None, cold) -> None:
         self.address, self.process, self.cold = address, process, cold
+        self.shared = process is None  # another block's server: its tasks lead own groups
         self.failed: str | None = None  # why the server could not take a task: cold from then
         self.warm_tasks = 0
 
@@ -87,7 +95,7 @@ class WarmTasks:
         if request is None or self.failed:
             return self.cold(full_command, env_vars)
         request.update(env={**os.environ, **(env_vars or {}), "_KFP_RUNTIME": "true"},
-                       cwd=os.getcwd())
+                       cwd=os.getcwd(), own_group=self.shared)
         read, write = os.pipe()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -130,7 +138,8 @@ class WarmTasks:
                 conn.connect(self.address)
                 return
             except (FileNotFoundError, ConnectionRefusedError):
-                if self.process.poll() is not None or time.monotonic() > deadline:
+                if self.process is None or self.process.poll() is not None or \
+                        time.monotonic() > deadline:
                     raise
                 time.sleep(0.02)
 
@@ -152,35 +161,91 @@ def warm_tasks(log_path: Path, environ: dict[str, str] | None = None) -> Iterato
     if env.get(WARM_ENV, "1") == "0":
         yield None
         return
+    if env.get(SERVER_ENV):  # a server shared with other runs
+        tasks = WarmTasks(env[SERVER_ENV], None, handler.run_local_subprocess)
+        handler.run_local_subprocess = tasks.run
+        try:
+            yield tasks
+        finally:
+            handler.run_local_subprocess = tasks.cold
+        return
+    with _server(env) as (process, address, server_log):
+        tasks = WarmTasks(address, process, handler.run_local_subprocess)
+        handler.run_local_subprocess = tasks.run
+        try:
+            yield tasks
+        finally:
+            handler.run_local_subprocess = tasks.cold
+            _stop(process)
+            if server_log.stat().st_size:  # what it printed (an import error, a refusal)
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(server_log, log_path)
+
+
+@contextlib.contextmanager
+def shared_server() -> Iterator[str | None]:
+    """One server for the runs inside the block (their `warm_tasks()` use it): its socket is
+    `R1VFLOW_WARM_SERVER` meanwhile; one already named there is used as it is. Yields the
+    socket (None when `R1VFLOW_WARM_TASKS=0`)."""
+    if os.environ.get(WARM_ENV, "1") == "0":
+        yield None
+        return
+    if os.environ.get(SERVER_ENV):  # the caller's already
+        yield os.environ[SERVER_ENV]
+        return
+    saved = os.environ.get(SERVER_ENV)
+    with _server(dict(os.environ)) as (process, address, _):
+        deadline = time.monotonic() + 60  # bound before it imports: runs may connect then
+        while not os.path.exists(address) and process.poll() is None and \
+                time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.environ[SERVER_ENV] = address
+        try:
+            yield address
+        finally:
+            if saved is None:
+                os.environ.pop(SERVER_ENV, None)
+            else:
+                os.environ[SERVER_ENV] = saved
+            _stop(process)
+
+
+@contextlib.contextmanager
+def _server(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str, Path]]:
+    """A server process on a new socket: (process, socket, the file of what it prints)."""
     folder = Path(tempfile.mkdtemp(prefix="r1vflow-warm-"))
     address, server_log = str(folder / "tasks.sock"), folder / "server.log"
-    with open(server_log, "wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "r1vflow.pipelines.warm_tasks", address],
-            stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
-    tasks = WarmTasks(address, process, handler.run_local_subprocess)
-    handler.run_local_subprocess = tasks.run
     try:
-        yield tasks
-    finally:
-        handler.run_local_subprocess = tasks.cold
-        process.stdin.close()  # the server's lifeline: it ends on EOF
+        with open(server_log, "wb") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "r1vflow.pipelines.warm_tasks", address],
+                stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if server_log.stat().st_size:  # what the server printed (an import error, a refusal)
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(server_log, log_path)
+            yield process, address, server_log
+        finally:
+            _stop(process)
+    finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Close the server's lifeline (it ends on EOF, killing tasks still running) and reap it."""
+    if process.stdin and not process.stdin.closed:
+        process.stdin.close()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 # --------------------------------------------------------------------------- the server's side
 
 
 def preload() -> None:
-    """Import what the stages' tasks import (no torch op runs, no thread starts)."""
+    """Import what the stages' tasks import (no torch op runs, no thread starts). vLLM is left
+    to the tasks that build an engine: preloaded it saved them 1.5 s each on the smoke preset
+    and cost the server 3 s, and its import starts a thread of its own."""
     import kfp.dsl.executor_main  # noqa: F401
 
     import r1vflow.runtime.execute  # noqa: F401
@@ -225,6 +290,8 @@ def _run_task(request: dict[str, Any], out: int) -> int:
     import runpy
     import traceback
 
+    if request.get("own_group"):  # a shared server's task: killed as a group (see serve)
+        os.setpgid(0, 0)
     null = os.open(os.devnull, os.O_RDONLY)  # not the server's stdin (the driver's lifeline)
     os.dup2(null, 0)
     os.close(null)
@@ -233,6 +300,8 @@ def _run_task(request: dict[str, Any], out: int) -> int:
     os.close(out)
     os.environ.clear()
     os.environ.update(request["env"])
+    if sys.path and sys.path[0] == os.getcwd():  # `-m` put the server's cwd first
+        sys.path[0] = request["cwd"]
     os.chdir(request["cwd"])
     random.seed()
     with contextlib.suppress(ImportError):
@@ -270,6 +339,14 @@ def _finish_child(code: int) -> None:
         os._exit(code)
 
 
+def _kill(pid: int, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+
+
 def serve(address: str) -> None:
     """Accept tasks on `address` until stdin closes; each runs in a forked child."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -281,12 +358,12 @@ def serve(address: str) -> None:
     selector.register(sys.stdin, selectors.EVENT_READ, "driver")
     children: dict[int, socket.socket] = {}
     owner: dict[socket.socket, int] = {}
+    grouped: set[int] = set()  # tasks that lead a process group of their own
     while True:
         for key, _ in selector.select(timeout=0.05):
             if key.data == "driver" and not sys.stdin.buffer.read1(1 << 10):
                 for pid in children:  # the driver is gone: so are its tasks
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
+                    _kill(pid, pid in grouped)
                 return
             if key.data == "accept":
                 conn, _ = listener.accept()
@@ -305,10 +382,14 @@ def serve(address: str) -> None:
                 os.close(out)
                 conn.sendall(f"pid {pid}\n".encode())
                 children[pid], owner[conn] = conn, pid
+                if request.get("own_group"):
+                    grouped.add(pid)
+                    with contextlib.suppress(OSError):  # the child sets it too: no race
+                        os.setpgid(pid, pid)
                 selector.register(conn, selectors.EVENT_READ, "task")
             elif key.data == "task" and not key.fileobj.recv(1):  # its driver went away
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(owner[key.fileobj], signal.SIGKILL)
+                pid = owner[key.fileobj]
+                _kill(pid, pid in grouped)
                 selector.unregister(key.fileobj)
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
@@ -316,6 +397,7 @@ def serve(address: str) -> None:
                 break
             conn = children.pop(pid)
             owner.pop(conn, None)
+            grouped.discard(pid)
             with contextlib.suppress(OSError):
                 conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
             with contextlib.suppress(KeyError, ValueError):

@@ -15,9 +15,21 @@ import yaml
 from kfp import dsl, local
 from kfp.local import subprocess_task_handler as handler
 
-from r1vflow.pipelines.warm_tasks import WARM_ENV, task_request, warm_tasks
+from r1vflow.pipelines.warm_tasks import (
+    SERVER_ENV,
+    WARM_ENV,
+    shared_server,
+    task_request,
+    warm_tasks,
+)
 
 from conftest import ROOT, clean_env
+
+
+def _own_env(**changes: str) -> dict[str, str]:
+    """This process's environment without the session's shared server (conftest): a run
+    that starts a server of its own."""
+    return {**{k: v for k, v in os.environ.items() if k != SERVER_ENV}, **changes}
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -29,6 +41,7 @@ def facts(tag: str) -> str:
     import numpy
 
     return json.dumps({"tag": tag, "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
+                       "pgid": os.getpgid(0),
                        "value": os.environ.get("WARM_TEST_VALUE"), "random": random.random(),
                        "numpy": float(numpy.random.rand()), "torch": "torch" in __import__("sys").modules})
 
@@ -83,7 +96,7 @@ def _codes():
 
 def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
     os.chdir(kfp_local)  # the task's cwd is the driver's at the task's start
-    with warm_tasks(kfp_local / "warm.log", {**os.environ}) as tasks:
+    with warm_tasks(kfp_local / "warm.log", _own_env()) as tasks:
         monkeypatch.setenv("WARM_TEST_VALUE", "set after the server started")
         first = json.loads(facts(tag="a").output)
         second = json.loads(facts(tag="b").output)
@@ -93,6 +106,7 @@ def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
         assert seen["value"] == "set after the server started"
         assert seen["cwd"] == str(kfp_local)
         assert seen["torch"]  # imported before the task began
+        assert seen["pgid"] == os.getpgid(0)  # in the driver's process group
     assert first["pid"] != second["pid"]
     assert first["random"] != second["random"] and first["numpy"] != second["numpy"]
     assert tasks.process.poll() == 0  # the server ended with the block
@@ -100,14 +114,14 @@ def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
 
 
 def test_off_switch_starts_every_task_as_a_new_python(kfp_local):
-    with warm_tasks(kfp_local / "warm.log", {**os.environ, WARM_ENV: "0"}) as tasks:
+    with warm_tasks(kfp_local / "warm.log", _own_env(**{WARM_ENV: "0"})) as tasks:
         seen = json.loads(facts(tag="cold").output)
     assert tasks is None
     assert seen["ppid"] != os.getpid() and not seen["torch"]  # sh's child, nothing preloaded
 
 
 def test_exit_status_failures_and_shutdown_steps_are_a_processes(kfp_local, capsys):
-    with warm_tasks(kfp_local / "warm.log", {**os.environ}) as tasks:
+    with warm_tasks(kfp_local / "warm.log", _own_env()) as tasks:
         codes, run = _codes()
         try:
             exits(code=3)
@@ -179,7 +193,8 @@ def _gone(pid: int, seconds: float) -> bool:
 def test_a_killed_driver_takes_its_task_and_the_server_with_it(tmp_path):
     script = tmp_path / "driver.py"  # kfp reads a component's source from its file
     script.write_text(DRIVER)
-    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=clean_env(),
+    env = {k: v for k, v in clean_env().items() if k != SERVER_ENV}
+    driver = subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (tmp_path / "task.pid").exists():
@@ -190,3 +205,52 @@ def test_a_killed_driver_takes_its_task_and_the_server_with_it(tmp_path):
     driver.wait()
     assert _gone(task, 20), "the task outlived its driver"
     assert _gone(server, 20), "the server outlived its driver"
+
+
+def test_runs_share_a_server_whose_tasks_lead_their_own_groups(kfp_local, monkeypatch):
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    with shared_server() as address:
+        assert os.environ[SERVER_ENV] == address
+        with shared_server() as again:  # a caller's server is used as it is
+            assert again == address
+        seen = []
+        for tag in ("first run", "second run"):
+            with warm_tasks(kfp_local / "warm.log") as tasks:
+                seen.append(json.loads(facts(tag=tag).output))
+            assert tasks.shared and tasks.process is None and tasks.warm_tasks == 1
+    assert SERVER_ENV not in os.environ
+    assert seen[0]["ppid"] == seen[1]["ppid"] != os.getpid()  # one server for both runs
+    for task in seen:
+        assert task["pgid"] == task["pid"] and task["torch"]
+
+
+SHARED_DRIVER = DRIVER.replace("    (folder / \"server.pid\").write_text(str(tasks.process.pid))\n", "") \
+    .replace("    time.sleep(120)", "    import subprocess\n"
+             "    child = subprocess.Popen(['sleep', '120'])\n"
+             "    (Path(folder) / 'grandchild.pid').write_text(str(child.pid))\n"
+             "    time.sleep(120)")
+
+
+def test_a_shared_servers_task_dies_as_a_group_with_its_driver(tmp_path, monkeypatch):
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    script = tmp_path / "driver.py"
+    script.write_text(SHARED_DRIVER)
+    with shared_server() as address:
+        driver = subprocess.Popen([sys.executable, str(script), str(tmp_path)],
+                                  env={**clean_env(), SERVER_ENV: address},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "grandchild.pid").exists():
+            assert driver.poll() is None and time.monotonic() < deadline, "no task started"
+            time.sleep(0.1)
+        task, grandchild = (int((tmp_path / f"{n}.pid").read_text())
+                            for n in ("task", "grandchild"))
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        assert _gone(task, 20), "the task outlived its driver"
+        assert _gone(grandchild, 20), "the task's own child outlived its driver"
+        with warm_tasks(tmp_path / "warm.log") as tasks:  # the server itself goes on
+            local.init(runner=local.SubprocessRunner(use_venv=False),
+                       pipeline_root=str(tmp_path / "root2"), enable_caching=False)
+            assert json.loads(facts(tag="after").output)["torch"]
+        assert tasks.failed is None

@@ -228,7 +228,10 @@ def apply(
                        git_commit(repo.resolve()) or "", stale_after, heartbeat,
                        unschedule=cluster.unschedule if cluster else None,
                        refuses=(lambda exp: None) if cluster else local_refusal)
-    with _stdout_to_stderr():  # runs print logs; stdout is for the results
+    from r1vflow.pipelines.warm_tasks import shared_server
+
+    # runs print logs (stdout is for the results); local runs share one warm task server
+    with _stdout_to_stderr(), (contextlib.nullcontext() if cluster else shared_server()):
         results = [r.to_json() for r in apply_plan(entries, ctx)]
     if json_:
         echo_json(results)
