@@ -27,7 +27,8 @@ Runs in a row can share one server (`shared_server()`: `r1vflow gitops apply --l
 experiments on one; the test suite its runs): it sets `R1VFLOW_WARM_SERVER` to the server's
 socket, which `warm_tasks()` then uses instead of starting its own. A task of a shared server is
 not in its driver's process group; it leads a group of its own, which the server kills whole
-when the task's driver goes away.
+when the task's driver goes away. A server takes tasks only from drivers of its own Python
+environment (prefix and version); any other driver runs its tasks cold.
 
 A command not in kfp's lightweight-component shape (packages to install, a container
 component) runs as kfp.local runs it, and so does every task when the server cannot start
@@ -77,6 +78,12 @@ def task_request(full_command: list[str]) -> dict[str, Any] | None:
     return {"code": full_command[3], "args": list(full_command[4:])}
 
 
+def _interpreter() -> str:
+    """Which Python environment this is (its prefix and version): a shared server takes the
+    tasks of drivers in its own environment only."""
+    return f"{sys.prefix} (Python {sys.version.split()[0]})"
+
+
 # --------------------------------------------------------------------------- the driver's side
 
 
@@ -95,7 +102,7 @@ class WarmTasks:
         if request is None or self.failed:
             return self.cold(full_command, env_vars)
         request.update(env={**os.environ, **(env_vars or {}), "_KFP_RUNTIME": "true"},
-                       cwd=os.getcwd(), own_group=self.shared)
+                       cwd=os.getcwd(), own_group=self.shared, python=_interpreter())
         read, write = os.pipe()
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -371,6 +378,12 @@ def serve(address: str) -> None:
                     request, out = _receive(conn)
                 except (ConnectionError, OSError, ValueError) as err:
                     print(f"warm tasks: refused a request: {err}", flush=True)
+                    conn.close()
+                    continue
+                if request.get("python") != _interpreter():  # the driver's runs cold
+                    print(f"warm tasks: refused a task of {request.get('python')}: this "
+                          f"server runs {_interpreter()}", flush=True)
+                    os.close(out)
                     conn.close()
                     continue
                 pid = os.fork()

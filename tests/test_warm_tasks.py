@@ -18,6 +18,7 @@ from kfp.local import subprocess_task_handler as handler
 from r1vflow.pipelines.warm_tasks import (
     SERVER_ENV,
     WARM_ENV,
+    WarmTasks,
     shared_server,
     task_request,
     warm_tasks,
@@ -254,3 +255,24 @@ def test_a_shared_servers_task_dies_as_a_group_with_its_driver(tmp_path, monkeyp
                        pipeline_root=str(tmp_path / "root2"), enable_caching=False)
             assert json.loads(facts(tag="after").output)["torch"]
         assert tasks.failed is None
+
+
+
+def test_a_server_of_another_interpreter_sends_the_task_back_cold(monkeypatch, capsys):
+    """A driver whose Python is not the shared server's gets its task back unstarted, and runs
+    it (and the rest of its run) as kfp.local does."""
+    monkeypatch.delenv(SERVER_ENV, raising=False)
+    spec = next(yaml.safe_load_all((ROOT / "pipelines" / "compiled" / "smoke.yaml").read_text()))
+    container = spec["deploymentSpec"]["executors"]["exec-configure"]["container"]
+    other = "/opt/another/bin/python"
+    command = handler.replace_python_executable([*container["command"], *container["args"]],
+                                                other)
+    with shared_server() as address:
+        cold = []
+        tasks = WarmTasks(address, None, lambda c, e=None: cold.append(c) or 42)
+        monkeypatch.setattr(sys, "executable", other)  # this driver's environment
+        monkeypatch.setattr(sys, "prefix", "/opt/another")
+        assert tasks.run(command) == 42
+    assert cold == [command] and tasks.warm_tasks == 0
+    assert "the server ended before starting the task" in tasks.failed
+    assert "warm task starts are off for the rest of this run" in capsys.readouterr().out
