@@ -104,51 +104,31 @@ class WarmTasks:
         request.update(env={**os.environ, **(env_vars or {}), "_KFP_RUNTIME": "true"},
                        cwd=os.getcwd(), own_group=self.shared, python=_interpreter())
         read, write = os.pipe()
-        try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-                try:
-                    self._connect(conn)
-                    body = json.dumps(request).encode()
-                    socket.send_fds(conn, [_HEADER.pack(len(body))], [write])
-                    conn.sendall(body)
-                except OSError as err:
-                    return self._fall_back(f"the server did not take the task: {err}",
-                                           full_command, env_vars)
-                finally:
-                    os.close(write)
-                    write = -1
-                answers = conn.makefile("rb")
-                if not answers.readline().startswith(b"pid "):  # no child was forked
-                    return self._fall_back("the server ended before starting the task",
-                                           full_command, env_vars)
-                self.warm_tasks += 1
-                with open(read, encoding="utf-8", errors="replace", closefd=True) as out:
-                    read = -1
-                    for line in out:  # as kfp.local prints the subprocess's output
-                        print(line, end="")
-                print("\n")
-                status = answers.readline()
-                if not status.startswith(b"exit "):
-                    print("r1vflow: the warm task server ended while the task ran")
-                    return 1
-                return int(status.split()[1])
-        finally:
-            for fd in (read, write):
-                if fd >= 0:
-                    os.close(fd)
-
-    def _connect(self, conn: socket.socket) -> None:
-        """Connect, waiting while the server process starts and binds its socket."""
-        deadline = time.monotonic() + 60
-        while True:
+        with open(read, encoding="utf-8", errors="replace") as out, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
             try:
                 conn.connect(self.address)
-                return
-            except (FileNotFoundError, ConnectionRefusedError):
-                if self.process is None or self.process.poll() is not None or \
-                        time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
+                body = json.dumps(request).encode()
+                socket.send_fds(conn, [_HEADER.pack(len(body))], [write])
+                conn.sendall(body)
+            except OSError as err:
+                return self._fall_back(f"the server did not take the task: {err}",
+                                       full_command, env_vars)
+            finally:
+                os.close(write)  # the child writes into its own copy: EOF when it ends
+            answers = conn.makefile("rb")
+            if not answers.readline().startswith(b"pid "):  # no child was forked
+                return self._fall_back("the server ended before starting the task",
+                                       full_command, env_vars)
+            self.warm_tasks += 1
+            for line in out:  # as kfp.local prints the subprocess's output
+                print(line, end="")
+            print("\n")
+            status = answers.readline()
+        if not status.startswith(b"exit "):
+            print("r1vflow: the warm task server ended while the task ran")
+            return 1
+        return int(status.split()[1])
 
     def _fall_back(self, why: str, full_command, env_vars) -> int:
         self.failed = why
@@ -159,34 +139,27 @@ class WarmTasks:
 
 @contextlib.contextmanager
 def warm_tasks(log_path: Path, environ: dict[str, str] | None = None) -> Iterator[WarmTasks | None]:
-    """kfp.local's SubprocessRunner starts its tasks from a warm server inside the block (None
-    and cold starts when `R1VFLOW_WARM_TASKS=0`). The server imports while the driver goes on;
-    the first task waits for it."""
+    """kfp.local's SubprocessRunner starts its tasks from a warm server inside the block: the
+    shared one `R1VFLOW_WARM_SERVER` names, else one of the block's own, whose output is kept
+    in `log_path` when it printed anything. None and cold starts when `R1VFLOW_WARM_TASKS=0`.
+    The server imports while the driver goes on; the first task waits for it."""
     from kfp.local import subprocess_task_handler as handler
 
     env = dict(os.environ if environ is None else environ)
     if env.get(WARM_ENV, "1") == "0":
         yield None
         return
-    if env.get(SERVER_ENV):  # a server shared with other runs
-        tasks = WarmTasks(env[SERVER_ENV], None, handler.run_local_subprocess)
-        handler.run_local_subprocess = tasks.run
-        try:
-            yield tasks
-        finally:
-            handler.run_local_subprocess = tasks.cold
-        return
-    with _server(env) as (process, address, server_log):
+    with contextlib.ExitStack() as stack:
+        if env.get(SERVER_ENV):
+            address, process = env[SERVER_ENV], None
+        else:
+            process, address = stack.enter_context(_server(env, keep_log=log_path))
         tasks = WarmTasks(address, process, handler.run_local_subprocess)
         handler.run_local_subprocess = tasks.run
         try:
             yield tasks
         finally:
             handler.run_local_subprocess = tasks.cold
-            _stop(process)
-            if server_log.stat().st_size:  # what it printed (an import error, a refusal)
-                log_path.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(server_log, log_path)
 
 
 @contextlib.contextmanager
@@ -200,26 +173,19 @@ def shared_server() -> Iterator[str | None]:
     if os.environ.get(SERVER_ENV):  # the caller's already
         yield os.environ[SERVER_ENV]
         return
-    saved = os.environ.get(SERVER_ENV)
-    with _server(dict(os.environ)) as (process, address, _):
-        deadline = time.monotonic() + 60  # bound before it imports: runs may connect then
-        while not os.path.exists(address) and process.poll() is None and \
-                time.monotonic() < deadline:
-            time.sleep(0.02)
+    with _server(dict(os.environ)) as (_, address):
         os.environ[SERVER_ENV] = address
         try:
             yield address
         finally:
-            if saved is None:
-                os.environ.pop(SERVER_ENV, None)
-            else:
-                os.environ[SERVER_ENV] = saved
-            _stop(process)
+            os.environ.pop(SERVER_ENV, None)
 
 
 @contextlib.contextmanager
-def _server(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str, Path]]:
-    """A server process on a new socket: (process, socket, the file of what it prints)."""
+def _server(env: dict[str, str],
+            keep_log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+    """A server process on a new socket, once it accepts connections: (process, socket). On
+    exit it is stopped, and what it printed (an import error, a refusal) copied to `keep_log`."""
     folder = Path(tempfile.mkdtemp(prefix="r1vflow-warm-"))
     address, server_log = str(folder / "tasks.sock"), folder / "server.log"
     try:
@@ -228,9 +194,16 @@ def _server(env: dict[str, str]) -> Iterator[tuple[subprocess.Popen, str, Path]]
                 [sys.executable, "-m", "r1vflow.pipelines.warm_tasks", address],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            yield process, address, server_log
+            deadline = time.monotonic() + 60  # the socket appears listening (serve renames it)
+            while not os.path.exists(address) and process.poll() is None and \
+                    time.monotonic() < deadline:
+                time.sleep(0.02)
+            yield process, address
         finally:
             _stop(process)
+            if keep_log is not None and server_log.stat().st_size:
+                keep_log.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(server_log, keep_log)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
 
@@ -357,65 +330,67 @@ def _kill(pid: int, group: bool) -> None:
 def serve(address: str) -> None:
     """Accept tasks on `address` until stdin closes; each runs in a forked child."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(address)
+    listener.bind(address + ".binding")
     listener.listen(16)  # tasks that arrive while preloading wait in the backlog
+    os.rename(address + ".binding", address)  # the socket appears ready to connect to
     preload()
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(sys.stdin, selectors.EVENT_READ, "driver")
-    children: dict[int, socket.socket] = {}
-    owner: dict[socket.socket, int] = {}
-    grouped: set[int] = set()  # tasks that lead a process group of their own
+    children: dict[int, tuple[socket.socket, bool]] = {}  # pid -> (its driver, leads a group)
     while True:
         for key, _ in selector.select(timeout=0.05):
             if key.data == "driver" and not sys.stdin.buffer.read1(1 << 10):
-                for pid in children:  # the driver is gone: so are its tasks
-                    _kill(pid, pid in grouped)
+                for pid, (_, group) in children.items():  # the driver is gone: its tasks too
+                    _kill(pid, group)
                 return
             if key.data == "accept":
-                conn, _ = listener.accept()
-                try:
-                    request, out = _receive(conn)
-                except (ConnectionError, OSError, ValueError) as err:
-                    print(f"warm tasks: refused a request: {err}", flush=True)
-                    conn.close()
-                    continue
-                if request.get("python") != _interpreter():  # the driver's runs cold
-                    print(f"warm tasks: refused a task of {request.get('python')}: this "
-                          f"server runs {_interpreter()}", flush=True)
-                    os.close(out)
-                    conn.close()
-                    continue
-                pid = os.fork()
-                if pid == 0:  # the task: none of the server's sockets
-                    for other in (listener, conn, *owner):
-                        other.close()
-                    selector.close()
-                    _finish_child(_run_task(request, out))
-                os.close(out)
-                conn.sendall(f"pid {pid}\n".encode())
-                children[pid], owner[conn] = conn, pid
-                if request.get("own_group"):
-                    grouped.add(pid)
-                    with contextlib.suppress(OSError):  # the child sets it too: no race
-                        os.setpgid(pid, pid)
-                selector.register(conn, selectors.EVENT_READ, "task")
-            elif key.data == "task" and not key.fileobj.recv(1):  # its driver went away
-                pid = owner[key.fileobj]
-                _kill(pid, pid in grouped)
+                _start_task(listener, selector, children)
+            elif not key.fileobj.recv(1):  # a task's driver went away (data: the task's pid)
+                _kill(key.data, children[key.data][1])
                 selector.unregister(key.fileobj)
         while children:
             pid, status = os.waitpid(-1, os.WNOHANG)
             if pid == 0:
                 break
-            conn = children.pop(pid)
-            owner.pop(conn, None)
-            grouped.discard(pid)
+            conn, _ = children.pop(pid)
             with contextlib.suppress(OSError):
                 conn.sendall(f"exit {os.waitstatus_to_exitcode(status)}\n".encode())
             with contextlib.suppress(KeyError, ValueError):
                 selector.unregister(conn)
             conn.close()
+
+
+def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
+                children: dict[int, tuple[socket.socket, bool]]) -> None:
+    """Accept one request and fork its task (the child never returns here)."""
+    conn, _ = listener.accept()
+    try:
+        request, out = _receive(conn)
+    except (ConnectionError, OSError, ValueError) as err:
+        print(f"warm tasks: refused a request: {err}", flush=True)
+        conn.close()
+        return
+    if request.get("python") != _interpreter():  # the driver runs its task cold
+        print(f"warm tasks: refused a task of {request.get('python')}: this server runs "
+              f"{_interpreter()}", flush=True)
+        os.close(out)
+        conn.close()
+        return
+    group = bool(request.get("own_group"))
+    pid = os.fork()
+    if pid == 0:  # the task: none of the server's sockets
+        for other in (listener, conn, *(c for c, _ in children.values())):
+            other.close()
+        selector.close()
+        _finish_child(_run_task(request, out))
+    os.close(out)
+    conn.sendall(f"pid {pid}\n".encode())
+    children[pid] = (conn, group)
+    if group:
+        with contextlib.suppress(OSError):  # the child sets it too: no race
+            os.setpgid(pid, pid)
+    selector.register(conn, selectors.EVENT_READ, pid)
 
 
 if __name__ == "__main__":

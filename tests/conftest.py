@@ -10,6 +10,7 @@ import tempfile
 import pytest
 
 from r1vflow.config import load_experiment
+from r1vflow.pipelines.warm_tasks import SERVER_ENV, shared_server
 
 # Resumable checkpoints are found by content (stage, config, input digests): tests that train
 # the same stage on the same inputs must not resume from each other's, so each test (and the
@@ -38,10 +39,7 @@ def clean_env() -> dict[str, str]:
     """The environment for a CLI subprocess, without the tracking/run settings in-process tests
     may have left behind (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI)."""
     return {k: v for k, v in os.environ.items()
-            if k != "MLFLOW_TRACKING_URI" and (not k.startswith("R1VFLOW_") or k == WARM_SERVER)}
-
-
-WARM_SERVER = "R1VFLOW_WARM_SERVER"
+            if k != "MLFLOW_TRACKING_URI" and (not k.startswith("R1VFLOW_") or k == SERVER_ENV)}
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -49,8 +47,6 @@ def _warm_task_server():
     """One warm task server per test process, shared by the pipeline runs its tests start, in
     process or through the CLI (clean_env passes it on): r1vflow.pipelines.warm_tasks. Each run
     would otherwise import the stages' modules into a server of its own."""
-    from r1vflow.pipelines.warm_tasks import shared_server
-
     with shared_server():
         yield
 

@@ -43,6 +43,7 @@ def facts(tag: str) -> str:
 
     return json.dumps({"tag": tag, "pid": os.getpid(), "ppid": os.getppid(), "cwd": os.getcwd(),
                        "pgid": os.getpgid(0),
+                       "parent": open(f"/proc/{os.getppid()}/comm").read().strip(),
                        "value": os.environ.get("WARM_TEST_VALUE"), "random": random.random(),
                        "numpy": float(numpy.random.rand()), "torch": "torch" in __import__("sys").modules})
 
@@ -119,6 +120,7 @@ def test_off_switch_starts_every_task_as_a_new_python(kfp_local):
         seen = json.loads(facts(tag="cold").output)
     assert tasks is None
     assert seen["ppid"] != os.getpid() and not seen["torch"]  # sh's child, nothing preloaded
+    assert seen["parent"] == "sh"  # kfp.local's `sh -ec '... python -m kfp...'`
 
 
 def test_exit_status_failures_and_shutdown_steps_are_a_processes(kfp_local, capsys):
@@ -221,6 +223,7 @@ def test_runs_share_a_server_whose_tasks_lead_their_own_groups(kfp_local, monkey
             assert tasks.shared and tasks.process is None and tasks.warm_tasks == 1
     assert SERVER_ENV not in os.environ
     assert seen[0]["ppid"] == seen[1]["ppid"] != os.getpid()  # one server for both runs
+    assert seen[0]["parent"] != "sh"
     for task in seen:
         assert task["pgid"] == task["pid"] and task["torch"]
 
