@@ -77,6 +77,23 @@ _timed() {
   return 0
 }
 
+_graphroot() { podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers; }
+_free_gb() { df --output=avail -BG "$1" 2>/dev/null | tail -1 | tr -dc '0-9'; }
+
+# A rebuilt tag leaves its former image untagged, and podman keeps it: each code change would
+# keep another copy of the rollout image's 6 GB vLLM layer (it starts FROM the trainer image, so a
+# new trainer image rebuilds it), until the disk is full. Remove the image this build replaced,
+# unless something still uses it (another tag or a container: then rmi refuses and it stays).
+_drop_superseded() {  # TAG PREVIOUS_ID
+  local tag="$1" previous="$2" now
+  [[ -n ${previous} ]] || return 0
+  now="$(podman image inspect --format '{{.Id}}' "${tag}")"
+  [[ ${now} != "${previous}" ]] || return 0
+  if podman rmi "${previous}" >/dev/null 2>&1; then
+    echo "  removed ${tag}'s former image ${previous:0:12}" >&2
+  fi
+}
+
 local_build_one() {  # NAME TAG DOCKERFILE CONTEXT [--build-arg K=V ...]
   local name="$1" tag="$2" dockerfile="$3" context="$4"
   shift 4
@@ -88,12 +105,16 @@ local_build_one() {  # NAME TAG DOCKERFILE CONTEXT [--build-arg K=V ...]
     run "${cmd[@]}"
     return
   fi
-  local started=${SECONDS} log="${LOG_DIR}/${name}.log"
+  local started=${SECONDS} log="${LOG_DIR}/${name}.log" previous
+  previous="$(podman image inspect --format '{{.Id}}' "${tag}" 2>/dev/null || true)"
   if ! "${cmd[@]}" 2>&1 | _timed "${log}"; then
     tail -25 "${log}" >&2
     echo "build.sh --local: building ${name} (${tag}) failed; whole log: ${log}" >&2
+    echo "build.sh --local: free space: $(_free_gb "$(_graphroot)") GB in podman's storage" \
+         "($(_graphroot)), $(_free_gb /var/tmp) GB in /var/tmp (its build files)" >&2
     exit 1
   fi
+  _drop_superseded "${tag}" "${previous}"
   local size
   size="$(podman image inspect --format '{{.Size}}' "${tag}")"
   local_lines+=("$(printf '%-8s %6d s  %s  %d MB' "${name}" $((SECONDS - started)) "${tag}" \
