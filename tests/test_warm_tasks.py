@@ -45,7 +45,9 @@ def facts(tag: str) -> str:
                        "pgid": os.getpgid(0),
                        "parent": open(f"/proc/{os.getppid()}/comm").read().strip(),
                        "value": os.environ.get("WARM_TEST_VALUE"), "random": random.random(),
-                       "numpy": float(numpy.random.rand()), "torch": "torch" in __import__("sys").modules})
+                       "numpy": float(numpy.random.rand()), "torch": "torch" in __import__("sys").modules,
+                       "lazy": [m for m in ("mlflow.store.tracking.sqlalchemy_store", "math_verify")
+                                if m in __import__("sys").modules]})
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -108,6 +110,8 @@ def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
         assert seen["value"] == "set after the server started"
         assert seen["cwd"] == str(kfp_local)
         assert seen["torch"]  # imported before the task began
+        # and what the stages import only on first use (warm_tasks.LAZY_IMPORTS)
+        assert seen["lazy"] == ["mlflow.store.tracking.sqlalchemy_store", "math_verify"]
         assert seen["pgid"] == os.getpgid(0)  # in the driver's process group
     assert first["pid"] != second["pid"]
     assert first["random"] != second["random"] and first["numpy"] != second["numpy"]
@@ -120,6 +124,7 @@ def test_off_switch_starts_every_task_as_a_new_python(kfp_local):
         seen = json.loads(facts(tag="cold").output)
     assert tasks is None
     assert seen["ppid"] != os.getpid() and not seen["torch"]  # sh's child, nothing preloaded
+    assert seen["lazy"] == []
     assert seen["parent"] == "sh"  # kfp.local's `sh -ec '... python -m kfp...'`
 
 
