@@ -27,8 +27,7 @@ from typing import Any
 from r1vflow.config import Experiment, flatten
 from r1vflow.pipelines.dag import build_pipeline, pipeline_name
 from r1vflow.pipelines.stage_logs import StageLogs
-from r1vflow.runtime.execute import RUN_DIR_ENV
-from r1vflow.runtime.reporting import publish_summary
+from r1vflow.runtime.reporting import RUN_DIR_ENV, publish_summary
 from r1vflow.tracking import runs as tracking
 
 

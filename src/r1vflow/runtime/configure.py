@@ -10,7 +10,7 @@ from pathlib import Path
 from r1vflow.config import STAGES, ConfigError, Experiment, flatten
 from r1vflow.config.slicing import PROMOTION, apply_overrides, slice_json
 from r1vflow.runtime.cluster import attach_parent_run
-from r1vflow.runtime.execute import RUN_DIR_ENV
+from r1vflow.runtime.reporting import RUN_DIR_ENV
 from r1vflow.storage.settings import tracking_uri_from_env
 from r1vflow.tracking.runs import PARENT_ENV, experiment_name, log_params_batched
 
