@@ -77,7 +77,7 @@ _timed() {
   return 0
 }
 
-_graphroot() { podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers; }
+_image_id() { podman image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
 _free_gb() { df --output=avail -BG "$1" 2>/dev/null | tail -1 | tr -dc '0-9'; }
 
 # A rebuilt tag leaves its former image untagged, and podman keeps it: each code change would
@@ -85,10 +85,9 @@ _free_gb() { df --output=avail -BG "$1" 2>/dev/null | tail -1 | tr -dc '0-9'; }
 # new trainer image rebuilds it), until the disk is full. Remove the image this build replaced,
 # unless something still uses it (another tag or a container: then rmi refuses and it stays).
 _drop_superseded() {  # TAG PREVIOUS_ID
-  local tag="$1" previous="$2" now
+  local tag="$1" previous="$2"
   [[ -n ${previous} ]] || return 0
-  now="$(podman image inspect --format '{{.Id}}' "${tag}")"
-  [[ ${now} != "${previous}" ]] || return 0
+  [[ $(_image_id "${tag}") != "${previous}" ]] || return 0
   if podman rmi "${previous}" >/dev/null 2>&1; then
     echo "  removed ${tag}'s former image ${previous:0:12}" >&2
   fi
@@ -106,12 +105,14 @@ local_build_one() {  # NAME TAG DOCKERFILE CONTEXT [--build-arg K=V ...]
     return
   fi
   local started=${SECONDS} log="${LOG_DIR}/${name}.log" previous
-  previous="$(podman image inspect --format '{{.Id}}' "${tag}" 2>/dev/null || true)"
+  previous="$(_image_id "${tag}")"
   if ! "${cmd[@]}" 2>&1 | _timed "${log}"; then
     tail -25 "${log}" >&2
     echo "build.sh --local: building ${name} (${tag}) failed; whole log: ${log}" >&2
-    echo "build.sh --local: free space: $(_free_gb "$(_graphroot)") GB in podman's storage" \
-         "($(_graphroot)), $(_free_gb /var/tmp) GB in /var/tmp (its build files)" >&2
+    local store
+    store="$(podman info --format '{{.Store.GraphRoot}}' 2>/dev/null || echo /var/lib/containers)"
+    echo "build.sh --local: free space: $(_free_gb "${store}") GB in podman's storage" \
+         "(${store}), $(_free_gb /var/tmp) GB in /var/tmp (its build files)" >&2
     exit 1
   fi
   _drop_superseded "${tag}" "${previous}"

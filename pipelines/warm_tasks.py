@@ -356,18 +356,29 @@ def serve(address: str) -> None:
     listener.listen(16)  # tasks that arrive while preloading wait in the backlog
     os.rename(address + ".binding", address)  # the socket appears ready to connect to
     preload()
+    # a child's exit wakes the loop (SIGCHLD writes a byte to `ended`): no polling
+    ended, wake = socket.socketpair()
+    for end in (ended, wake):
+        end.setblocking(False)
+    signal.set_wakeup_fd(wake.fileno())
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     selector = selectors.DefaultSelector()
     selector.register(listener, selectors.EVENT_READ, "accept")
     selector.register(sys.stdin, selectors.EVENT_READ, "driver")
+    selector.register(ended, selectors.EVENT_READ, "ended")
     children: dict[int, tuple[socket.socket, bool]] = {}  # pid -> (its driver, leads a group)
     while True:
-        for key, _ in selector.select(timeout=0.05):
+        for key, _ in selector.select():
             if key.data == "driver" and not sys.stdin.buffer.read1(1 << 10):
                 for pid, (_, group) in children.items():  # the driver is gone: its tasks too
                     _kill(pid, group)
                 return
             if key.data == "accept":
-                _start_task(listener, selector, children)
+                _start_task(listener, selector, children, (ended, wake))
+            elif key.data == "ended":
+                with contextlib.suppress(BlockingIOError):
+                    while ended.recv(1 << 10):
+                        pass
             elif not key.fileobj.recv(1):  # a task's driver went away (data: the task's pid)
                 _kill(key.data, children[key.data][1])
                 selector.unregister(key.fileobj)
@@ -384,7 +395,8 @@ def serve(address: str) -> None:
 
 
 def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
-                children: dict[int, tuple[socket.socket, bool]]) -> None:
+                children: dict[int, tuple[socket.socket, bool]],
+                wakeup: tuple[socket.socket, ...]) -> None:
     """Accept one request and fork its task (the child never returns here)."""
     conn, _ = listener.accept()
     try:
@@ -401,8 +413,10 @@ def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
         return
     group = bool(request.get("own_group"))
     pid = os.fork()
-    if pid == 0:  # the task: none of the server's sockets
-        for other in (listener, conn, *(c for c, _ in children.values())):
+    if pid == 0:  # the task: none of the server's sockets, SIGCHLD as in a new process
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for other in (listener, conn, *wakeup, *(c for c, _ in children.values())):
             other.close()
         selector.close()
         _finish_child(_run_task(request, out))
