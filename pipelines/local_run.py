@@ -140,14 +140,15 @@ def _task_images(pipeline: Any) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def _kfp_runner(runner: str, output_dir: Path, images: dict[str, str]):
-    """kfp.local's runner for `runner`, set up (and torn down) around the block."""
+def _kfp_runner(runner: str, output_dir: Path, images: dict[str, str], vllm: bool):
+    """kfp.local's runner for `runner`, set up (and torn down) around the block; `vllm`: a
+    stage may generate on vLLM (the warm task server imports it too)."""
     from kfp import local
 
     if runner == "subprocess":  # each task forked from a process that has imported the
         from r1vflow.pipelines.warm_tasks import warm_tasks  # stages' modules (warm_tasks.py)
 
-        with warm_tasks(output_dir / "logs" / "warm-tasks.log"):
+        with warm_tasks(output_dir / "logs" / "warm-tasks.log", vllm=vllm):
             yield local.SubprocessRunner(use_venv=False)
         return
     if runner != "docker":
@@ -259,7 +260,7 @@ def _run_locked(exp: Experiment, output_dir: Path, experiment_file: str | None,
     pipeline = build_pipeline(exp, local=True)
     images = _task_images(pipeline) if runner == "docker" else {}
     try:
-        with _kfp_runner(runner, output_dir, images) as kfp_runner:
+        with _kfp_runner(runner, output_dir, images, exp.may_generate_on_vllm()) as kfp_runner:
             local.init(runner=kfp_runner, pipeline_root=str(pipeline_root),
                        cache_root=str(output_dir / "kfp_cache"), enable_caching=True,
                        raise_on_error=False)

@@ -18,7 +18,12 @@ arguments, with the environment, working directory and exit status a new process
   component module loaded from a new temporary file, and at the end Python's own shutdown
   steps (non-daemon threads joined, atexit functions run, streams flushed);
 - the server imports modules only: it runs no torch op and starts no thread of its own, so a
-  child starts with no thread pool to inherit;
+  child starts with no thread pool to inherit; with `vllm=True` (runs whose stages may
+  generate on vLLM) it imports vLLM's engine as well, and the environment variables that
+  import sets reach each task as the task's own import would set them;
+- what the server imported sits in gc's permanent generation (`gc.freeze`): a child's
+  collections skip those objects, so vLLM's gc.collect() calls cost nothing for them and
+  their memory pages stay shared;
 - tasks stay in the driver's process group (a SIGKILL of the group ends them as before); a
   driver that goes away takes its running task with it (the server kills a child whose
   connection closed), and the server ends with the driver (EOF on its stdin).
@@ -39,7 +44,8 @@ component) runs as kfp.local runs it, and so does every task when the server can
 from __future__ import annotations
 
 import contextlib
-import importlib
+import gc
+import importlib.util
 import json
 import os
 import re
@@ -139,11 +145,14 @@ class WarmTasks:
 
 
 @contextlib.contextmanager
-def warm_tasks(log_path: Path, environ: dict[str, str] | None = None) -> Iterator[WarmTasks | None]:
+def warm_tasks(log_path: Path, environ: dict[str, str] | None = None,
+               vllm: bool = False) -> Iterator[WarmTasks | None]:
     """kfp.local's SubprocessRunner starts its tasks from a warm server inside the block: the
     shared one `R1VFLOW_WARM_SERVER` names, else one of the block's own, whose output is kept
     in `log_path` when it printed anything. None and cold starts when `R1VFLOW_WARM_TASKS=0`.
-    The server imports while the driver goes on; the first task waits for it."""
+    The server imports while the driver goes on; the first task waits for it. `vllm`: the
+    block's own server imports vLLM too (where it is installed), for runs whose stages
+    generate on it."""
     from kfp.local import subprocess_task_handler as handler
 
     env = dict(os.environ if environ is None else environ)
@@ -154,7 +163,7 @@ def warm_tasks(log_path: Path, environ: dict[str, str] | None = None) -> Iterato
         if env.get(SERVER_ENV):
             address, process = env[SERVER_ENV], None
         else:
-            process, address = stack.enter_context(_server(env, keep_log=log_path))
+            process, address = stack.enter_context(_server(env, keep_log=log_path, vllm=vllm))
         tasks = WarmTasks(address, process, handler.run_local_subprocess)
         handler.run_local_subprocess = tasks.run
         try:
@@ -164,17 +173,17 @@ def warm_tasks(log_path: Path, environ: dict[str, str] | None = None) -> Iterato
 
 
 @contextlib.contextmanager
-def shared_server() -> Iterator[str | None]:
+def shared_server(vllm: bool = False) -> Iterator[str | None]:
     """One server for the runs inside the block (their `warm_tasks()` use it): its socket is
     `R1VFLOW_WARM_SERVER` meanwhile; one already named there is used as it is. Yields the
-    socket (None when `R1VFLOW_WARM_TASKS=0`)."""
+    socket (None when `R1VFLOW_WARM_TASKS=0`). `vllm`: as for `warm_tasks`."""
     if os.environ.get(WARM_ENV, "1") == "0":
         yield None
         return
     if os.environ.get(SERVER_ENV):  # the caller's already
         yield os.environ[SERVER_ENV]
         return
-    with _server(dict(os.environ)) as (_, address):
+    with _server(dict(os.environ), vllm=vllm) as (_, address):
         os.environ[SERVER_ENV] = address
         try:
             yield address
@@ -183,8 +192,8 @@ def shared_server() -> Iterator[str | None]:
 
 
 @contextlib.contextmanager
-def _server(env: dict[str, str],
-            keep_log: Path | None = None) -> Iterator[tuple[subprocess.Popen, str]]:
+def _server(env: dict[str, str], keep_log: Path | None = None,
+            vllm: bool = False) -> Iterator[tuple[subprocess.Popen, str]]:
     """A server process on a new socket, once it accepts connections: (process, socket). On
     exit it is stopped, and what it printed (an import error, a refusal) copied to `keep_log`."""
     folder = Path(tempfile.mkdtemp(prefix="r1vflow-warm-"))
@@ -192,7 +201,8 @@ def _server(env: dict[str, str],
     try:
         with open(server_log, "wb") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "r1vflow.pipelines.warm_tasks", address],
+                [sys.executable, "-m", "r1vflow.pipelines.warm_tasks", address,
+                 *(["--vllm"] if vllm else [])],
                 stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
             deadline = time.monotonic() + 60  # the socket appears listening (serve renames it)
@@ -240,10 +250,14 @@ LAZY_IMPORTS = (
 )
 
 
-def preload() -> None:
-    """Import what the stages' tasks import (no torch op runs, no thread starts). vLLM is left
-    to the tasks that build an engine: preloaded it saved them 1.5 s each on the smoke preset
-    and cost the server 3 s, and its import starts a thread of its own."""
+def preload(vllm: bool = False) -> None:
+    """Import what the stages' tasks import (no torch op runs, no thread starts). `vllm`: also
+    vLLM's engine (`vllm.LLM`, where vLLM is installed): 6 s of CPU that each task building an
+    engine would spend again (grpo and evaluate of the smoke preset), and that a run without
+    one should not pay. Its import sets environment variables (vllm/env_override.py), which
+    each task gets as a cold start would (`_import_changes`); it initializes no CUDA (vLLM
+    itself forks its workers after this import), and the one thread it starts (OpenCV's, on
+    loading cv2) is not in a forked child, as in any fork of a process that imported cv2."""
     import kfp.dsl.executor_main  # noqa: F401
     import PIL.Image
 
@@ -256,6 +270,28 @@ def preload() -> None:
     for name in LAZY_IMPORTS:
         importlib.import_module(name)
     PIL.Image.init()  # its file-format plugins, loaded on the first image opened
+    if vllm and importlib.util.find_spec("vllm") is not None:
+        try:
+            import vllm as engine
+
+            engine.LLM  # noqa: B018 (vllm's __init__ imports the engine on this first access)
+        except Exception as err:  # the tasks import it themselves, and report what fails
+            print(f"warm tasks: vLLM not preloaded: {type(err).__name__}: {err}", flush=True)
+
+
+def _import_changes(before: dict[str, str]) -> dict[str, tuple[str | None, str]]:
+    """The environment variables the preload's imports set: name -> (before, after)."""
+    return {k: (before.get(k), v) for k, v in os.environ.items() if before.get(k) != v}
+
+
+def _task_environ(env: dict[str, str], changes: dict[str, tuple[str | None, str]]) -> None:
+    """os.environ := the driver's `env`, with each variable the server's imports set where the
+    driver's value is the one those imports started from (as the task's own import would)."""
+    os.environ.clear()
+    os.environ.update(env)
+    for key, (old, new) in changes.items():
+        if os.environ.get(key) == old:
+            os.environ[key] = new
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], int]:
@@ -286,8 +322,10 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _run_task(request: dict[str, Any], out: int) -> int:
-    """(In the forked child) what `sh -ec '... python -m kfp.dsl.executor_main ...'` does."""
+def _run_task(request: dict[str, Any], out: int,
+              changes: dict[str, tuple[str | None, str]]) -> int:
+    """(In the forked child) what `sh -ec '... python -m kfp.dsl.executor_main ...'` does;
+    `changes`: what the server's imports set in the environment (`_import_changes`)."""
     import random
     import runpy
     import traceback
@@ -300,8 +338,7 @@ def _run_task(request: dict[str, Any], out: int) -> int:
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
-    os.environ.clear()
-    os.environ.update(request["env"])
+    _task_environ(request["env"], changes)
     if sys.path and sys.path[0] == os.getcwd():  # `-m` put the server's cwd first
         sys.path[0] = request["cwd"]
     os.chdir(request["cwd"])
@@ -349,13 +386,22 @@ def _kill(pid: int, group: bool) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-def serve(address: str) -> None:
-    """Accept tasks on `address` until stdin closes; each runs in a forked child."""
+def serve(address: str, vllm: bool = False) -> None:
+    """Accept tasks on `address` until stdin closes; each runs in a forked child. `vllm`: see
+    `preload`."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address + ".binding")
     listener.listen(16)  # tasks that arrive while preloading wait in the backlog
     os.rename(address + ".binding", address)  # the socket appears ready to connect to
-    preload()
+    before = dict(os.environ)
+    gc.disable()  # no collection leaves holes in the pages the children share
+    preload(vllm)
+    changes = _import_changes(before)
+    # The preloaded objects (over a million with vLLM) move to gc's permanent generation: a
+    # child's collections skip them instead of walking them all (0.54 s a gc.collect() with
+    # vLLM preloaded, which vLLM calls 7 times building and closing one engine; 0 s frozen),
+    # and do not write to their pages (copy-on-write keeps them shared).
+    gc.freeze()
     # a child's exit wakes the loop (SIGCHLD writes a byte to `ended`): no polling
     ended, wake = socket.socketpair()
     for end in (ended, wake):
@@ -374,7 +420,7 @@ def serve(address: str) -> None:
                     _kill(pid, group)
                 return
             if key.data == "accept":
-                _start_task(listener, selector, children, (ended, wake))
+                _start_task(listener, selector, children, (ended, wake), changes)
             elif key.data == "ended":
                 with contextlib.suppress(BlockingIOError):
                     while ended.recv(1 << 10):
@@ -396,7 +442,8 @@ def serve(address: str) -> None:
 
 def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
                 children: dict[int, tuple[socket.socket, bool]],
-                wakeup: tuple[socket.socket, ...]) -> None:
+                wakeup: tuple[socket.socket, ...],
+                changes: dict[str, tuple[str | None, str]]) -> None:
     """Accept one request and fork its task (the child never returns here)."""
     conn, _ = listener.accept()
     try:
@@ -414,12 +461,13 @@ def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
     group = bool(request.get("own_group"))
     pid = os.fork()
     if pid == 0:  # the task: none of the server's sockets, SIGCHLD as in a new process
+        gc.enable()  # collects what the task creates (the server's objects stay frozen)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for other in (listener, conn, *wakeup, *(c for c, _ in children.values())):
             other.close()
         selector.close()
-        _finish_child(_run_task(request, out))
+        _finish_child(_run_task(request, out, changes))
     os.close(out)
     conn.sendall(f"pid {pid}\n".encode())
     children[pid] = (conn, group)
@@ -430,4 +478,4 @@ def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
 
 
 if __name__ == "__main__":
-    serve(sys.argv[1])
+    serve(sys.argv[1], vllm="--vllm" in sys.argv[2:])

@@ -46,8 +46,9 @@ def clean_env() -> dict[str, str]:
 def _warm_task_server():
     """One warm task server per test process, shared by the pipeline runs its tests start, in
     process or through the CLI (clean_env passes it on): r1vflow.pipelines.warm_tasks. Each run
-    would otherwise import the stages' modules into a server of its own."""
-    with shared_server():
+    would otherwise import the stages' modules into a server of its own. It imports vLLM too:
+    most runs' grpo and evaluate tasks generate on it."""
+    with shared_server(vllm=True):
         yield
 
 
@@ -203,6 +204,19 @@ def pytest_xdist_make_scheduler(config, log):
             return schedule_group(nodeid)
 
     return ByGroup(config, log)
+
+
+def pytest_collection_finish(session):
+    """The modules collection imported (about 800,000 objects: torch, transformers, vLLM,
+    ...) go to gc's permanent generation: every later collection in this process skips them.
+    vLLM calls gc.collect() 7 times building and closing one engine, 0.4-0.5 s each here with
+    them (test_vllm.py: 72 s alone before, 62 s after); the suite builds dozens of engines in
+    its own processes. The tasks of the pipelines the tests start are forked from a server
+    that does the same (warm_tasks)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def pytest_collection_modifyitems(config, items):

@@ -131,3 +131,17 @@ def test_flatten_and_schema():
     assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": {}}) == {"a.b": 1, "a.c": "[1, 2]", "d": "{}"}
     schema = json_schema()
     assert "sft" in schema["properties"] and schema["additionalProperties"] is False
+
+
+def test_may_generate_on_vllm_reads_each_generating_stages_backend():
+    """The local runner's warm task server imports vLLM only for runs that may generate on it."""
+    smoke = load_experiment(PRESETS / "smoke.yaml")  # grpo and evaluate on `auto`
+    assert smoke.may_generate_on_vllm()
+    off = ["generation.backend=transformers"]
+    assert not load_experiment(PRESETS / "smoke.yaml", off).may_generate_on_vllm()
+    # each stage's own override counts: one is enough; all off is off
+    assert load_experiment(PRESETS / "smoke.yaml",
+                           [*off, "evaluate.generation.backend=vllm"]).may_generate_on_vllm()
+    assert not load_experiment(PRESETS / "smoke.yaml", [
+        "grpo.generation.backend=transformers",
+        "evaluate.generation.backend=transformers"]).may_generate_on_vllm()

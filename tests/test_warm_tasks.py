@@ -33,6 +33,16 @@ def _own_env(**changes: str) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if k != SERVER_ENV}, **changes}
 
 
+def _without_vllms_variables(monkeypatch) -> None:
+    """This process has imported vLLM in earlier tests, which set VLLM_SETS here too."""
+    for key in VLLM_SETS:
+        monkeypatch.delenv(key, raising=False)
+
+
+# two of the variables vLLM's import sets (vllm/env_override.py: both to "1")
+VLLM_SETS = ("TORCHINDUCTOR_COMPILE_THREADS", "PYTORCH_NVML_BASED_CUDA_CHECK")
+
+
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
 def facts(tag: str) -> str:
     import json
@@ -47,7 +57,11 @@ def facts(tag: str) -> str:
                        "value": os.environ.get("WARM_TEST_VALUE"), "random": random.random(),
                        "numpy": float(numpy.random.rand()), "torch": "torch" in __import__("sys").modules,
                        "lazy": [m for m in ("mlflow.store.tracking.sqlalchemy_store", "math_verify")
-                                if m in __import__("sys").modules]})
+                                if m in __import__("sys").modules],
+                       "vllm": "vllm.entrypoints.llm" in __import__("sys").modules,
+                       "gc": [__import__("gc").isenabled(), __import__("gc").get_freeze_count()],
+                       "env": {k: os.environ.get(k) for k in (  # VLLM_SETS: no globals here
+                           "TORCHINDUCTOR_COMPILE_THREADS", "PYTORCH_NVML_BASED_CUDA_CHECK")}})
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
@@ -100,8 +114,10 @@ def _codes():
 
 def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
     os.chdir(kfp_local)  # the task's cwd is the driver's at the task's start
-    with warm_tasks(kfp_local / "warm.log", _own_env()) as tasks:
+    _without_vllms_variables(monkeypatch)
+    with warm_tasks(kfp_local / "warm.log", _own_env(), vllm=True) as tasks:
         monkeypatch.setenv("WARM_TEST_VALUE", "set after the server started")
+        monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")  # the driver's own value
         first = json.loads(facts(tag="a").output)
         second = json.loads(facts(tag="b").output)
     assert tasks.warm_tasks == 2 and tasks.failed is None
@@ -112,6 +128,13 @@ def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
         assert seen["torch"]  # imported before the task began
         # and what the stages import only on first use (warm_tasks.LAZY_IMPORTS)
         assert seen["lazy"] == ["mlflow.store.tracking.sqlalchemy_store", "math_verify"]
+        # vLLM's engine (vllm=True), and what its import set in the environment, as it sets it
+        # in a task that imports vLLM itself; where the driver set a value, the driver's
+        assert seen["vllm"]
+        # collections on (as in a new process), skipping the server's frozen objects
+        assert seen["gc"][0] and seen["gc"][1] > 500_000, seen["gc"]
+        assert seen["env"] == {"TORCHINDUCTOR_COMPILE_THREADS": "1",
+                               "PYTORCH_NVML_BASED_CUDA_CHECK": "0"}
         assert seen["pgid"] == os.getpgid(0)  # in the driver's process group
     assert first["pid"] != second["pid"]
     assert first["random"] != second["random"] and first["numpy"] != second["numpy"]
@@ -124,7 +147,7 @@ def test_off_switch_starts_every_task_as_a_new_python(kfp_local):
         seen = json.loads(facts(tag="cold").output)
     assert tasks is None
     assert seen["ppid"] != os.getpid() and not seen["torch"]  # sh's child, nothing preloaded
-    assert seen["lazy"] == []
+    assert seen["lazy"] == [] and not seen["vllm"] and seen["gc"] == [True, 0]
     assert seen["parent"] == "sh"  # kfp.local's `sh -ec '... python -m kfp...'`
 
 
@@ -231,6 +254,7 @@ def test_runs_share_a_server_whose_tasks_lead_their_own_groups(kfp_local, monkey
     assert seen[0]["parent"] != "sh"
     for task in seen:
         assert task["pgid"] == task["pid"] and task["torch"]
+        assert not task["vllm"]  # a server imports vLLM only when asked to
 
 
 SHARED_DRIVER = DRIVER.replace("    (folder / \"server.pid\").write_text(str(tasks.process.pid))\n", "") \

@@ -230,8 +230,11 @@ def apply(
                        refuses=(lambda exp: None) if cluster else local_refusal)
     from r1vflow.pipelines.warm_tasks import shared_server
 
-    # runs print logs (stdout is for the results); local runs share one warm task server
-    with _stdout_to_stderr(), (contextlib.nullcontext() if cluster else shared_server()):
+    # runs print logs (stdout is for the results); local runs share one warm task server,
+    # which imports vLLM too when a run to start generates on it
+    vllm = any(e.exp is not None and e.action == "run" and e.exp.may_generate_on_vllm()
+               for e in entries)
+    with _stdout_to_stderr(), (contextlib.nullcontext() if cluster else shared_server(vllm)):
         results = [r.to_json() for r in apply_plan(entries, ctx)]
     if json_:
         echo_json(results)

@@ -51,6 +51,9 @@ _CRON = re.compile(r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
                    r"|[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4,5})$")
 
 
+GENERATING_STAGES = ("distill", "mpo", "grpo", "evaluate")  # each reads `generation:`
+
+
 class Experiment(Strict):
     name: str = Field(
         pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$", min_length=1, max_length=37,
@@ -103,6 +106,12 @@ class Experiment(Strict):
         """The generation settings of `stage`: the experiment's, with the stage's overrides."""
         section = getattr(self, stage, None)
         return merged(self.generation, getattr(section, "generation", None))
+
+    def may_generate_on_vllm(self) -> bool:
+        """Whether a stage of this run generates with a backend other than transformers (vllm,
+        or auto, which takes vLLM where it is installed and serves the model)."""
+        return any(self.generation_for(stage).backend != "transformers"
+                   for stage in GENERATING_STAGES if stage in self.stages())
 
     @field_validator("schedule")
     @classmethod
