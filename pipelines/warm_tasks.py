@@ -19,8 +19,9 @@ arguments, with the environment, working directory and exit status a new process
   steps (non-daemon threads joined, atexit functions run, streams flushed);
 - the server imports modules only: it runs no torch op and starts no thread of its own, so a
   child starts with no thread pool to inherit; with `vllm=True` (runs whose stages may
-  generate on vLLM) it imports vLLM's engine as well, and the environment variables that
-  import sets reach each task as the task's own import would set them;
+  generate on vLLM) it imports vLLM's engine as well, before it forks the first task of a
+  stage that generates; the environment variables the imports set reach each task as the
+  task's own import would set them;
 - what the server imported sits in gc's permanent generation (`gc.freeze`): a child's
   collections skip those objects, so vLLM's gc.collect() calls cost nothing for them and
   their memory pages stay shared;
@@ -61,6 +62,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from r1vflow.config.experiment import GENERATING_STAGES
 
 WARM_ENV = "R1VFLOW_WARM_TASKS"  # "0": every task starts as a new Python
 SERVER_ENV = "R1VFLOW_WARM_SERVER"  # the socket of a server shared by several runs
@@ -151,8 +154,8 @@ def warm_tasks(log_path: Path, environ: dict[str, str] | None = None,
     shared one `R1VFLOW_WARM_SERVER` names, else one of the block's own, whose output is kept
     in `log_path` when it printed anything. None and cold starts when `R1VFLOW_WARM_TASKS=0`.
     The server imports while the driver goes on; the first task waits for it. `vllm`: the
-    block's own server imports vLLM too (where it is installed), for runs whose stages
-    generate on it."""
+    block's own server imports vLLM too (where it is installed) when the first task of a
+    stage that generates arrives (`Imports`)."""
     from kfp.local import subprocess_task_handler as handler
 
     env = dict(os.environ if environ is None else environ)
@@ -250,14 +253,8 @@ LAZY_IMPORTS = (
 )
 
 
-def preload(vllm: bool = False) -> None:
-    """Import what the stages' tasks import (no torch op runs, no thread starts). `vllm`: also
-    vLLM's engine (`vllm.LLM`, where vLLM is installed): 6 s of CPU that each task building an
-    engine would spend again (grpo and evaluate of the smoke preset), and that a run without
-    one should not pay. Its import sets environment variables (vllm/env_override.py), which
-    each task gets as a cold start would (`_import_changes`); it initializes no CUDA (vLLM
-    itself forks its workers after this import), and the one thread it starts (OpenCV's, on
-    loading cv2) is not in a forked child, as in any fork of a process that imported cv2."""
+def preload() -> None:
+    """Import what the stages' tasks import (no torch op runs, no thread starts)."""
     import kfp.dsl.executor_main  # noqa: F401
     import PIL.Image
 
@@ -270,28 +267,71 @@ def preload(vllm: bool = False) -> None:
     for name in LAZY_IMPORTS:
         importlib.import_module(name)
     PIL.Image.init()  # its file-format plugins, loaded on the first image opened
-    if vllm and importlib.util.find_spec("vllm") is not None:
-        try:
-            import vllm as engine
-
-            engine.LLM  # noqa: B018 (vllm's __init__ imports the engine on this first access)
-        except Exception as err:  # the tasks import it themselves, and report what fails
-            print(f"warm tasks: vLLM not preloaded: {type(err).__name__}: {err}", flush=True)
 
 
-def _import_changes(before: dict[str, str]) -> dict[str, tuple[str | None, str]]:
-    """The environment variables the preload's imports set: name -> (before, after)."""
-    return {k: (before.get(k), v) for k, v in os.environ.items() if before.get(k) != v}
+def preload_vllm() -> None:
+    """Import vLLM's engine (`vllm.LLM`), where vLLM is installed. It initializes no CUDA (vLLM
+    itself forks its workers after this import); the one thread it starts (OpenCV's, on
+    loading cv2) is not in a forked child, as in any fork of a process that imported cv2."""
+    if importlib.util.find_spec("vllm") is None:
+        return
+    try:
+        import vllm
+
+        vllm.LLM  # noqa: B018 (vllm's __init__ imports the engine on this first access)
+    except Exception as err:  # the task imports it itself, and reports what fails
+        print(f"warm tasks: vLLM not preloaded: {type(err).__name__}: {err}", flush=True)
 
 
-def _task_environ(env: dict[str, str], changes: dict[str, tuple[str | None, str]]) -> None:
-    """os.environ := the driver's `env`, with each variable the server's imports set where the
-    driver's value is the one those imports started from (as the task's own import would)."""
-    os.environ.clear()
-    os.environ.update(env)
-    for key, (old, new) in changes.items():
-        if os.environ.get(key) == old:
-            os.environ[key] = new
+class Imports:
+    """What the server has imported, and what those imports set in os.environ (`changes`:
+    name -> (before, after)), which each task gets as its own import would set it.
+
+    `vllm`: import vLLM's engine too, in the server, when the first task of a stage that
+    generates (GENERATING_STAGES) arrives: 6 s of CPU that each such task would spend again
+    (the smoke preset's grpo and evaluate), and that a run whose generating stages are all
+    served from cache does not pay.
+
+    Each import's objects (over a million with vLLM) then go to gc's permanent generation
+    (`gc.freeze`): a child's collections skip them instead of walking them all (0.54 s a
+    gc.collect() with vLLM imported, which vLLM calls 7 times building and closing one
+    engine; 0 s frozen) and do not write to their pages (copy-on-write keeps them shared).
+    The server collects nothing itself (gc.disable), so no collection leaves holes in them."""
+
+    def __init__(self, vllm: bool) -> None:
+        self.vllm_pending = vllm
+        self.changes: dict[str, tuple[str | None, str]] = {}
+        gc.disable()
+        self._import(preload)
+
+    def _import(self, load) -> None:
+        before = dict(os.environ)
+        load()
+        self.changes.update({k: (before.get(k), v) for k, v in os.environ.items()
+                             if before.get(k) != v})
+        gc.freeze()
+
+    def before_task(self, request: dict[str, Any]) -> None:
+        """Import vLLM before forking the first task of a generating stage (`vllm`)."""
+        if self.vllm_pending and _function(request["args"]) in GENERATING_STAGES:
+            self.vllm_pending = False
+            self._import(preload_vllm)
+
+    def task_environ(self, env: dict[str, str]) -> None:
+        """(In the child) os.environ := the driver's `env`, with each variable the server's
+        imports set where the driver's value is the one those imports started from."""
+        os.environ.clear()
+        os.environ.update(env)
+        for key, (old, new) in self.changes.items():
+            if os.environ.get(key) == old:
+                os.environ[key] = new
+
+
+def _function(args: list[str]) -> str | None:
+    """The component function a task's executor arguments name (--function_to_execute)."""
+    with contextlib.suppress(ValueError, IndexError):
+        return args[args.index("--function_to_execute") + 1]
+    return None
 
 
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], int]:
@@ -322,10 +362,8 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _run_task(request: dict[str, Any], out: int,
-              changes: dict[str, tuple[str | None, str]]) -> int:
-    """(In the forked child) what `sh -ec '... python -m kfp.dsl.executor_main ...'` does;
-    `changes`: what the server's imports set in the environment (`_import_changes`)."""
+def _run_task(request: dict[str, Any], out: int, imports: Imports) -> int:
+    """(In the forked child) what `sh -ec '... python -m kfp.dsl.executor_main ...'` does."""
     import random
     import runpy
     import traceback
@@ -338,7 +376,7 @@ def _run_task(request: dict[str, Any], out: int,
     os.dup2(out, 1)
     os.dup2(out, 2)
     os.close(out)
-    _task_environ(request["env"], changes)
+    imports.task_environ(request["env"])
     if sys.path and sys.path[0] == os.getcwd():  # `-m` put the server's cwd first
         sys.path[0] = request["cwd"]
     os.chdir(request["cwd"])
@@ -388,20 +426,12 @@ def _kill(pid: int, group: bool) -> None:
 
 def serve(address: str, vllm: bool = False) -> None:
     """Accept tasks on `address` until stdin closes; each runs in a forked child. `vllm`: see
-    `preload`."""
+    `Imports`."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(address + ".binding")
     listener.listen(16)  # tasks that arrive while preloading wait in the backlog
     os.rename(address + ".binding", address)  # the socket appears ready to connect to
-    before = dict(os.environ)
-    gc.disable()  # no collection leaves holes in the pages the children share
-    preload(vllm)
-    changes = _import_changes(before)
-    # The preloaded objects (over a million with vLLM) move to gc's permanent generation: a
-    # child's collections skip them instead of walking them all (0.54 s a gc.collect() with
-    # vLLM preloaded, which vLLM calls 7 times building and closing one engine; 0 s frozen),
-    # and do not write to their pages (copy-on-write keeps them shared).
-    gc.freeze()
+    imports = Imports(vllm)
     # a child's exit wakes the loop (SIGCHLD writes a byte to `ended`): no polling
     ended, wake = socket.socketpair()
     for end in (ended, wake):
@@ -420,7 +450,7 @@ def serve(address: str, vllm: bool = False) -> None:
                     _kill(pid, group)
                 return
             if key.data == "accept":
-                _start_task(listener, selector, children, (ended, wake), changes)
+                _start_task(listener, selector, children, (ended, wake), imports)
             elif key.data == "ended":
                 with contextlib.suppress(BlockingIOError):
                     while ended.recv(1 << 10):
@@ -443,7 +473,7 @@ def serve(address: str, vllm: bool = False) -> None:
 def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
                 children: dict[int, tuple[socket.socket, bool]],
                 wakeup: tuple[socket.socket, ...],
-                changes: dict[str, tuple[str | None, str]]) -> None:
+                imports: Imports) -> None:
     """Accept one request and fork its task (the child never returns here)."""
     conn, _ = listener.accept()
     try:
@@ -459,6 +489,7 @@ def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
         conn.close()
         return
     group = bool(request.get("own_group"))
+    imports.before_task(request)
     pid = os.fork()
     if pid == 0:  # the task: none of the server's sockets, SIGCHLD as in a new process
         gc.enable()  # collects what the task creates (the server's objects stay frozen)
@@ -467,7 +498,7 @@ def _start_task(listener: socket.socket, selector: selectors.BaseSelector,
         for other in (listener, conn, *wakeup, *(c for c, _ in children.values())):
             other.close()
         selector.close()
-        _finish_child(_run_task(request, out, changes))
+        _finish_child(_run_task(request, out, imports))
     os.close(out)
     conn.sendall(f"pid {pid}\n".encode())
     children[pid] = (conn, group)

@@ -65,6 +65,19 @@ def facts(tag: str) -> str:
 
 
 @dsl.component(base_image="python:3.11", install_kfp_package=False)
+def evaluate() -> str:
+    """Named as a stage that generates: a server started with vllm=True imports vLLM first."""
+    import gc
+    import json
+    import os
+    import sys
+
+    return json.dumps({"vllm": "vllm.entrypoints.llm" in sys.modules, "frozen": gc.get_freeze_count(),
+                       "env": {k: os.environ.get(k) for k in (  # VLLM_SETS: no globals here
+                           "TORCHINDUCTOR_COMPILE_THREADS", "PYTORCH_NVML_BASED_CUDA_CHECK")}})
+
+
+@dsl.component(base_image="python:3.11", install_kfp_package=False)
 def exits(code: int):
     import sys
 
@@ -120,7 +133,9 @@ def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
         monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "0")  # the driver's own value
         first = json.loads(facts(tag="a").output)
         second = json.loads(facts(tag="b").output)
-    assert tasks.warm_tasks == 2 and tasks.failed is None
+        generating = json.loads(evaluate().output)
+        after = json.loads(facts(tag="c").output)
+    assert tasks.warm_tasks == 4 and tasks.failed is None
     for seen in (first, second):
         assert seen["ppid"] == tasks.process.pid  # forked from the server, not started by sh
         assert seen["value"] == "set after the server started"
@@ -128,14 +143,19 @@ def test_tasks_fork_from_the_server_as_new_processes(kfp_local, monkeypatch):
         assert seen["torch"]  # imported before the task began
         # and what the stages import only on first use (warm_tasks.LAZY_IMPORTS)
         assert seen["lazy"] == ["mlflow.store.tracking.sqlalchemy_store", "math_verify"]
-        # vLLM's engine (vllm=True), and what its import set in the environment, as it sets it
-        # in a task that imports vLLM itself; where the driver set a value, the driver's
-        assert seen["vllm"]
         # collections on (as in a new process), skipping the server's frozen objects
         assert seen["gc"][0] and seen["gc"][1] > 500_000, seen["gc"]
-        assert seen["env"] == {"TORCHINDUCTOR_COMPILE_THREADS": "1",
-                               "PYTORCH_NVML_BASED_CUDA_CHECK": "0"}
+        assert not seen["vllm"]  # no task of a stage that generates came yet
         assert seen["pgid"] == os.getpgid(0)  # in the driver's process group
+    # vllm=True: the server imported vLLM's engine before forking the first task of a stage
+    # that generates (and froze it too); what the import set in the environment reaches the
+    # task as it would if the task imported vLLM itself, but where the driver set a value
+    assert generating["vllm"] and after["vllm"]
+    assert generating["frozen"] > first["gc"][1] + 200_000, (generating, first["gc"])
+    assert generating["env"] == after["env"] == {"TORCHINDUCTOR_COMPILE_THREADS": "1",
+                                                 "PYTORCH_NVML_BASED_CUDA_CHECK": "0"}
+    assert first["env"] == {"TORCHINDUCTOR_COMPILE_THREADS": None,
+                            "PYTORCH_NVML_BASED_CUDA_CHECK": "0"}
     assert first["pid"] != second["pid"]
     assert first["random"] != second["random"] and first["numpy"] != second["numpy"]
     assert tasks.process.poll() == 0  # the server ended with the block
