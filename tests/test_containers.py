@@ -253,6 +253,23 @@ def test_images_hold_no_settings_or_credentials(built_images):
         assert config["User"] == "10001:10001", image
 
 
+@pytest.mark.container
+def test_rollout_image_carries_vllms_model_class_cache(built_images):
+    """Built into the image (r1vflow.generation.modelinfo), for every family's class and the
+    text LLM; the file names are vLLM's (module and class; its InternVL class lives in its
+    interns1 module)."""
+    env = {**os.environ, "CONTAINERS_CONF": str(CONTAINERS_CONF_FILE)}
+    listed = subprocess.run(["podman", "run", "--rm", image_for("rollout"), "ls",
+                             "/home/r1v/.cache/vllm/modelinfos"], capture_output=True, text=True,
+                            env=env, timeout=300, check=True)
+    assert set(listed.stdout.split()) == {
+        "vllm-model_executor-models-interns1-InternS1ForConditionalGeneration.json",
+        "vllm-model_executor-models-llava-LlavaForConditionalGeneration.json",
+        "vllm-model_executor-models-qwen2-Qwen2ForCausalLM.json",
+        "vllm-model_executor-models-qwen2_5_vl-Qwen2_5_VLForConditionalGeneration.json",
+        "vllm-model_executor-models-qwen3_vl-Qwen3VLForConditionalGeneration.json"}
+
+
 @pytest.fixture(scope="module")
 def docker_stack_run(built_images, tmp_path_factory):
     """The micro smoke DAG in the containers against `r1vflow stack up`'s S3 and MLflow."""
