@@ -173,6 +173,69 @@ def smoke_dag(tmp_path_factory) -> SmokeDag:
     return SmokeDag(out, first, result.stdout, result.stderr)
 
 
+def run_in_pty(args: list[str], timeout: float = 900) -> tuple[bytes, float | None, int]:
+    """Run `args` on a pseudo-terminal: (everything it wrote there, seconds to its first byte,
+    exit code)."""
+    import pty
+    import select
+    import subprocess
+    import time
+
+    leader, follower = pty.openpty()
+    env = {**clean_env(), "COLUMNS": "200", "TERM": "xterm"}
+    started = time.monotonic()
+    proc = subprocess.Popen(args, stdin=follower, stdout=follower, stderr=follower, env=env,
+                            close_fds=True)
+    os.close(follower)
+    out, first = bytearray(), None
+    while time.monotonic() - started < timeout:
+        ready, _, _ = select.select([leader], [], [], 1.0)
+        if ready:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # the terminal closed: the command ended
+                break
+            if not chunk:
+                break
+            if first is None:
+                first = time.monotonic() - started
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    return bytes(out), first, proc.wait(timeout=60)
+
+
+class TerminalRun:
+    """A run of `r1vflow run` on a terminal: its output dir, summary, what the terminal showed
+    (escape sequences removed), seconds to the first byte, exit code."""
+
+    def __init__(self, out: Path, raw: bytes, first: float | None, code: int) -> None:
+        import json
+        import re
+
+        self.out, self.first, self.code = out, first, code
+        self.text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
+        summary = out / "summary.json"
+        self.summary = json.loads(summary.read_text()) if summary.exists() else {}
+
+
+@pytest.fixture(scope="session")
+def lora_terminal_run(smoke_dag, tmp_path_factory) -> TerminalRun:
+    """The smoke DAG with LoRA on sft and grpo (`--set sft.lora.rank=8 --set
+    grpo.lora.rank=8`), on a terminal, into a dir holding the session smoke run's KFP cache:
+    the stages before sft are served from it; sft, grpo and evaluate run. Read by
+    test_lora_pipeline.py (the adapters, MLflow) and test_run_terminal.py (what the terminal
+    showed): one run for both."""
+    import sys
+
+    out = smoke_dag.cache_into(tmp_path_factory.mktemp("smoke-lora") / "run")
+    raw, first, code = run_in_pty([sys.executable, "-m", "r1vflow.cli", "run",
+                                   str(PRESETS / "smoke.yaml"), "--set", "sft.lora.rank=8",
+                                   "--set", "grpo.lora.rank=8", "--output-dir", str(out)])
+    return TerminalRun(out, raw, first, code)
+
+
 # `make test` runs the suite on pytest-xdist workers (Makefile: TEST_WORKERS). A worker is a
 # process of its own, so a session or module fixture runs once in every worker that needs it.
 # Work is therefore handed out in groups: each test file is one group (its module fixtures run

@@ -7,34 +7,25 @@ artifacts."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 
-from conftest import PRESETS, clean_env
-
 pytestmark = pytest.mark.slow
-LORA = ["--set", "sft.lora.rank=8", "--set", "grpo.lora.rank=8"]
 
 
 @pytest.fixture(scope="module")
-def lora_run(smoke_dag, tmp_path_factory):
-    """The smoke DAG with LoRA on sft and grpo, on the session's smoke run's KFP cache
-    (conftest.smoke_dag): the stages before sft are served from it; sft, grpo and evaluate
-    run with the adapters."""
-    out = smoke_dag.cache_into(tmp_path_factory.mktemp("smoke-lora") / "run")
-    done = subprocess.run([sys.executable, "-m", "r1vflow.cli", "run",
-                           str(PRESETS / "smoke.yaml"), *LORA, "--output-dir", str(out)],
-                          capture_output=True, text=True, timeout=1200, env=clean_env())
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert {s: e["cached"] for s, e in summary["stages"].items()} == {
+def lora_run(lora_terminal_run):
+    """The session's smoke DAG with LoRA on sft and grpo (conftest.lora_terminal_run, run on a
+    terminal for test_run_terminal.py too): the stages before sft are served from the smoke
+    run's KFP cache; sft, grpo and evaluate run with the adapters."""
+    run = lora_terminal_run
+    assert run.code == 0, run.text[-6000:]
+    assert {s: e["cached"] for s, e in run.summary["stages"].items()} == {
         "bootstrap": True, "synthesize_data": True, "align_projector": True,
         "train_reward_model": True, "sft": False, "grpo": False, "evaluate": False}
-    return out, summary
+    return run.out, run.summary
 
 
 def test_sft_and_grpo_leave_a_peft_adapter_beside_a_merged_model(lora_run):
