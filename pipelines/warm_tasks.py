@@ -288,9 +288,9 @@ class Imports:
     name -> (before, after)), which each task gets as its own import would set it.
 
     `vllm`: import vLLM's engine too, in the server, when the first task of a stage that
-    generates (GENERATING_STAGES) arrives: 6 s of CPU that each such task would spend again
-    (the smoke preset's grpo and evaluate), and that a run whose generating stages are all
-    served from cache does not pay.
+    generates (GENERATING_STAGES) arrives: 6 s of CPU in a new Python, 2-3 s in a forked task,
+    that each such task would spend again (the smoke preset's grpo and evaluate), and that a
+    run whose generating stages are all served from cache does not pay.
 
     Each import's objects (over a million with vLLM) then go to gc's permanent generation
     (`gc.freeze`): a child's collections skip them instead of walking them all (0.54 s a
