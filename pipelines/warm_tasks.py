@@ -63,7 +63,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from r1vflow.config.experiment import GENERATING_STAGES
+from r1vflow.config.stage_table import GENERATING_STAGES
 
 WARM_ENV = "R1VFLOW_WARM_TASKS"  # "0": every task starts as a new Python
 SERVER_ENV = "R1VFLOW_WARM_SERVER"  # the socket of a server shared by several runs

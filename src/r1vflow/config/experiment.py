@@ -28,7 +28,7 @@ from r1vflow.config.rl import (
     GRPOConfig,
     MPOConfig,
 )
-from r1vflow.config.stage_table import STAGES, StageName
+from r1vflow.config.stage_table import GENERATING_STAGES, STAGES, StageName
 
 SLICE_CONTEXT = "r1vflow_slice"
 
@@ -49,9 +49,6 @@ _NOT_FINGERPRINTED_STAGE_FIELDS = ("checkpoint_every", "checkpoint_minutes", "ke
 # 5 cron fields (minute first) or 6 (seconds first, KFP's form), or a robfig/cron descriptor.
 _CRON = re.compile(r"^(@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
                    r"|[0-9A-Za-z*/,?#-]+( +[0-9A-Za-z*/,?#-]+){4,5})$")
-
-
-GENERATING_STAGES = ("distill", "mpo", "grpo", "evaluate")  # each reads `generation:`
 
 
 class Experiment(Strict):
@@ -110,8 +107,9 @@ class Experiment(Strict):
     def may_generate_on_vllm(self) -> bool:
         """Whether a stage of this run generates with a backend other than transformers (vllm,
         or auto, which takes vLLM where it is installed and serves the model)."""
+        enabled = self.stages()
         return any(self.generation_for(stage).backend != "transformers"
-                   for stage in GENERATING_STAGES if stage in self.stages())
+                   for stage in GENERATING_STAGES if stage in enabled)
 
     @field_validator("schedule")
     @classmethod

@@ -118,6 +118,8 @@ TABLE: tuple[Stage, ...] = (
 
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in TABLE}
 STAGES: tuple[str, ...] = tuple(s.name for s in TABLE)
+# the stages that generate (each reads the `generation:` section): vLLM or transformers
+GENERATING_STAGES: tuple[str, ...] = tuple(s.name for s in TABLE if "generation" in s.reads)
 StageName = Literal["bootstrap", "import_model", "synthesize_data", "align_projector",
                     "train_reward_model", "distill", "sft", "mpo", "grpo", "evaluate"]
 

@@ -36,11 +36,12 @@ def cache_model_info(architectures: list[str]) -> list[str]:
 
 
 def main() -> int:
-    unknown = cache_model_info(served_architectures())
+    architectures = served_architectures()
+    unknown = cache_model_info(architectures)
     if unknown:
         print(f"vLLM does not know {', '.join(unknown)}", file=sys.stderr)
         return 1
-    print(f"vLLM's model-class cache holds {', '.join(served_architectures())}")
+    print(f"vLLM's model-class cache holds {', '.join(architectures)}")
     return 0
 
 
