@@ -23,8 +23,9 @@ arguments, with the environment, working directory and exit status a new process
   stage that generates; the environment variables the imports set reach each task as the
   task's own import would set them;
 - what the server imported sits in gc's permanent generation (`gc.freeze`): a child's
-  collections skip those objects, so vLLM's gc.collect() calls cost nothing for them and
-  their memory pages stay shared;
+  collections skip those objects, so vLLM's gc.collect() calls cost nothing for them (vLLM's
+  engine shutdown would unfreeze them: VLLMEngine keeps them frozen, see
+  r1vflow.generation.vllm_engine.heap_freeze_kept) and their memory pages stay shared;
 - tasks stay in the driver's process group (a SIGKILL of the group ends them as before); a
   driver that goes away takes its running task with it (the server kills a child whose
   connection closed), and the server ends with the driver (EOF on its stdin).
@@ -295,7 +296,9 @@ class Imports:
     Each import's objects (over a million with vLLM) then go to gc's permanent generation
     (`gc.freeze`): a child's collections skip them instead of walking them all (0.54 s a
     gc.collect() with vLLM imported, which vLLM calls 7 times building and closing one
-    engine; 0 s frozen) and do not write to their pages (copy-on-write keeps them shared).
+    engine; 0 s frozen, as long as the engine's shutdown does not unfreeze them:
+    vllm_engine.heap_freeze_kept) and do not write to their pages (copy-on-write keeps them
+    shared).
     The server collects nothing itself (gc.disable), so no collection leaves holes in them."""
 
     def __init__(self, vllm: bool) -> None:

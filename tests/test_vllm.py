@@ -11,13 +11,15 @@ with `make install`).
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import vllm  # noqa: F401  (a missing vLLM is a failure, not a skip)
 
 from r1vflow.config.generation import GenerationConfig
 from r1vflow.generation import Sampling, TransformersEngine, WeightSyncError, build_engine
-from r1vflow.generation.vllm_engine import collapse_runs
+from r1vflow.generation.vllm_engine import collapse_runs, heap_freeze_kept
 from r1vflow.generation.weights import NAME_MAPS, name_map, vllm_refusal
 from r1vflow.models.families import encode_pixels
 from r1vflow.models.families.fixtures import build_checkpoint, build_composition_parts
@@ -115,6 +117,43 @@ def test_text_only_causal_lm_and_a_partial_sync(tmp_path):
         assert_same_greedy(engine, llm, tokenizer, ids, None)
     finally:
         engine.close()
+
+
+def test_an_engine_keeps_the_processs_frozen_heap_and_leaves_its_own_objects_collectable():
+    """The test workers froze their heap after collection (conftest), as the warm task server
+    does: an engine's start and shutdown leave it frozen (vLLM's own shutdown unfreezes the
+    whole heap), and the engine's objects are not frozen with it (vLLM's own start freezes the
+    whole heap), so that gc frees them once the engine is closed."""
+    tokenizer = train_tokenizer(["How many? <answer>2</answer>"] * 20, vocab_size=300)
+    llm = build_tiny_llm(len(tokenizer), 64, 1, 2, 128, max_position_embeddings=256).eval()
+    assert gc.get_freeze_count() > 0
+    engine = build_engine(GenerationConfig(backend="vllm", max_model_len=128), llm, tokenizer,
+                          say=None)
+    frozen = gc.get_freeze_count()
+    served_model = engine.llm.collective_rpc(_model_of)[0]
+    # gc.get_objects() lists the tracked objects outside the permanent (frozen) generation
+    assert any(o is served_model for o in gc.get_objects()), "the engine's model is frozen"
+    del served_model
+    engine.close()
+    assert gc.get_freeze_count() >= frozen - 1000  # what was frozen stays (give or take deaths)
+
+
+def _model_of(worker):
+    return worker.model_runner.get_model()
+
+
+def test_heap_freeze_kept_only_when_asked():
+    freeze, unfreeze = gc.freeze, gc.unfreeze
+    before = gc.get_freeze_count()
+    fresh = [[] for _ in range(1000)]  # tracked objects that are not frozen yet
+    with heap_freeze_kept(True):
+        gc.freeze()
+        gc.unfreeze()
+        assert gc.get_freeze_count() == before
+    assert (gc.freeze, gc.unfreeze) == (freeze, unfreeze)
+    with heap_freeze_kept(False):
+        gc.freeze()
+    assert gc.get_freeze_count() >= before + len(fresh)
 
 
 def test_a_name_no_table_places_fails_naming_it(served):
