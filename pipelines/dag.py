@@ -38,7 +38,12 @@ from r1vflow.config import Experiment
 from r1vflow.config.slicing import PROMOTION
 from r1vflow.config.stage_table import BASE_PRODUCERS
 from r1vflow.config.stage_table import stage as stage_spec
-from r1vflow.pipelines.k8s import apply_environment, apply_image, apply_task_settings
+from r1vflow.pipelines.k8s import (
+    apply_environment,
+    apply_image,
+    apply_task_settings,
+    kfp_caller_names,
+)
 
 COMPONENTS = {"bootstrap": bootstrap, "import_model": import_model,
               "synthesize_data": synthesize_data,
@@ -76,6 +81,11 @@ def build_pipeline(exp: Experiment, local: bool = False):
     On a cluster it never is, because there it finds or creates the KFP run's MLflow parent run;
     under the local driver it touches no MLflow (the driver made the parent run), so its slices
     depend on its inputs alone and a cached rerun skips its process."""
+    with kfp_caller_names():  # the body below runs here, in dsl.pipeline
+        return _pipeline(exp, local)
+
+
+def _pipeline(exp: Experiment, local: bool):
     stages = exp.stages()
     Outputs = NamedTuple("Outputs", [(s, str) for s in stages])  # noqa: UP014 (dynamic fields)
 

@@ -101,6 +101,33 @@ def test_r1v2_mpo_is_eight_h100_on_one_node():
         {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
 
 
+def test_compiling_reads_no_frames_source(monkeypatch):
+    """KFP's task setters name their caller through inspect.stack(), which reads every frame's
+    source and module (in the test workers, each such read walked all 9,400 modules):
+    compiling goes through pipelines.k8s.kfp_caller_names instead, which reads none."""
+    import inspect
+
+    read, getframeinfo = [], inspect.getframeinfo
+    monkeypatch.setattr(inspect, "getframeinfo",
+                        lambda *a, **k: read.append(a) or getframeinfo(*a, **k))
+    text = ir_text(load_experiment(PRESETS / "r1v2-38b.yaml"))
+    assert not read, f"{len(read)} frames' source read"
+    _, platform = ir_docs(text)
+    assert platform["exec-grpo"]["nodeSelector"]  # the setters did run
+
+
+def test_a_setter_on_a_task_without_container_still_names_itself():
+    from kfp import dsl
+
+    from r1vflow.pipelines.k8s import kfp_caller_names
+
+    with kfp_caller_names(), pytest.raises(ValueError, match=r"^set_cpu_limit can only be used "
+                                           "on single-step components"):
+        @dsl.pipeline(name="no-container")
+        def importing():
+            dsl.importer(artifact_uri="s3://b/m", artifact_class=dsl.Model).set_cpu_limit("1")
+
+
 def test_no_credential_value_anywhere_in_compiled_yaml(tmp_path, monkeypatch):
     for key, value in FAKE_CREDENTIALS.items():
         monkeypatch.setenv(key, value)
