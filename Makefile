@@ -73,7 +73,7 @@ images: install
 # Both run on TEST_WORKERS pytest-xdist workers (default 2, this machine's cores; 0 runs in one
 # process), one test file or the readers of the one smoke DAG run per group
 # (tests/conftest.py): in one process the suite used about one core of two (34.5 min); on two
-# workers, with warm task starts, 15.0-16.2 min (docs/pipeline.md).
+# workers, with warm task starts, 13.4 min (docs/pipeline.md).
 TEST_WORKERS ?= 2
 XDIST  := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 # The project's bytecode first: with PYTHONDONTWRITEBYTECODE set (as on this machine) no process
