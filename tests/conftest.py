@@ -1,11 +1,19 @@
 """Shared fixtures: a micro experiment (smaller than the smoke preset) for component tests."""
 
+import gc
+import json
 import os
+import pty
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: see r1vflow.cli
-
-import tempfile
 
 import pytest
 
@@ -92,8 +100,6 @@ def edited_checkpoint(source: Path, target: Path, edit) -> Path:
     """A copy of the checkpoint directory `source` at `target` whose model.safetensors went
     through `edit(tensors)` (drop, add or reshape a tensor): the broken checkpoints that import
     must refuse, naming what is wrong."""
-    import shutil
-
     from safetensors.torch import load_file, save_file
 
     shutil.copytree(source, target)
@@ -138,8 +144,6 @@ class SmokeDag:
     test_pipeline_local reruns into OUT, every other reader reads `first`."""
 
     def __init__(self, out: Path, first: Path, stdout: str, stderr: str) -> None:
-        import json
-
         self.out, self.first, self.stdout, self.stderr = out, first, stdout, stderr
         self.summary = json.loads((first / "summary.json").read_text())
 
@@ -147,26 +151,24 @@ class SmokeDag:
         """A new output dir holding this run's KFP cache and MLflow store, nothing else: a run
         into it serves each stage whose config slice and inputs are unchanged from the cache
         (for tests whose subject is not the cache)."""
-        import shutil
-
         target.mkdir(parents=True)
         shutil.copytree(self.first / "kfp_cache", target / "kfp_cache")
         shutil.copy2(self.first / "mlflow.db", target / "mlflow.db")  # artifacts: in OUT
         return target
 
 
+def smoke_command(out: Path, *args: str) -> list[str]:
+    """`r1vflow run pipelines/configs/smoke.yaml --output-dir OUT ARGS...`, as a user types it."""
+    return [sys.executable, "-m", "r1vflow.cli", "run", str(PRESETS / "smoke.yaml"),
+            "--output-dir", str(out), *args]
+
+
 @pytest.fixture(scope="session")
 def smoke_dag(tmp_path_factory) -> SmokeDag:
-    import shutil
-    import subprocess
-    import sys
-
     root = tmp_path_factory.mktemp("smoke-dag")
     out = root / "out"
-    result = subprocess.run(
-        [sys.executable, "-m", "r1vflow.cli", "run", str(PRESETS / "smoke.yaml"),
-         "--output-dir", str(out)],
-        capture_output=True, text=True, timeout=900, env=clean_env())
+    result = subprocess.run(smoke_command(out), capture_output=True, text=True, timeout=900,
+                            env=clean_env())
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     first = root / "first"
     shutil.copytree(out, first, ignore=shutil.ignore_patterns("pipeline_root", "checkpoints"))
@@ -176,11 +178,6 @@ def smoke_dag(tmp_path_factory) -> SmokeDag:
 def run_in_pty(args: list[str], timeout: float = 900) -> tuple[bytes, float | None, int]:
     """Run `args` on a pseudo-terminal: (everything it wrote there, seconds to its first byte,
     exit code)."""
-    import pty
-    import select
-    import subprocess
-    import time
-
     leader, follower = pty.openpty()
     env = {**clean_env(), "COLUMNS": "200", "TERM": "xterm"}
     started = time.monotonic()
@@ -211,9 +208,6 @@ class TerminalRun:
     (escape sequences removed), seconds to the first byte, exit code."""
 
     def __init__(self, out: Path, raw: bytes, first: float | None, code: int) -> None:
-        import json
-        import re
-
         self.out, self.first, self.code = out, first, code
         self.text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", raw.decode(errors="replace"))
         summary = out / "summary.json"
@@ -227,12 +221,9 @@ def lora_terminal_run(smoke_dag, tmp_path_factory) -> TerminalRun:
     the stages before sft are served from it; sft, grpo and evaluate run. Read by
     test_lora_pipeline.py (the adapters, MLflow) and test_run_terminal.py (what the terminal
     showed): one run for both."""
-    import sys
-
     out = smoke_dag.cache_into(tmp_path_factory.mktemp("smoke-lora") / "run")
-    raw, first, code = run_in_pty([sys.executable, "-m", "r1vflow.cli", "run",
-                                   str(PRESETS / "smoke.yaml"), "--set", "sft.lora.rank=8",
-                                   "--set", "grpo.lora.rank=8", "--output-dir", str(out)])
+    raw, first, code = run_in_pty(smoke_command(out, "--set", "sft.lora.rank=8", "--set",
+                                                "grpo.lora.rank=8"))
     return TerminalRun(out, raw, first, code)
 
 
@@ -276,8 +267,6 @@ def pytest_collection_finish(session):
     them (test_vllm.py: 72 s alone before, 62 s after); the suite builds dozens of engines in
     its own processes. The tasks of the pipelines the tests start are forked from a server
     that does the same (warm_tasks)."""
-    import gc
-
     gc.collect()
     gc.freeze()
 
