@@ -23,7 +23,9 @@ goes on: the vanishing advantages the SSB is for. Every run below uses it.
    rounds of (TRL seconds / our seconds); each trainer's figures come from its median round.
    `prompts_per_s` = steps x prompts_per_step / seconds, `tokens_per_s` = completion tokens /
    seconds. Ours runs without SSB here (TRL has none). `where_time_goes`: our seconds per
-   phase (rollout / reward / train); TRL's `step_time_sum` is its own per-step timer.
+   phase (rollout / reward / train); TRL's `rollout_s` is the time inside its
+   GRPOTrainer._generate (its rollouts: tokenize, generate, decode), `step_time_sum` its own
+   per-step timer. `rollout_tokens_per_s` = completion tokens / rollout seconds, for each.
 2. SSB (`ssb.on`, `ssb.off`): our trainer with and without the buffer (`off` is the first
    timed `ours` run). `effective_ratio_late` is the mean share of non-zero-advantage samples in
    the trained batch (after SSB) over the second half of the steps (`_before_late`: before
@@ -33,6 +35,7 @@ goes on: the vanishing advantages the SSB is for. Every run below uses it.
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import statistics
 import tempfile
@@ -151,6 +154,7 @@ def run_trl(model, tokenizer, tasks, grpo: GRPOConfig, workdir: Path) -> dict:
                          "symmetric clip range and per-token ratios (loss grpo or dr_grpo) only")
     steps, prompts_per_step, group_size = grpo.steps, grpo.prompts_per_step, grpo.group_size
     seed = grpo.seed
+    import trl
     from datasets import Dataset
     from transformers import PrinterCallback, TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
@@ -185,9 +189,16 @@ def run_trl(model, tokenizer, tasks, grpo: GRPOConfig, workdir: Path) -> dict:
                           train_dataset=dataset, processing_class=tokenizer,
                           callbacks=[Collect()])
     trainer.remove_callback(PrinterCallback)  # printing every log line is no part of the work
+    # TRL's rollout: GRPOTrainer._generate (tokenize, generate, decode), timed on the instance.
+    # TRL's own profiling timers reach only wandb, MLflow and trackio, not the logs.
+    generating = Stopwatch()
+    trainer._generate = generating.wrap(trainer._generate)
     start = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - start
+    if not generating.calls:
+        raise RuntimeError(f"TRL {trl.__version__}: GRPOTrainer._generate never ran, so the "
+                           "bench timed none of its rollouts; its timer needs updating")
     steps_logged = [entry for entry in collected if "completions/mean_length" in entry]
     n = prompts_per_step * group_size
     tokens = sum(entry["completions/mean_length"] * n for entry in steps_logged)
@@ -196,20 +207,31 @@ def run_trl(model, tokenizer, tasks, grpo: GRPOConfig, workdir: Path) -> dict:
         "prompts_per_s": steps * prompts_per_step / seconds,
         "tokens_per_s": tokens / seconds,
         "completion_tokens": tokens,
-        "rollout_tokens_per_s": tokens / max(_generate_seconds(collected), 1e-9),
+        "rollout_s": generating.seconds,
+        "rollout_tokens_per_s": tokens / max(generating.seconds, 1e-9),
         "frac_reward_zero_std_mean": statistics.mean(
             e.get("frac_reward_zero_std", float("nan")) for e in steps_logged),
         "step_time_sum": sum(float(e.get("step_time", 0.0)) for e in steps_logged),
     }
 
 
-def _generate_seconds(logs: list[dict]) -> float:
-    """TRL's own generation timer over the run (profiling logs `profiling/Time taken:
-    GRPOTrainer._generate...`), else its whole step time."""
-    keys = [k for e in logs for k in e if k.startswith("profiling/") and "_generate" in k]
-    if keys:
-        return sum(float(e[k]) for e in logs for k in e if k in set(keys))
-    return sum(float(e.get("step_time", 0.0)) for e in logs)
+class Stopwatch:
+    """Seconds spent inside the callables it wraps, summed over their calls (`clock`: the
+    time source, time.perf_counter by default)."""
+
+    def __init__(self, clock=time.perf_counter) -> None:
+        self.clock, self.seconds, self.calls = clock, 0.0, 0
+
+    def wrap(self, fn):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            start = self.clock()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += self.clock() - start
+                self.calls += 1
+        return timed
 
 
 _GRPO_DEFAULTS = GRPOConfig()
